@@ -1,0 +1,95 @@
+# nlpserve: every pipeline step as a make target. `make install`, `make demo`, `make test` are the
+# README's three first commands.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Real datasets (SST-2, SNLI, Multi30k) for `make models`; the demo needs none.
+DATA_DIR ?= ../shared/data
+REPOSITORY ?= model_repository
+RUNS ?= runs
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# Load test knobs (`make loadtest USERS=32 DURATION=60s`).
+USERS ?= 16
+SPAWN_RATE ?= 8
+DURATION ?= 30s
+LOADTEST_HOST ?= http://$(HOST):$(PORT)
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo demo-models models serve test check bench-engine loadtest bench-serving clean
+
+install: $(VENV)/.installed
+
+# torch is pinned first: the local CPU build. The project's range is satisfied by it, so the
+# second step adds nothing torch-related (a bare `torch` would pull a multi-GB CUDA build).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[train,export,serve,dev]"
+	touch $@
+
+test: install
+	$(PY) -m pytest
+
+check: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy model_src export service loadtests
+
+# --- the demo: small models from the project's own sample data, exported and served ----------
+DEMO_DATA := $(RUNS)/demo/data
+DEMO_REPO := $(RUNS)/demo/model_repository
+
+demo: demo-models
+	$(PY) -m service --model-repository $(DEMO_REPO) --host $(HOST) --port $(PORT)
+
+demo-models: install
+	$(PY) -m model_src sample-data --out $(DEMO_DATA)
+	$(PY) -m model_src train classifier --train $(DEMO_DATA)/sentiment/train.tsv \
+		--dev $(DEMO_DATA)/sentiment/dev.tsv --out $(RUNS)/demo/sentiment --epochs 2 --batch-size 16
+	$(PY) -m model_src train nli --train $(DEMO_DATA)/nli/train.tsv \
+		--dev $(DEMO_DATA)/nli/dev.tsv --out $(RUNS)/demo/nli --epochs 2 --batch-size 16
+	$(PY) -m model_src train translator --train-src $(DEMO_DATA)/translation/train.en \
+		--train-tgt $(DEMO_DATA)/translation/train.de --dev-src $(DEMO_DATA)/translation/dev.en \
+		--dev-tgt $(DEMO_DATA)/translation/dev.de --out $(RUNS)/demo/translator --preset tiny
+	$(PY) -m export classifier --checkpoint $(RUNS)/demo/sentiment --repository $(DEMO_REPO) \
+		--name sentiment --version 1 --optimize
+	$(PY) -m export nli --checkpoint $(RUNS)/demo/nli --repository $(DEMO_REPO) \
+		--name nli --version 1 --optimize
+	$(PY) -m export translator --checkpoint $(RUNS)/demo/translator --repository $(DEMO_REPO) \
+		--name translator --version 1
+
+serve: install
+	$(PY) -m service --model-repository $(REPOSITORY) --host $(HOST) --port $(PORT)
+
+# --- the real models from DATA_DIR (hours on 2 CPU cores; minutes on a GPU) -------------------
+models: install
+	$(PY) -m model_src train classifier --train $(DATA_DIR)/sst2/train.tsv \
+		--dev $(DATA_DIR)/sst2/dev.tsv --out $(RUNS)/sentiment
+	$(PY) -m model_src train nli --train $(DATA_DIR)/snli/train.tsv.gz \
+		--dev $(DATA_DIR)/snli/dev.tsv --out $(RUNS)/nli
+	$(PY) -m model_src train translator --train-src $(DATA_DIR)/multi30k/train.en.gz \
+		--train-tgt $(DATA_DIR)/multi30k/train.de.gz --dev-src $(DATA_DIR)/multi30k/val.en \
+		--dev-tgt $(DATA_DIR)/multi30k/val.de --out $(RUNS)/translator
+	$(PY) -m export classifier --checkpoint $(RUNS)/sentiment --repository $(REPOSITORY) \
+		--name sentiment --optimize --dev $(DATA_DIR)/sst2/dev.tsv
+	$(PY) -m export nli --checkpoint $(RUNS)/nli --repository $(REPOSITORY) \
+		--name nli --optimize --dev $(DATA_DIR)/snli/dev.tsv
+	$(PY) -m export translator --checkpoint $(RUNS)/translator --repository $(REPOSITORY) \
+		--name translator --dev-src $(DATA_DIR)/multi30k/val.en --dev-tgt $(DATA_DIR)/multi30k/val.de
+
+bench-engine: install
+	$(PY) -m export bench --out reports/engine-benchmark.md
+
+loadtest: install
+	$(PY) -m loadtests.run --host $(LOADTEST_HOST) --users $(USERS) --spawn-rate $(SPAWN_RATE) \
+		--run-time $(DURATION) --out $(RUNS)/loadtest
+
+bench-serving: install
+	$(PY) -m loadtests.bench_serving --checkpoint $(RUNS)/demo/sentiment --out reports/serving-benchmark.md
+
+clean:
+	rm -rf $(RUNS) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,103 @@
+"""The command line of model_src: one argparse tree, feature modules imported only when used.
+
+Each feature module exposes `add_arguments(parser)` and `run(args) -> int`, so this file holds
+the command names and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# command path -> (module, add-arguments function, run function, help)
+COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
+    ("train", "classifier"): (
+        "model_src.finetune",
+        "add_arguments",
+        "run",
+        "fine-tune BERT on single texts (sentiment)",
+    ),
+    ("train", "nli"): (
+        "model_src.finetune",
+        "add_arguments",
+        "run",
+        "fine-tune BERT on premise/hypothesis pairs",
+    ),
+    ("train", "translator"): (
+        "model_src.translator.train",
+        "add_arguments",
+        "run",
+        "train the seq2seq translator",
+    ),
+    ("pretrain",): (
+        "model_src.pretraining",
+        "add_arguments",
+        "run",
+        "continued MLM+NSP pretraining on raw text",
+    ),
+    ("evaluate",): (
+        "model_src.evaluate",
+        "add_arguments",
+        "run",
+        "accuracy, macro-F1 and confusion matrix",
+    ),
+    ("evaluate", "translator"): (
+        "model_src.translator.evaluate",
+        "add_arguments",
+        "run",
+        "BLEU and chrF of a translator",
+    ),
+    ("tokenizer", "train"): (
+        "model_src.tokenization",
+        "add_train_arguments",
+        "run_train",
+        "train a WordPiece vocabulary",
+    ),
+    ("sample-data",): (
+        "model_src.sample_data",
+        "add_arguments",
+        "run",
+        "write the demo/test sample data",
+    ),
+}
+
+
+def _resolve(argv: Sequence[str]) -> tuple[tuple[str, ...], list[str]]:
+    """Longest command path that prefixes argv (so `evaluate translator` beats `evaluate`)."""
+    for length in (2, 1):
+        path = tuple(argv[:length])
+        if path in COMMANDS:
+            return path, list(argv[length:])
+    return (), list(argv)
+
+
+def _usage() -> str:
+    lines = ["usage: python -m model_src COMMAND [options]", "", "commands:"]
+    for path, (_, _, _, help_text) in COMMANDS.items():
+        lines.append(f"  {' '.join(path):<22} {help_text}")
+    lines.append("\n`python -m model_src COMMAND --help` lists a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path, rest = _resolve(argv)
+    if not path:
+        print(_usage(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    module_name, add_name, run_name, help_text = COMMANDS[path]
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m model_src {' '.join(path)}", description=help_text
+    )
+    getattr(module, add_name)(parser)
+    args = parser.parse_args(rest)
+    if path[0] == "train" and path[1] in ("classifier", "nli"):
+        args.task = path[1]
+    return int(getattr(module, run_name)(args))

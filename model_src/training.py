@@ -1,0 +1,263 @@
+"""Training utilities shared by every training loop (fine-tuning, pretraining, translation).
+
+Each helper does one thing; the loops stay readable because the plumbing (devices, autocast,
+distributed set-up, optimiser groups, schedules, metrics files, curves) lives here once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim import AdamW
+from torch.optim.lr_scheduler import LambdaLR
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so runs repeat."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """Resolve "auto" | "cpu" | "cuda" | "cuda:N" to a device, failing clearly if CUDA is absent."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {requested} asked for CUDA, but torch sees no GPU")
+    return device
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); a no-op on CPU.
+
+    CPU bf16 autocast is slower than fp32 on CPUs without AMX, which is what we train on.
+    """
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits in a (possibly single-process) data-parallel run."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_request: str = "auto") -> DistContext:
+    """Join the process group torchrun describes in the environment, or run alone.
+
+    gloo on CPU, nccl on CUDA; each CUDA rank takes the GPU of its LOCAL_RANK.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_request)
+    if world_size > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        log.info("distributed rank %d/%d on %s", rank, world_size, device)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """DistributedDataParallel when running under torchrun, the model itself otherwise."""
+    if not ctx.is_distributed:
+        return model
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside a DDP wrapper (for saving and evaluation)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def cleanup_distributed(ctx: DistContext) -> None:
+    if ctx.is_distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], ctx: DistContext) -> list[float]:
+    """Sum counters (correct, total, loss sums) over ranks; identity when alone."""
+    if not ctx.is_distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.is_distributed:
+        dist.barrier()
+
+
+def build_adamw(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> AdamW:
+    """AdamW with weight decay on matrices only: biases and LayerNorm weights are not decayed
+    (decaying them pulls normalisation gains towards zero, as BERT's recipe notes)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def linear_warmup_decay(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> LambdaLR:
+    """Linear warm-up to the optimiser lr over warmup_steps, then linear decay to 0 at the end."""
+    warmup_steps = max(0, warmup_steps)
+    total_steps = max(total_steps, warmup_steps + 1)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / (total_steps - warmup_steps))
+
+    return LambdaLR(optimizer, factor)
+
+
+def inverse_sqrt_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> LambdaLR:
+    """The Transformer paper's schedule, normalised so the peak (at warmup_steps) is the lr."""
+    warmup_steps = max(1, warmup_steps)
+
+    def factor(step: int) -> float:
+        s = step + 1
+        return min(s / warmup_steps, math.sqrt(warmup_steps / s))
+
+    return LambdaLR(optimizer, factor)
+
+
+def clip_grad(model: nn.Module, max_norm: float) -> float:
+    """Clip the global gradient norm; returns the norm before clipping (worth logging)."""
+    if max_norm <= 0:
+        return float("nan")
+    return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+
+
+class MetricsLogger:
+    """Append one JSON object per line; every record gets the seconds since the logger started."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self._start = time.monotonic()
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+
+    def log(self, **record: Any) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.monotonic() - self._start, 3), **record}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_training_curves(metrics_jsonl: Path, png: Path) -> None:
+    """One panel per numeric metric against "step", one line per "split" (train/dev)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on training machines
+    import matplotlib.pyplot as plt
+
+    records = [r for r in read_metrics(metrics_jsonl) if "step" in r]
+    skip = {"step", "time", "epoch", "lr"}
+    keys = sorted(
+        {k for r in records for k, v in r.items() if k not in skip and isinstance(v, (int, float))}
+    )
+    if not keys:
+        return
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.6 * len(keys)), squeeze=False)
+    for ax, key in zip(axes[:, 0], keys, strict=True):
+        for split in sorted({str(r.get("split", "train")) for r in records}):
+            pts = [
+                (r["step"], r[key])
+                for r in records
+                if key in r
+                and str(r.get("split", "train")) == split
+                and isinstance(r[key], (int, float))
+                and math.isfinite(r[key])
+            ]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="o" if len(pts) < 30 else None, label=split)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True) -> Any:
+    """tqdm bar (disabled on non-main ranks); callers set_postfix(loss=..., ex_per_s=...)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, mininterval=1.0)
+
+
+def batches_per_second(start: float, count: int) -> float:
+    elapsed = time.monotonic() - start
+    return count / elapsed if elapsed > 0 else 0.0
+
+
+def infinite(iterable_factory: Any) -> Iterator[Any]:
+    """Cycle a re-iterable (e.g. a DataLoader), calling set_epoch on its sampler when it has one."""
+    epoch = 0
+    while True:
+        sampler = getattr(iterable_factory, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        yield from iterable_factory
+        epoch += 1
