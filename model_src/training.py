@@ -133,7 +133,8 @@ def build_adamw(
 ) -> AdamW:
     """AdamW with weight decay on matrices only: biases and LayerNorm weights are not decayed
     (decaying them pulls normalisation gains towards zero, as BERT's recipe notes)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -256,8 +257,8 @@ def infinite(iterable_factory: Any) -> Iterator[Any]:
     """Cycle a re-iterable (e.g. a DataLoader), calling set_epoch on its sampler when it has one."""
     epoch = 0
     while True:
-        sampler = getattr(iterable_factory, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        set_epoch = getattr(getattr(iterable_factory, "sampler", None), "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
         yield from iterable_factory
         epoch += 1
