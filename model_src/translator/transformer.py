@@ -1,0 +1,380 @@
+"""The Transformer encoder-decoder ("Attention Is All You Need"), written to be read like the paper.
+
+    x   = Embed(tokens) * sqrt(d_model) + PE(position)            (sinusoidal, not learned)
+    enc = N x [self-attention (source padding masked) -> FFN]
+    dec = N x [masked self-attention -> cross-attention on enc (source padding masked) -> FFN]
+    logits = dec @ E^T                                             (E shared: joint vocabulary)
+
+Every sub-layer is wrapped as LayerNorm(x + Dropout(sublayer(x))) (post-LN, the paper), or
+x + Dropout(sublayer(LayerNorm(x))) with a final LayerNorm when `norm_first` (pre-LN).
+
+Padding: source keys are masked in encoder self-attention and in cross-attention. Targets are
+right-padded, so the causal mask already keeps every real target position from seeing a pad
+(pads only come after it); the loss ignores the pad positions themselves.
+
+Incremental decoding and export
+-------------------------------
+Generation splits into three tensor-only functions, which is also the ONNX contract the export
+owner builds on (no Python containers in any signature):
+
+    encode(src_ids (B,S) int64)
+        -> memory (B,S,D) float, memory_mask (B,S) bool (True = real token)
+    cross_kv(memory (B,S,D))
+        -> cross_k, cross_v (L,B,H,S,hd): every decoder layer's encoder-decoder keys/values,
+           computed once per source
+    decode_step(tokens (B,) int64, position (B,) int64, memory_mask (B,S) bool,
+                cross_k, cross_v (L,B,H,S,hd), self_k, self_v (L,B,H,t,hd))
+        -> logits (B,V) float, new_self_k, new_self_v (L,B,H,t+1,hd)
+
+`tokens` is the token at `position` (position 0 holds `<sos>`); `self_k/self_v` hold the keys and
+values of positions 0..t-1 for every decoder layer, stacked (t = 0 at the first step: a tensor with
+an empty time axis). The step appends the new position's keys/values and returns the grown cache,
+so a step costs O(t) attention and never recomputes the prefix. L = decoder layers, H = heads,
+hd = d_model / H. Beam search reorders hypotheses with `index_select` on the batch axis (dim 1 of
+the caches, dim 0 of the mask). `decode(memory, memory_mask, tgt_in)` is the uncached,
+teacher-forced equivalent (training, tests, benchmarks) and gives the same logits position by
+position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model_src.translator.tokenizer import EOS_ID, PAD_ID, SOS_ID
+
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int = 8000  # joint BPE vocabulary (source and target share it)
+    d_model: int = 256  # Multi30k is small: 256 trains fast and matches 512 on BLEU
+    n_heads: int = 8  # head size 32
+    n_encoder_layers: int = 3  # 3+3 is the usual sweet spot for 29k pairs; 6+6 overfits
+    n_decoder_layers: int = 3
+    d_ff: int = 1024  # 4 x d_model, as in the paper
+    dropout: float = 0.1  # residual and embedding dropout
+    attention_dropout: float = 0.1  # on attention weights
+    max_positions: int = 512  # rows of the sinusoidal table: longest source or target (tokens)
+    norm_first: bool = False  # post-LN as in the paper; pre-LN tolerates larger learning rates
+    tie_embeddings: bool = True  # one matrix for source, target and output (joint vocabulary)
+    attention: str = "sdpa"  # "sdpa" (fused kernel) | "eager" (explicit matmul-softmax, for ONNX)
+    pad_id: int = PAD_ID
+    sos_id: int = SOS_ID
+    eos_id: int = EOS_ID
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.attention not in ("sdpa", "eager"):
+            raise ValueError(f"attention must be 'sdpa' or 'eager', got {self.attention!r}")
+
+
+def sinusoidal_table(max_positions: int, d_model: int) -> Tensor:
+    """PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(same)."""
+    position = torch.arange(max_positions, dtype=torch.float32)[:, None]  # (P, 1)
+    inv_freq = torch.exp(
+        torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model)
+    )  # (D/2,)
+    table = torch.zeros(max_positions, d_model)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq[: d_model // 2])
+    return table  # (P, D)
+
+
+class Embeddings(nn.Module):
+    """Token embedding scaled by sqrt(d_model) plus the sinusoidal encoding of its position."""
+
+    pe: Tensor  # (max_positions, D) buffer
+
+    def __init__(self, config: TransformerConfig, token: nn.Embedding) -> None:
+        super().__init__()
+        self.token = token
+        self.scale = math.sqrt(config.d_model)
+        # Not persistent: it is a function of the config, so checkpoints need not carry it.
+        self.register_buffer(
+            "pe", sinusoidal_table(config.max_positions, config.d_model), persistent=False
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, ids: Tensor, positions: Tensor) -> Tensor:
+        """ids (B,T), positions (B,T) or (T,) -> (B,T,D)."""
+        return self.dropout(self.token(ids) * self.scale + self.pe[positions])
+
+
+class MultiHeadAttention(nn.Module):
+    """softmax(Q K^T / sqrt(hd)) V per head; keys/values projected separately from queries so a
+    decoder can cache them (self-attention) or compute them once (cross-attention)."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.head_dim = config.d_model // config.n_heads
+        self.q_proj = nn.Linear(config.d_model, config.d_model)
+        self.k_proj = nn.Linear(config.d_model, config.d_model)
+        self.v_proj = nn.Linear(config.d_model, config.d_model)
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
+        self.attention_dropout = config.attention_dropout
+        self.eager = config.attention == "eager"
+
+    def _heads(self, x: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+
+    def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B,T,D) -> k, v (B,H,T,hd)."""
+        return self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """Queries from x (B,Tq,D) over k, v (B,H,Tk,hd); mask broadcastable to (B,H,Tq,Tk),
+        True where a query may look. -> (B,Tq,D)."""
+        q = self._heads(self.q_proj(x))  # (B, H, Tq, hd)
+        dropout = self.attention_dropout if self.training else 0.0
+        if self.eager:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, Tq, Tk)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            weights = F.dropout(scores.softmax(dim=-1), p=dropout, training=self.training)
+            out = weights @ v  # (B, H, Tq, hd)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        B, _, Tq, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(B, Tq, -1))  # (B, Tq, D)
+
+
+class FeedForward(nn.Module):
+    """Position-wise max(0, x W1 + b1) W2 + b2."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, config.d_ff)
+        self.fc2 = nn.Linear(config.d_ff, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.dropout(F.relu(self.fc1(x))))
+
+
+class Residual(nn.Module):
+    """LayerNorm(x + Dropout(f(x))) (post-LN) or x + Dropout(f(LayerNorm(x))) (pre-LN).
+
+    Split in two halves (`pre`, `post`) so a sub-layer that needs extra inputs (a cache) can sit
+    between them."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.norm_first = config.norm_first
+
+    def pre(self, x: Tensor) -> Tensor:
+        return self.norm(x) if self.norm_first else x
+
+    def post(self, x: Tensor, sublayer_out: Tensor) -> Tensor:
+        y = x + self.dropout(sublayer_out)
+        return y if self.norm_first else self.norm(y)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(config)
+        self.ffn = FeedForward(config)
+        self.attn_res = Residual(config)
+        self.ffn_res = Residual(config)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x (B,S,D); mask (B,1,1,S) True on real source tokens."""
+        h = self.attn_res.pre(x)
+        x = self.attn_res.post(x, self.self_attn.attend(h, *self.self_attn.keys_values(h), mask))
+        return self.ffn_res.post(x, self.ffn(self.ffn_res.pre(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(config)
+        self.cross_attn = MultiHeadAttention(config)
+        self.ffn = FeedForward(config)
+        self.self_res = Residual(config)
+        self.cross_res = Residual(config)
+        self.ffn_res = Residual(config)
+
+    def forward(
+        self,
+        x: Tensor,
+        cross_k: Tensor,
+        cross_v: Tensor,
+        cross_mask: Tensor,
+        past_k: Tensor | None = None,
+        past_v: Tensor | None = None,
+        self_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B,T,D) new positions; cross_k/v (B,H,S,hd); cross_mask (B,1,1,S);
+        past_k/v (B,H,t,hd) earlier positions or None; self_mask (T, t+T) causal or None (one new
+        position may see every cached one). -> (x, k, v) with k, v (B,H,t+T,hd) for the cache."""
+        h = self.self_res.pre(x)
+        k, v = self.self_attn.keys_values(h)
+        if past_k is not None and past_v is not None:
+            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B,H,t+T,hd)
+        x = self.self_res.post(x, self.self_attn.attend(h, k, v, self_mask))
+        h = self.cross_res.pre(x)
+        x = self.cross_res.post(x, self.cross_attn.attend(h, cross_k, cross_v, cross_mask))
+        x = self.ffn_res.post(x, self.ffn(self.ffn_res.pre(x)))
+        return x, k, v
+
+
+@dataclass
+class TransformerState:
+    """The decoding cache of a batch of hypotheses (see the module docstring for shapes)."""
+
+    memory_mask: Tensor  # (B, S) bool
+    cross_k: Tensor  # (L, B, H, S, hd)
+    cross_v: Tensor  # (L, B, H, S, hd)
+    self_k: Tensor  # (L, B, H, t, hd)
+    self_v: Tensor  # (L, B, H, t, hd)
+    position: Tensor  # (B,) int64: position of the next input token
+
+    def select(self, index: Tensor) -> TransformerState:
+        """Keep/reorder/duplicate hypotheses: row i of the result is row index[i]."""
+        return TransformerState(
+            memory_mask=self.memory_mask.index_select(0, index),
+            cross_k=self.cross_k.index_select(1, index),
+            cross_v=self.cross_v.index_select(1, index),
+            self_k=self.self_k.index_select(1, index),
+            self_v=self.self_v.index_select(1, index),
+            position=self.position.index_select(0, index),
+        )
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        D = config.d_model
+        src_token = nn.Embedding(config.vocab_size, D, padding_idx=config.pad_id)
+        tgt_token = (
+            src_token
+            if config.tie_embeddings
+            else nn.Embedding(config.vocab_size, D, padding_idx=config.pad_id)
+        )
+        self.src_embed = Embeddings(config, src_token)
+        self.tgt_embed = Embeddings(config, tgt_token)
+        self.encoder_layers = nn.ModuleList(
+            EncoderLayer(config) for _ in range(config.n_encoder_layers)
+        )
+        self.decoder_layers = nn.ModuleList(
+            DecoderLayer(config) for _ in range(config.n_decoder_layers)
+        )
+        # Pre-LN leaves the residual stream unnormalised; the final norms fix its scale.
+        self.encoder_norm = nn.LayerNorm(D) if config.norm_first else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(D) if config.norm_first else nn.Identity()
+        self.out_proj = nn.Linear(D, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.out_proj.weight = src_token.weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for name, p in self.named_parameters():
+            if "embed" in name:
+                # std d^-1/2: the sqrt(d) scale then gives unit-variance inputs, and tied output
+                # logits start small.
+                nn.init.normal_(p, std=self.config.d_model**-0.5)
+            elif p.ndim == 2:
+                nn.init.xavier_uniform_(p)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+        for embed in (self.src_embed.token, self.tgt_embed.token):
+            with torch.no_grad():
+                embed.weight[self.config.pad_id].zero_()
+
+    def _decoder(self) -> list[DecoderLayer]:
+        return cast(list[DecoderLayer], list(self.decoder_layers))
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_positions
+
+    # ---- encoder ------------------------------------------------------------------------------
+    def encode(self, src_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """src_ids (B,S) -> memory (B,S,D), memory_mask (B,S) bool (True on real tokens)."""
+        memory_mask = src_ids != self.config.pad_id
+        positions = torch.arange(src_ids.size(1), device=src_ids.device)
+        x = self.src_embed(src_ids, positions)
+        attn_mask = memory_mask[:, None, None, :]  # (B, 1, 1, S)
+        for layer in self.encoder_layers:
+            x = layer(x, attn_mask)
+        return self.encoder_norm(x), memory_mask
+
+    def cross_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """memory (B,S,D) -> cross_k, cross_v (L,B,H,S,hd), once per source."""
+        kv = [layer.cross_attn.keys_values(memory) for layer in self._decoder()]
+        return torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv])
+
+    # ---- decoder: teacher forcing (uncached) ----------------------------------------------------
+    def decode(self, memory: Tensor, memory_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """All target positions at once under a causal mask: tgt_in (B,T) -> logits (B,T,V)."""
+        T = tgt_in.size(1)
+        positions = torch.arange(T, device=tgt_in.device)
+        causal = torch.ones(T, T, dtype=torch.bool, device=tgt_in.device).tril()  # (T, T)
+        cross_mask = memory_mask[:, None, None, :]  # (B, 1, 1, S)
+        x = self.tgt_embed(tgt_in, positions)
+        for layer in self._decoder():
+            ck, cv = layer.cross_attn.keys_values(memory)
+            x, _, _ = layer(x, ck, cv, cross_mask, self_mask=causal)
+        return self.out_proj(self.decoder_norm(x))
+
+    def forward(self, src_ids: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits (B,T,V) for training."""
+        memory, memory_mask = self.encode(src_ids)
+        return self.decode(memory, memory_mask, tgt_in)
+
+    # ---- decoder: one incremental step (the exportable function) -------------------------------
+    def decode_step(
+        self,
+        tokens: Tensor,
+        position: Tensor,
+        memory_mask: Tensor,
+        cross_k: Tensor,
+        cross_v: Tensor,
+        self_k: Tensor,
+        self_v: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One new position per hypothesis; shapes in the module docstring."""
+        x = self.tgt_embed(tokens[:, None], position[:, None])  # (B, 1, D)
+        cross_mask = memory_mask[:, None, None, :]  # (B, 1, 1, S)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.decoder_layers):
+            x, k, v = layer(x, cross_k[i], cross_v[i], cross_mask, self_k[i], self_v[i])
+            new_k.append(k)
+            new_v.append(v)
+        logits = self.out_proj(self.decoder_norm(x[:, 0]))  # (B, V)
+        return logits, torch.stack(new_k), torch.stack(new_v)  # caches (L, B, H, t+1, hd)
+
+    # ---- the decoding API shared with the GRU baseline (see decoding.py) -----------------------
+    def start(self, memory: Tensor, memory_mask: Tensor) -> TransformerState:
+        """Empty self-attention cache and the cross-attention keys/values of each source."""
+        cross_k, cross_v = self.cross_kv(memory)
+        L, B, H, _, hd = cross_k.shape
+        empty = cross_k.new_zeros(L, B, H, 0, hd)  # (L, B, H, 0, hd): no position decoded yet
+        position = torch.zeros(B, dtype=torch.long, device=memory.device)
+        return TransformerState(memory_mask, cross_k, cross_v, empty, empty, position)
+
+    def step(self, state: TransformerState, tokens: Tensor) -> tuple[Tensor, TransformerState]:
+        """Feed tokens (B,) at the state's position -> next-token logits (B,V), advanced state."""
+        logits, self_k, self_v = self.decode_step(
+            tokens,
+            state.position,
+            state.memory_mask,
+            state.cross_k,
+            state.cross_v,
+            state.self_k,
+            state.self_v,
+        )
+        return logits, TransformerState(
+            state.memory_mask, state.cross_k, state.cross_v, self_k, self_v, state.position + 1
+        )
