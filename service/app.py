@@ -1,0 +1,91 @@
+"""The FastAPI application: `create_app` builds it, its lifespan loads and unloads the models.
+
+Nothing heavy happens at import time. The lifespan starts loading the models in the background
+(so liveness answers while they load and warm up; readiness turns true only after) and, in its
+`finally`, drains and stops every batcher and worker thread.
+
+Run it with `python -m service --model-repository DIR`, or with
+`uvicorn --factory service.app:create_app` and settings from NLPSERVE_* environment variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import Depends, FastAPI
+
+import service
+from service.dependencies import ServiceState, require_api_key
+from service.http_errors import install_error_handlers
+from service.inference import InferenceService
+from service.lifecycle import Lifecycle
+from service.metrics import ServiceMetrics
+from service.middleware import RequestMiddleware
+from service.registry import ModelRegistry
+from service.routers import classify, health, metrics, models, nli, translate, v2
+from service.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Text classification, natural language inference and translation served with ONNX Runtime and
+dynamic batching. The task API is under `/v1`; the Open Inference Protocol (KServe V2, with the
+binary tensor extension) is under `/v2`, so `tritonclient.http` works unchanged.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app for `settings` (default: from the environment, via `get_settings`)."""
+    settings = settings or get_settings()
+    service_metrics = ServiceMetrics()
+    registry = ModelRegistry(settings, service_metrics)
+    service_metrics.watch_models(registry.models)
+    lifecycle = Lifecycle()
+    state = ServiceState(
+        settings=settings,
+        registry=registry,
+        lifecycle=lifecycle,
+        inference=InferenceService(registry, settings, lifecycle, service_metrics),
+        metrics=service_metrics,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(registry.load_all(), name="load-models")
+        loading.add_done_callback(_log_crash)
+        try:
+            yield
+        finally:
+            lifecycle.start_draining()
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            await registry.shutdown(settings.drain_timeout_s)
+            logger.info("shut down")
+
+    app = FastAPI(
+        title="nlpserve",
+        version=service.__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.nlpserve = state
+    app.dependency_overrides[get_settings] = lambda: settings
+    install_error_handlers(app)
+    app.add_middleware(RequestMiddleware, state=state)
+    guarded = [Depends(require_api_key)]
+    for router in (classify.router, nli.router, translate.router, models.router):
+        app.include_router(router, dependencies=guarded)
+    app.include_router(v2.router)
+    app.include_router(v2.models_router)  # guarded in its own declaration
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    return app
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("loading the models crashed", exc_info=task.exception())

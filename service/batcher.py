@@ -1,0 +1,377 @@
+"""Dynamic batching: one queue and one batching loop per model.
+
+A request puts its sequences into the model's queue as `WorkItem`s (all of them or, when the queue
+is full, none) and awaits their futures. The loop forms a batch from the head of the queue:
+
+- the window opens when the batch's first item arrived and closes `max_queue_delay_s` later;
+- the batch closes earlier when it holds `max_batch_size` items, or when the next item would push
+  its padded size (items x longest item) over `max_batch_tokens`;
+- only items with the head's `key` join (the translator keys by decoding parameters);
+- inside the batch items are sorted by length and cut into runs of similar length when that saves
+  more padding than a run costs (`split_runs`), so short texts are not padded to a long one.
+
+Every future is resolved exactly once on every path: result, the engine's exception, timeout,
+shutdown. Items whose future is already done (the client gave up) are skipped before they run.
+Metrics observe the batcher from outside through `BatchObserver`; time comes from a `Clock`, so
+tests drive the loop with a fake one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from service.errors import ErrorKind, ServiceError
+
+logger = logging.getLogger(__name__)
+
+P = TypeVar("P")  # what one sequence hands the engine (e.g. its token ids)
+R = TypeVar("R")  # what the engine returns for one sequence
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Monotonic seconds."""
+        ...
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        """Wait until `event` is set (True) or `timeout` seconds passed (False)."""
+        ...
+
+
+class LoopClock:
+    """The monotonic clock, with the event loop's timers for waiting."""
+
+    def now(self) -> float:
+        return time.monotonic()  # uvloop's loop.time() only has millisecond resolution
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        if event.is_set():
+            return True
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int = 32  # sequences per batch
+    max_batch_tokens: int = 8192  # padded tokens per batch: len(batch) * longest sequence
+    max_queue_delay_s: float = 0.005  # window after a batch's first item arrived
+    max_queue_size: int = 1024  # queued sequences; beyond it submit() answers OVERLOADED
+    run_overhead_tokens: int = 16  # fixed cost of one engine run, in padded-token equivalents
+
+
+@dataclass(eq=False)
+class WorkItem(Generic[P, R]):
+    payload: P
+    tokens: int  # sequence length, for the token budget and length sorting
+    key: Hashable  # items only share a batch with items of the same key
+    future: asyncio.Future[R]
+    enqueued_at: float
+    deadline: float
+    batch_size: int = 0  # size of the run it went into, for the request log
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """One engine run, as the observer sees it."""
+
+    size: int
+    real_tokens: int
+    padded_tokens: int
+    queue_waits: tuple[float, ...]  # seconds each item waited before its run started
+    run_seconds: float
+    failed: bool
+
+
+class BatchObserver(Protocol):
+    def on_run(self, stats: RunStats) -> None: ...
+
+    def on_dropped(self, reason: str, count: int) -> None:
+        """Items that never ran: "cancelled" (client gone), "timeout" or "shutdown"."""
+        ...
+
+
+RunBatch = Callable[[list[Any], Hashable], Awaitable[Sequence[Any]]]
+
+
+def split_runs(lengths: Sequence[int], overhead_tokens: int) -> list[tuple[int, int]]:
+    """Cut ascending `lengths` into runs [start, end) minimising padded tokens + per-run overhead.
+
+    A run pads to its last (longest) sequence, so it costs `(end - start) * lengths[end - 1] +
+    overhead_tokens`. Exact dynamic programme over the positions where the length changes
+    (cutting between equal lengths never helps), so O(distinct lengths^2).
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    ends = [i + 1 for i in range(n) if i + 1 == n or lengths[i + 1] != lengths[i]]
+    starts = [0, *ends[:-1]]  # candidate run starts; starts[j] is where run j would begin
+    best = [0.0] + [math.inf] * len(ends)  # best[j]: cost of covering [0, starts[j] or ends[j-1])
+    back = [0] * (len(ends) + 1)
+    for j, end in enumerate(ends, start=1):
+        for i in range(j):  # run from starts[i] to end
+            cost = best[i] + (end - starts[i]) * lengths[end - 1] + overhead_tokens
+            if cost < best[j]:
+                best[j], back[j] = cost, i
+    runs = []
+    j = len(ends)
+    while j > 0:
+        i = back[j]
+        runs.append((starts[i], ends[j - 1]))
+        j = i
+    return runs[::-1]
+
+
+def _resolve(item: WorkItem[Any, Any], result: Any) -> None:
+    if not item.future.done():
+        item.future.set_result(result)
+
+
+def _fail(item: WorkItem[Any, Any], error: BaseException) -> None:
+    if not item.future.done():
+        item.future.set_exception(error)
+
+
+class _NullObserver:
+    def on_run(self, stats: RunStats) -> None:
+        pass
+
+    def on_dropped(self, reason: str, count: int) -> None:
+        pass
+
+
+class Batcher(Generic[P, R]):
+    """One model's queue and batching loop. `start()` inside a running loop, `stop()` to end."""
+
+    def __init__(
+        self,
+        name: str,
+        run_batch: RunBatch,
+        policy: BatchPolicy,
+        *,
+        clock: Clock | None = None,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self._run_batch = run_batch
+        self._clock: Clock = clock or LoopClock()
+        self._observer: BatchObserver = observer or _NullObserver()
+        self._queue: deque[WorkItem[P, R]] = deque()
+        self._arrival = asyncio.Event()
+        self._stopping = False
+        self._running = 0  # items in the engine right now
+        self._seconds_per_item = 0.01  # moving average, for Retry-After
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def submit(
+        self,
+        payloads: Sequence[P],
+        tokens: Sequence[int],
+        *,
+        key: Hashable = None,
+        timeout_s: float,
+    ) -> list[WorkItem[P, R]]:
+        """Queue one request's sequences, all or none; await each item's `future`."""
+        if len(payloads) != len(tokens):
+            raise ValueError("one token count per payload")
+        if self._stopping:
+            raise ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down")
+        if not self._tasks:
+            raise ServiceError(ErrorKind.NOT_READY, f"model {self.name!r} is not running")
+        if len(self._queue) + len(payloads) > self.policy.max_queue_size:
+            self._drop_dead()  # cancelled items still in the queue do not count
+        if len(self._queue) + len(payloads) > self.policy.max_queue_size:
+            raise ServiceError(
+                ErrorKind.OVERLOADED,
+                f"model {self.name!r} is overloaded: {len(self._queue)} sequences queued, "
+                f"max_queue_size is {self.policy.max_queue_size}; retry later",
+                retry_after=self.retry_after_s(len(payloads)),
+            )
+        loop = asyncio.get_running_loop()
+        now = self._clock.now()
+        items = [
+            WorkItem(p, t, key, loop.create_future(), now, now + timeout_s)
+            for p, t in zip(payloads, tokens, strict=True)
+        ]
+        self._queue.extend(items)
+        self._arrival.set()
+        return items
+
+    def retry_after_s(self, extra: int = 0) -> int:
+        """Seconds until the queue (plus `extra` items) has likely drained, at least 1."""
+        estimate = (len(self._queue) + self._running + extra) * self._seconds_per_item
+        return max(1, min(60, math.ceil(estimate)))
+
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Refuse new work, let queued and running work finish (up to `timeout_s`), then fail
+        whatever is left with SHUTTING_DOWN."""
+        self._stopping = True
+        self._arrival.set()
+        for task in list(self._tasks):
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+            except asyncio.TimeoutError:
+                logger.warning("model %s: work left after %.1f s; cancelling", self.name, timeout_s)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._fail_queue(ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down"))
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _loop(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    if self._stopping:
+                        return
+                    self._arrival.clear()
+                    await self._arrival.wait()
+                    continue
+                batch = await self._next_batch()
+                if batch:
+                    await self._run(batch)
+        finally:
+            self._fail_queue(ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down"))
+
+    async def _next_batch(self) -> list[WorkItem[P, R]]:
+        """Wait until the head's batch is full or its window closed, then take it."""
+        while True:
+            self._arrival.clear()
+            self._drop_dead()
+            if not self._queue:
+                return []
+            head = self._queue[0]
+            batch, full = self._plan(head.key)
+            remaining = head.enqueued_at + self.policy.max_queue_delay_s - self._clock.now()
+            if full or remaining <= 0 or self._stopping:
+                taken = {id(item) for item in batch}
+                self._queue = deque(i for i in self._queue if id(i) not in taken)
+                return batch
+            await self._clock.wait(self._arrival, remaining)
+
+    def _plan(self, key: Hashable) -> tuple[list[WorkItem[P, R]], bool]:
+        """The items (FIFO, same key) the next batch would hold, and whether it is full."""
+        policy = self.policy
+        batch: list[WorkItem[P, R]] = []
+        longest = 0
+        for item in self._queue:
+            if item.key != key:
+                continue
+            padded = (len(batch) + 1) * max(longest, item.tokens)
+            if batch and padded > policy.max_batch_tokens:
+                return batch, True
+            batch.append(item)
+            longest = max(longest, item.tokens)
+            if len(batch) >= policy.max_batch_size:
+                return batch, True
+        return batch, False
+
+    async def _run(self, batch: list[WorkItem[P, R]]) -> None:
+        batch.sort(key=lambda item: item.tokens)  # stable: FIFO among equal lengths
+        runs = split_runs([item.tokens for item in batch], self.policy.run_overhead_tokens)
+        self._running += len(batch)
+        try:
+            for start, end in runs:
+                group = self._alive(batch[start:end])
+                if group:
+                    await self._run_group(group)
+                self._running -= end - start
+        finally:
+            self._running = 0
+
+    async def _run_group(self, group: list[WorkItem[P, R]]) -> None:
+        started = self._clock.now()
+        for item in group:
+            item.batch_size = len(group)
+        failed = False
+        try:
+            results = await self._run_batch([item.payload for item in group], group[0].key)
+            if len(results) != len(group):
+                raise RuntimeError(
+                    f"engine returned {len(results)} results for a batch of {len(group)}"
+                )
+        except asyncio.CancelledError:
+            for item in group:
+                _fail(item, ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down"))
+            raise
+        except Exception as error:
+            failed = True
+            logger.exception("model %s: a batch of %d failed", self.name, len(group))
+            for item in group:
+                _fail(item, error)
+        else:
+            for item, result in zip(group, results, strict=True):
+                _resolve(item, result)
+        finally:
+            seconds = self._clock.now() - started
+            self._seconds_per_item = 0.8 * self._seconds_per_item + 0.2 * seconds / len(group)
+            lengths = [item.tokens for item in group]
+            self._observer.on_run(
+                RunStats(
+                    size=len(group),
+                    real_tokens=sum(lengths),
+                    padded_tokens=len(group) * max(lengths),
+                    queue_waits=tuple(started - item.enqueued_at for item in group),
+                    run_seconds=seconds,
+                    failed=failed,
+                )
+            )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _alive(self, items: Sequence[WorkItem[P, R]]) -> list[WorkItem[P, R]]:
+        """Items still worth running; expired ones get TIMEOUT, abandoned ones are dropped."""
+        now = self._clock.now()
+        alive, cancelled, expired = [], 0, 0
+        for item in items:
+            if item.future.done():
+                cancelled += 1
+            elif now >= item.deadline:
+                expired += 1
+                _fail(item, ServiceError(ErrorKind.TIMEOUT, "the request timed out in the queue"))
+            else:
+                alive.append(item)
+        if cancelled:
+            self._observer.on_dropped("cancelled", cancelled)
+        if expired:
+            self._observer.on_dropped("timeout", expired)
+        return alive
+
+    def _drop_dead(self) -> None:
+        if any(item.future.done() or self._clock.now() >= item.deadline for item in self._queue):
+            self._queue = deque(self._alive(self._queue))
+
+    def _fail_queue(self, error: ServiceError) -> None:
+        if self._queue:
+            self._observer.on_dropped("shutdown", len(self._queue))
+        while self._queue:
+            _fail(self._queue.popleft(), error)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("model %s: batching loop crashed", self.name, exc_info=task.exception())

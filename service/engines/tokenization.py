@@ -1,0 +1,60 @@
+"""Tokenization with the model's own tokenizer.json (`tokenizers`, batch encoding).
+
+Padding is switched off (the engine pads each run to its longest sequence) and truncation is set
+to the model's max_length, counting special tokens; each `Encoded` says whether it was cut, so
+the response can report it (or the request be refused when truncation is disabled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer
+
+
+@dataclass(frozen=True)
+class Encoded:
+    ids: list[int]
+    type_ids: list[int]  # segment ids: 0 for the first text, 1 for the second of a pair
+    truncated: bool
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
+
+
+class TextEncoder:
+    def __init__(self, tokenizer_json: str, max_length: int) -> None:
+        tokenizer = Tokenizer.from_str(tokenizer_json)
+        padding = tokenizer.padding  # the file may carry a pad id (and fixed-length padding)
+        self.pad_id: int = padding["pad_id"] if padding else _pad_id(tokenizer)
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length, strategy="longest_first")
+        self.max_length = max_length
+        self._tokenizer = tokenizer
+
+    def encode(self, texts: Sequence[str]) -> list[Encoded]:
+        return [_encoded(e) for e in self._tokenizer.encode_batch(list(texts))]
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[Encoded]:
+        return [_encoded(e) for e in self._tokenizer.encode_batch(list(pairs))]
+
+    def decode(self, sequences: Sequence[Sequence[int]]) -> list[str]:
+        return self._tokenizer.decode_batch([list(s) for s in sequences], skip_special_tokens=True)
+
+
+def _encoded(encoding: object) -> Encoded:
+    return Encoded(
+        ids=encoding.ids,  # type: ignore[attr-defined]
+        type_ids=encoding.type_ids,  # type: ignore[attr-defined]
+        truncated=bool(encoding.overflowing),  # type: ignore[attr-defined]
+    )
+
+
+def _pad_id(tokenizer: Tokenizer) -> int:
+    for token in ("[PAD]", "<pad>"):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return token_id
+    return 0

@@ -1,0 +1,90 @@
+"""Exception handlers: every error leaves as JSON `{"error": "..."}` with its status code.
+
+The task API (/v1) adds `"type"` (the error kind); the Open Inference Protocol routes keep the
+protocol's exact shape. Unexpected exceptions are logged with their traceback and answer a bare
+500 message: no stack trace ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from service.errors import ErrorKind, ServiceError
+
+logger = logging.getLogger(__name__)
+
+_HTTP_KINDS = {
+    401: ErrorKind.UNAUTHORIZED.value,
+    404: ErrorKind.NOT_FOUND.value,
+    405: "method_not_allowed",
+    413: ErrorKind.PAYLOAD_TOO_LARGE.value,
+    415: "unsupported_media_type",
+}
+
+
+def error_body(path: str, message: str, kind: str) -> dict[str, Any]:
+    if path == "/v2" or path.startswith("/v2/"):
+        return {"error": message}
+    return {"error": message, "type": kind}
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    text = ""
+    for p in parts:
+        text += f"[{p}]" if p.isdigit() else (f".{p}" if text else p)
+    return text or "body"
+
+
+def describe_validation(error: RequestValidationError) -> str:
+    messages = []
+    for e in error.errors()[:5]:
+        if e.get("type") == "json_invalid":
+            detail = (e.get("ctx") or {}).get("error", "")
+            messages.append(f"the body is not valid JSON ({detail})")
+        else:
+            messages.append(f"{_where(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}")
+    more = len(error.errors()) - 5
+    if more > 0:
+        messages.append(f"and {more} more")
+    return "; ".join(messages)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(
+            error_body(request.url.path, exc.message, exc.kind.value),
+            status_code=exc.status_code,
+            headers=exc.headers(),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            error_body(request.url.path, describe_validation(exc), ErrorKind.VALIDATION.value),
+            status_code=422,
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        kind = _HTTP_KINDS.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(request.url.path, str(exc.detail), kind),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("unhandled error on %s", request.url.path, exc_info=exc)
+        return JSONResponse(
+            error_body(request.url.path, "internal server error", ErrorKind.INTERNAL.value),
+            status_code=500,
+        )

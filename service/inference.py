@@ -1,0 +1,324 @@
+"""The one "run inference" path every route uses (task API and Open Inference Protocol alike).
+
+For a request it: resolves the model, refuses work while draining or before the model is ready,
+applies the request limits, tokenizes (reporting truncation), queues the sequences in the model's
+batcher and waits for all of them, the request's deadline, or the client going away, whichever
+comes first. Every refusal is a ServiceError and is counted by reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.context import RequestInfo
+from service.engines import ClassifierEngine, DecodingParams, Encoded, TranslatorEngine
+from service.errors import ErrorKind, ServiceError, shorten
+from service.lifecycle import Lifecycle
+from service.metrics import ServiceMetrics
+from service.registry import ModelRegistry, ModelState, ServedModel
+from service.repository import Task
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Disconnected = Callable[[], Awaitable[None]]  # completes when the client has gone away
+
+MAX_BEAM_SIZE = 16
+MAX_NEW_TOKENS = 1024
+TOKENIZE_INLINE_CHARS = 20_000  # ~1 ms of tokenization; above it, tokenize in a thread
+
+
+@dataclass(frozen=True)
+class ClassificationResult:
+    model: str
+    version: str
+    labels: list[str]
+    probabilities: list[np.ndarray]  # float32 [labels] per input
+    truncated: list[int]  # indices of inputs cut to max_length
+
+    def best(self, i: int) -> tuple[str, float]:
+        k = int(np.argmax(self.probabilities[i]))
+        return self.labels[k], float(self.probabilities[i][k])
+
+
+@dataclass(frozen=True)
+class TranslationResult:
+    model: str
+    version: str
+    translations: list[str]
+    truncated: list[int]
+
+
+class InferenceService:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        settings: Settings,
+        lifecycle: Lifecycle,
+        metrics: ServiceMetrics,
+    ) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+
+    # ------------------------------------------------------------------ model resolution
+
+    def model_for_task(self, task: Task, name: str | None) -> ServedModel:
+        """The named model (checked to serve `task`), or the only (not failed) model serving it."""
+        if name is None:
+            candidates = [  # a model that failed to load serves nothing
+                m
+                for m in self.registry.models()
+                if m.config is not None
+                and m.config.task == task
+                and m.state is not ModelState.FAILED
+            ]
+            if not candidates:
+                raise ServiceError(ErrorKind.NOT_FOUND, f"no model serves the task {task}")
+            if len(candidates) > 1:
+                names = ", ".join(sorted(m.name for m in candidates))
+                raise ServiceError(
+                    ErrorKind.VALIDATION,
+                    f"several models serve {task} ({names}); name one in 'model'",
+                )
+            return candidates[0]
+        model = self.registry.get(name)
+        if model.config is not None and model.config.task != task:
+            raise ServiceError(
+                ErrorKind.VALIDATION,
+                f"model {shorten(name)} serves {model.config.task}, not {task}",
+            )
+        return model
+
+    def model_by_name(self, name: str, version: str | None = None) -> ServedModel:
+        """A model by name, and by version when one is given (only the served one exists)."""
+        model = self.registry.get(name)
+        if version is not None and version != model.version_str:
+            raise ServiceError(
+                ErrorKind.NOT_FOUND,
+                f"model {shorten(name)} has no version {shorten(version)} "
+                f"(serving {model.version_str or 'none'})",
+            )
+        return model
+
+    # ------------------------------------------------------------------ the tasks
+
+    async def classify(
+        self,
+        model: ServedModel,
+        texts: Sequence[str],
+        info: RequestInfo,
+        disconnected: Disconnected | None = None,
+    ) -> ClassificationResult:
+        with self._counted(model, info):
+            engine = self._admit(model, ClassifierEngine)
+            self._check_limits(texts)
+            encoded = await _off_loop_if_large(engine.encoder.encode, texts)
+            probabilities = await self._run(model, encoded, None, info, disconnected)
+            return ClassificationResult(
+                model.name,
+                model.version_str,
+                engine.labels,
+                probabilities,
+                self._truncated(model, encoded),
+            )
+
+    async def nli(
+        self,
+        model: ServedModel,
+        pairs: Sequence[tuple[str, str]],
+        info: RequestInfo,
+        disconnected: Disconnected | None = None,
+    ) -> ClassificationResult:
+        with self._counted(model, info):
+            engine = self._admit(model, ClassifierEngine)
+            self._check_limits([text for pair in pairs for text in pair], items=len(pairs))
+            encoded = await _off_loop_if_large(engine.encoder.encode_pairs, pairs)
+            probabilities = await self._run(model, encoded, None, info, disconnected)
+            return ClassificationResult(
+                model.name,
+                model.version_str,
+                engine.labels,
+                probabilities,
+                self._truncated(model, encoded),
+            )
+
+    async def translate(
+        self,
+        model: ServedModel,
+        texts: Sequence[str],
+        info: RequestInfo,
+        *,
+        beam_size: int | None = None,
+        max_new_tokens: int | None = None,
+        disconnected: Disconnected | None = None,
+    ) -> TranslationResult:
+        with self._counted(model, info):
+            engine = self._admit(model, TranslatorEngine)
+            params = decoding_params(engine.default_params(), beam_size, max_new_tokens)
+            self._check_limits(texts)
+            encoded = await _off_loop_if_large(engine.encoder.encode, texts)
+            translations = await self._run(model, encoded, params, info, disconnected)
+            return TranslationResult(
+                model.name, model.version_str, translations, self._truncated(model, encoded)
+            )
+
+    # ------------------------------------------------------------------ the shared steps
+
+    @contextlib.contextmanager
+    def _counted(self, model: ServedModel, info: RequestInfo) -> Iterator[None]:
+        """Count refusals by reason, and hold the drain open while accepted work runs."""
+        info.model = model.name
+        accepted = False
+        try:
+            if self.lifecycle.draining:
+                raise ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down")
+            self.lifecycle.work_started()
+            accepted = True
+            yield
+        except ServiceError as e:
+            self.metrics.rejected.labels(model.name, e.kind.value).inc()
+            raise
+        finally:
+            if accepted:
+                self.lifecycle.work_finished()
+
+    def _admit(self, model: ServedModel, engine_type: type[Any]) -> Any:
+        if model.state is ModelState.LOADING:
+            raise ServiceError(ErrorKind.NOT_READY, f"model {model.name!r} is still loading")
+        if model.state is ModelState.FAILED or model.engine is None:
+            raise ServiceError(
+                ErrorKind.NOT_READY, f"model {model.name!r} failed to load (see the server log)"
+            )
+        if not isinstance(model.engine, engine_type):
+            raise ServiceError(ErrorKind.VALIDATION, f"model {model.name!r} cannot do this task")
+        return model.engine
+
+    def _check_limits(self, texts: Sequence[str], items: int | None = None) -> None:
+        n = len(texts) if items is None else items
+        limit = self.settings.max_items_per_request
+        if n == 0:
+            raise ServiceError(ErrorKind.VALIDATION, "the request holds no inputs")
+        if n > limit:
+            raise ServiceError(
+                ErrorKind.PAYLOAD_TOO_LARGE,
+                f"the request holds {n} inputs; max_items_per_request is {limit}",
+            )
+        max_chars = self.settings.max_text_chars
+        for i, text in enumerate(texts):
+            if len(text) > max_chars:
+                raise ServiceError(
+                    ErrorKind.PAYLOAD_TOO_LARGE,
+                    f"text {i if items is None else i // 2} has {len(text)} characters; "
+                    f"max_text_chars is {max_chars}",
+                )
+
+    def _truncated(self, model: ServedModel, encoded: Sequence[Encoded]) -> list[int]:
+        cut = [i for i, e in enumerate(encoded) if e.truncated]
+        if cut:
+            self.metrics.truncated.labels(model.name).inc(len(cut))
+        return cut
+
+    async def _run(
+        self,
+        model: ServedModel,
+        encoded: list[Encoded],
+        key: Hashable,
+        info: RequestInfo,
+        disconnected: Disconnected | None,
+    ) -> list[Any]:
+        if not self.settings.truncate:
+            for i, e in enumerate(encoded):
+                if e.truncated:
+                    max_length = model.config.max_length if model.config else "?"
+                    raise ServiceError(
+                        ErrorKind.VALIDATION,
+                        f"input {i} is longer than the model's max_length ({max_length} tokens) "
+                        "and truncation is disabled",
+                    )
+        assert model.batcher is not None  # READY models have one
+        timeout = self.settings.request_timeout_s
+        remaining = info.started + timeout - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise ServiceError(
+                ErrorKind.TIMEOUT, f"the request passed request_timeout_s ({timeout:g} s)"
+            )
+        items = model.batcher.submit(
+            encoded, [e.tokens for e in encoded], key=key, timeout_s=remaining
+        )
+        results = await wait_all([item.future for item in items], remaining, disconnected, timeout)
+        info.batch_size = max(item.batch_size for item in items)
+        return results
+
+
+async def _off_loop_if_large(encode: Callable[[Any], list[Encoded]], inputs: Any) -> list[Encoded]:
+    """Tokenize on the event loop when cheap; a large request goes to a thread so it does not
+    stall every other request (`tokenizers` releases the GIL)."""
+    chars = sum(len(x) if isinstance(x, str) else len(x[0]) + len(x[1]) for x in inputs)
+    if chars <= TOKENIZE_INLINE_CHARS:
+        return encode(inputs)
+    return await asyncio.to_thread(encode, inputs)
+
+
+def decoding_params(
+    defaults: DecodingParams, beam_size: int | None, max_new_tokens: int | None
+) -> DecodingParams:
+    beam = defaults.beam_size if beam_size is None else beam_size
+    new = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
+    if isinstance(beam, bool) or not isinstance(beam, int) or not 1 <= beam <= MAX_BEAM_SIZE:
+        raise ServiceError(
+            ErrorKind.VALIDATION, f"beam_size must be an integer from 1 to {MAX_BEAM_SIZE}"
+        )
+    if isinstance(new, bool) or not isinstance(new, int) or not 1 <= new <= MAX_NEW_TOKENS:
+        raise ServiceError(
+            ErrorKind.VALIDATION, f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS}"
+        )
+    return DecodingParams(beam, new)
+
+
+async def wait_all(
+    futures: list[asyncio.Future[Any]],
+    remaining_s: float,
+    disconnected: Disconnected | None,
+    timeout_s: float,
+) -> list[Any]:
+    """All results in order, or the first error; cancels what is left when giving up early
+    (deadline, client gone, an error), so the batcher skips it."""
+    combined = asyncio.gather(*futures)
+    waiters: set[asyncio.Future[Any]] = {combined}
+    watcher = asyncio.ensure_future(disconnected()) if disconnected else None
+    if watcher is not None:
+        waiters.add(watcher)
+    try:
+        done, _ = await asyncio.wait(
+            waiters, timeout=remaining_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        if combined in done:
+            try:
+                return combined.result()  # raises the first item's error
+            except ServiceError:
+                raise
+            except Exception as e:  # the engine failed; the batcher logged it with its traceback
+                raise ServiceError(
+                    ErrorKind.INTERNAL, "inference failed (details are in the server log)"
+                ) from e
+        if watcher is not None and watcher in done:
+            raise ServiceError(ErrorKind.CLIENT_CLOSED, "the client closed the request")
+        raise ServiceError(
+            ErrorKind.TIMEOUT, f"the request took longer than request_timeout_s ({timeout_s:g} s)"
+        )
+    finally:
+        for future in futures:
+            future.cancel()  # no-op for done ones
+        if not combined.done():
+            combined.cancel()
+        if watcher is not None:
+            watcher.cancel()

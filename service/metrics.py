@@ -1,0 +1,157 @@
+"""Prometheus metrics. The service owns one `ServiceMetrics` (its own registry, so several apps
+in one process do not collide); batchers are observed from outside through `BatchObserver`s and
+queue depth / readiness are read at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from service.batcher import RunStats
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+
+class ModelView(Protocol):
+    """What the scrape-time collector reads from each served model."""
+
+    name: str
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def queue_depth(self) -> int: ...
+
+
+class _ModelsCollector(Collector):
+    def __init__(self, models: Callable[[], Iterable[ModelView]]) -> None:
+        self._models = models
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "nlpserve_queue_depth", "Sequences waiting in the model's queue", labels=["model"]
+        )
+        ready = GaugeMetricFamily(
+            "nlpserve_model_ready", "1 when the model serves", labels=["model"]
+        )
+        for model in self._models():
+            depth.add_metric([model.name], model.queue_depth)
+            ready.add_metric([model.name], 1.0 if model.ready else 0.0)
+        yield depth
+        yield ready
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.request_seconds = Histogram(
+            "nlpserve_request_duration_seconds",
+            "HTTP request latency",
+            ["route", "model", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rejected = Counter(
+            "nlpserve_rejected_requests",
+            "Inference requests answered with an error, by reason",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.dropped = Counter(
+            "nlpserve_dropped_sequences",
+            "Queued sequences that never ran: cancelled (client gone), timeout, shutdown",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.truncated = Counter(
+            "nlpserve_truncated_inputs",
+            "Inputs cut to the model's max_length",
+            ["model"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "nlpserve_queue_wait_seconds",
+            "Time a sequence waited before its batch ran",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "nlpserve_batch_size",
+            "Sequences per engine run",
+            ["model"],
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_tokens = Histogram(
+            "nlpserve_batch_tokens",
+            "Padded tokens per engine run (sequences x longest)",
+            ["model"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.padding_efficiency = Histogram(
+            "nlpserve_padding_efficiency",
+            "Real tokens / padded tokens per engine run",
+            ["model"],
+            buckets=RATIO_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "nlpserve_inference_seconds",
+            "Engine run time (tokenized batch in, results out)",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.failed_runs = Counter(
+            "nlpserve_failed_runs", "Engine runs that raised", ["model"], registry=r
+        )
+
+    def watch_models(self, models: Callable[[], Iterable[ModelView]]) -> None:
+        self.registry.register(_ModelsCollector(models))
+
+    def batch_observer(self, model: str) -> BatchMetrics:
+        return BatchMetrics(self, model)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class BatchMetrics:
+    """A `BatchObserver` recording one model's runs."""
+
+    def __init__(self, metrics: ServiceMetrics, model: str) -> None:
+        self._m = metrics
+        self._model = model
+
+    def on_run(self, stats: RunStats) -> None:
+        m, model = self._m, self._model
+        m.batch_size.labels(model).observe(stats.size)
+        m.batch_tokens.labels(model).observe(stats.padded_tokens)
+        m.padding_efficiency.labels(model).observe(stats.real_tokens / max(1, stats.padded_tokens))
+        m.inference_seconds.labels(model).observe(stats.run_seconds)
+        wait = m.queue_wait.labels(model)
+        for seconds in stats.queue_waits:
+            wait.observe(seconds)
+        if stats.failed:
+            m.failed_runs.labels(model).inc()
+
+    def on_dropped(self, reason: str, count: int) -> None:
+        self._m.dropped.labels(self._model, reason).inc(count)

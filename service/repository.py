@@ -1,0 +1,360 @@
+"""The model repository: its schema (owned here, imported by `export/`) and its reader.
+
+Layout::
+
+    <repository>/<name>/config.json          ModelConfig: task, labels, max_length, batching, ...
+    <repository>/<name>/<version>/           integer directory names; the highest is served
+        model.onnx, tokenizer.json            (classifier / NLI)
+        encoder.onnx, decoder.onnx, tokenizer.json   (translator)
+        manifest.json                        Manifest: sha256 of every other file, export facts
+
+Only directories whose name is a decimal integer are versions, so a writer can stage a version
+under a dot-name and rename it into place. Reading never raises for one broken model: `scan`
+returns the good models and a `ModelProblem` (with a readable reason) for each broken one, so the
+service can serve the rest. File contents are checked against the manifest when the engine reads
+them (`read_verified`), so what is verified is exactly what is loaded.
+
+Schema stability: `ModelConfig` and `Manifest` are format version 1. New optional fields with
+defaults may be added; renaming or removing a field needs a new format version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT_VERSION = 1
+
+Task = Literal["text-classification", "text-pair-classification", "translation"]
+Precision = Literal["fp32", "int8", "fp16"]
+
+# Model names appear in URLs and metric labels, so they are kept to a URL-safe, short alphabet.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+# The files each task's engine loads; a version lacking one (in the manifest) is not servable.
+REQUIRED_FILES: dict[str, tuple[str, ...]] = {
+    "text-classification": ("model.onnx", "tokenizer.json"),
+    "text-pair-classification": ("model.onnx", "tokenizer.json"),
+    "translation": ("encoder.onnx", "decoder.onnx", "tokenizer.json"),
+}
+
+
+class RepositoryError(Exception):
+    """A model directory or version cannot be served; the message says why, for the log."""
+
+
+# --------------------------------------------------------------------------- config.json schema
+
+
+class BatchingConfig(BaseModel):
+    """Dynamic batching limits of one model (every one can be overridden by the service)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="sequences per batch")
+    max_batch_tokens: int = Field(
+        default=8192, ge=1, description="padded tokens per batch (batch size x longest sequence)"
+    )
+    max_queue_delay_ms: float = Field(
+        default=5.0, ge=0, le=60_000, description="how long a batch waits after its first request"
+    )
+
+
+class GenerationConfig(BaseModel):
+    """Decoding defaults and special token ids of a translation model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    beam_size: int = Field(default=4, ge=1, le=16, description="1 = greedy")
+    max_new_tokens: int = Field(default=128, ge=1, le=1024)
+    length_penalty: float = Field(default=1.0, ge=0, le=10)
+    # The translator's fixed special ids (model_src.translator.tokenizer); export writes them.
+    pad_token_id: int = Field(default=0, ge=0)
+    bos_token_id: int = Field(default=1, ge=0, description="the decoder's first input (<sos>)")
+    eos_token_id: int = Field(default=2, ge=0)
+
+
+class ModelConfig(BaseModel):
+    """`<repository>/<name>/config.json`: what a model does and how to batch it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
+    task: Task
+    labels: list[str] | None = Field(default=None, description="class names; classification only")
+    max_length: int = Field(
+        default=128, ge=2, le=8192, description="tokens; longer inputs are truncated (or rejected)"
+    )
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    generation: GenerationConfig | None = Field(default=None, description="translation only")
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _check_task_fields(self) -> ModelConfig:
+        if self.task == "translation":
+            if self.labels is not None:
+                raise ValueError("labels are for classification tasks, not translation")
+            if self.generation is None:
+                self.generation = GenerationConfig()
+        else:
+            if not self.labels or len(self.labels) < 2:
+                raise ValueError(f"task {self.task} needs at least two labels")
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError(f"labels must be distinct, got {self.labels}")
+            if self.generation is not None:
+                raise ValueError("generation settings are for translation only")
+        if self.batching.max_batch_tokens < self.max_length:
+            raise ValueError(
+                f"batching.max_batch_tokens ({self.batching.max_batch_tokens}) must be at least "
+                f"max_length ({self.max_length}), or a full-length input could never be batched"
+            )
+        return self
+
+
+# ------------------------------------------------------------------------- manifest.json schema
+
+
+class Manifest(BaseModel):
+    """`<repository>/<name>/<version>/manifest.json`: checksums and how the version was made.
+
+    Unknown keys are kept (extra="allow"): the manifest is a record, and an exporter may add facts
+    (library versions, timings) the service does not need.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    format_version: Literal[1] = 1
+    files: dict[str, str] = Field(description="relative path -> sha256 hex of every other file")
+    opset: int | None = None
+    exporter: str | None = None
+    source_checkpoint: str | None = None
+    precision: Precision = "fp32"
+    quantization: dict[str, Any] | None = None
+    optimizations: dict[str, Any] | None = None
+    parity: dict[str, Any] | None = None
+    exported_at: str | None = Field(default=None, description="ISO 8601, UTC")
+
+    @field_validator("files")
+    @classmethod
+    def _check_files(cls, files: dict[str, str]) -> dict[str, str]:
+        if not files:
+            raise ValueError("files must list at least one file")
+        for name, digest in files.items():
+            path = PurePosixPath(name)
+            if path.is_absolute() or ".." in path.parts or name in ("", MANIFEST_FILE):
+                raise ValueError(f"file name {name!r} must be a relative path inside the version")
+            if not _SHA256.match(digest):
+                raise ValueError(f"checksum of {name!r} is not a lowercase sha256 hex digest")
+        return files
+
+    @field_validator("exported_at")
+    @classmethod
+    def _check_time(cls, value: str | None) -> str | None:
+        if value is not None:
+            dt.datetime.fromisoformat(value.replace("Z", "+00:00"))  # ValueError if not ISO 8601
+        return value
+
+
+# ------------------------------------------------------------------------------ writer helpers
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def utc_now_iso() -> str:
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    return now.isoformat().replace("+00:00", "Z")
+
+
+def write_manifest(version_dir: Path, fields: Mapping[str, Any]) -> Manifest:
+    """Write `version_dir/manifest.json`: the sha256 of every other file there plus `fields`.
+
+    `fields` holds the other Manifest keys (opset, exporter, precision, parity, ...); they are
+    validated, so a bad value fails the export rather than the server. `exported_at` defaults to
+    now (UTC).
+    """
+    version_dir = Path(version_dir)
+    files = {
+        p.relative_to(version_dir).as_posix(): sha256_file(p)
+        for p in sorted(version_dir.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_FILE
+    }
+    data = {"exported_at": utc_now_iso(), **fields, "files": files}
+    manifest = Manifest.model_validate(data)
+    text = manifest.model_dump_json(indent=2, exclude_none=False)
+    (version_dir / MANIFEST_FILE).write_text(text + "\n", encoding="utf-8")
+    return manifest
+
+
+def write_model_config(model_dir: Path, config: ModelConfig) -> Path:
+    """Write `model_dir/config.json` from a validated ModelConfig."""
+    path = Path(model_dir) / CONFIG_FILE
+    path.write_text(config.model_dump_json(indent=2, exclude_none=True) + "\n", encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------------- reader
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One servable model version as found on disk (files not yet read)."""
+
+    name: str
+    version: int
+    path: Path  # the version directory
+    config: ModelConfig
+    manifest: Manifest
+
+    def read_verified(self, file_name: str) -> bytes:
+        """The bytes of one file of this version, checked against the manifest's sha256."""
+        return read_verified(self.path, self.manifest, file_name)
+
+    def verify_others(self, loaded: tuple[str, ...]) -> None:
+        """Check every file the manifest lists besides the `loaded` ones (already verified)."""
+        for file_name in self.manifest.files:
+            if file_name not in loaded:
+                self.read_verified(file_name)
+
+
+@dataclass(frozen=True)
+class ModelProblem:
+    """A model directory that cannot be served, and why (for the log and `/v1/models`)."""
+
+    name: str
+    reason: str
+
+
+def _format_validation(error: ValidationError) -> str:
+    parts = []
+    for e in error.errors():
+        where = ".".join(str(x) for x in e["loc"]) or "(root)"
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RepositoryError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RepositoryError(f"{path} is not readable JSON: {e}") from None
+
+
+def read_model_config(model_dir: Path) -> ModelConfig:
+    path = model_dir / CONFIG_FILE
+    try:
+        config = ModelConfig.model_validate(_read_json(path))
+    except ValidationError as e:
+        raise RepositoryError(f"{path} is invalid: {_format_validation(e)}") from None
+    if config.name != model_dir.name:
+        raise RepositoryError(
+            f"{path} names the model {config.name!r} but its directory is {model_dir.name!r}"
+        )
+    return config
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    path = version_dir / MANIFEST_FILE
+    try:
+        return Manifest.model_validate(_read_json(path))
+    except ValidationError as e:
+        raise RepositoryError(f"{path} is invalid: {_format_validation(e)}") from None
+
+
+def read_verified(version_dir: Path, manifest: Manifest, file_name: str) -> bytes:
+    """Read one file and check it against the manifest; RepositoryError if missing or changed."""
+    expected = manifest.files.get(file_name)
+    path = version_dir / file_name
+    if expected is None:
+        raise RepositoryError(f"{path} is not listed in {MANIFEST_FILE}")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RepositoryError(f"{path} is missing") from None
+    except OSError as e:
+        raise RepositoryError(f"{path} cannot be read: {e}") from None
+    if sha256_bytes(data) != expected:
+        raise RepositoryError(f"{path} does not match its sha256 in {MANIFEST_FILE} (corrupt?)")
+    return data
+
+
+def list_versions(model_dir: Path) -> list[int]:
+    """Integer version directories, ascending (dot-names and other entries are ignored)."""
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdecimal())
+
+
+def read_model(model_dir: Path, pinned_version: int | None = None) -> ModelVersion:
+    """The version to serve from one model directory; RepositoryError says why not."""
+    config = read_model_config(model_dir)
+    versions = list_versions(model_dir)
+    if not versions:
+        raise RepositoryError(f"{model_dir} has no version directories (integer names)")
+    if pinned_version is None:
+        version = versions[-1]
+    elif pinned_version in versions:
+        version = pinned_version
+    else:
+        raise RepositoryError(
+            f"{model_dir}: pinned version {pinned_version} does not exist (found {versions})"
+        )
+    version_dir = model_dir / str(version)
+    manifest = read_manifest(version_dir)
+    missing = [f for f in REQUIRED_FILES[config.task] if f not in manifest.files]
+    if missing:
+        raise RepositoryError(
+            f"{version_dir / MANIFEST_FILE} does not list {', '.join(missing)}, "
+            f"which a {config.task} model needs"
+        )
+    return ModelVersion(config.name, version, version_dir, config, manifest)
+
+
+def scan(
+    repository: Path, pinned: Mapping[str, int] | None = None
+) -> tuple[list[ModelVersion], list[ModelProblem]]:
+    """Every model directory of the repository: the servable versions and the problems.
+
+    A model directory is any non-hidden directory; one that is broken is reported, never raised,
+    so one bad model cannot take the others down.
+    """
+    pinned = dict(pinned or {})
+    repository = Path(repository)
+    if not repository.is_dir():
+        raise RepositoryError(f"model repository {repository} is not a directory")
+    found: list[ModelVersion] = []
+    problems: list[ModelProblem] = []
+    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
+        if model_dir.name.startswith("."):
+            continue
+        try:
+            found.append(read_model(model_dir, pinned.pop(model_dir.name, None)))
+        except RepositoryError as e:
+            problems.append(ModelProblem(model_dir.name, str(e)))
+    for name in pinned:
+        logger.warning("a version is pinned for model %r, which is not in %s", name, repository)
+    return found, problems

@@ -1,0 +1,40 @@
+"""GET /v1/models: every model with its task, version, labels, readiness and provider."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.dependencies import StateDep
+from service.registry import batch_policy
+from service.schemas import ERROR_RESPONSES, BatchingInfo, ModelInfo, ModelsResponse
+
+router = APIRouter(prefix="/v1", tags=["models"], responses=ERROR_RESPONSES)
+
+
+@router.get("/models", summary="List the models")
+async def list_models(state: StateDep) -> ModelsResponse:
+    models = []
+    for m in sorted(state.registry.models(), key=lambda m: m.name):
+        batching = None
+        if m.config is not None:
+            policy = batch_policy(m.config, state.settings)
+            batching = BatchingInfo(
+                max_batch_size=policy.max_batch_size,
+                max_batch_tokens=policy.max_batch_tokens,
+                max_queue_delay_ms=policy.max_queue_delay_s * 1000,
+            )
+        models.append(
+            ModelInfo(
+                name=m.name,
+                task=m.config.task if m.config else None,
+                version=m.version_str or None,
+                state=m.state.value,
+                ready=m.ready,
+                labels=m.config.labels if m.config else None,
+                max_length=m.config.max_length if m.config else None,
+                provider=m.provider,
+                precision=m.manifest.get("precision"),
+                batching=batching,
+            )
+        )
+    return ModelsResponse(models=models)

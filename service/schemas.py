@@ -1,0 +1,200 @@
+"""Request and response bodies of the HTTP API (what /docs shows).
+
+Requests are strict (no type coercion, unknown fields refused) so a client's mistake is named
+rather than silently reinterpreted. Limits that depend on settings (items per request, characters
+per text) are checked by the inference path, not here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.inference import ClassificationResult
+
+STRICT = ConfigDict(strict=True, extra="forbid")
+
+ModelName = Field(
+    default=None,
+    description="model name; may be left out when exactly one model serves the task",
+)
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"texts": ["A wonderful film.", "Dull and far too long."]}]
+        },
+    )
+
+    texts: list[str] = Field(min_length=1, description="texts to classify")
+    model: str | None = ModelName
+
+
+class Pair(BaseModel):
+    model_config = STRICT
+
+    premise: str
+    hypothesis: str
+
+
+class NliRequest(BaseModel):
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "pairs": [
+                        {"premise": "A man plays a guitar.", "hypothesis": "A person makes music."}
+                    ]
+                }
+            ]
+        },
+    )
+
+    pairs: list[Pair] = Field(min_length=1, description="premise/hypothesis pairs")
+    model: str | None = ModelName
+
+
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"texts": ["A dog runs through the park."], "beam_size": 4}]
+        },
+    )
+
+    texts: list[str] = Field(min_length=1, description="source texts")
+    model: str | None = ModelName
+    beam_size: int | None = Field(
+        default=None, ge=1, le=16, description="1 = greedy; default: the model's"
+    )
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, le=1024, description="default: the model's generation.max_new_tokens"
+    )
+
+
+class ClassResult(BaseModel):
+    label: str
+    score: float = Field(description="probability of the label")
+    scores: dict[str, float] = Field(description="probability of every label")
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    version: str
+    results: list[ClassResult]
+    truncated: list[int] = Field(
+        description="indices of inputs longer than the model's max_length, which were truncated"
+    )
+
+    @classmethod
+    def from_result(cls, result: ClassificationResult) -> ClassifyResponse:
+        results = []
+        for i, probabilities in enumerate(result.probabilities):
+            label, score = result.best(i)
+            scores = dict(zip(result.labels, probabilities.tolist(), strict=True))
+            results.append(ClassResult(label=label, score=score, scores=scores))
+        return cls(
+            model=result.model, version=result.version, results=results, truncated=result.truncated
+        )
+
+
+class TranslateResponse(BaseModel):
+    model: str
+    version: str
+    translations: list[str]
+    truncated: list[int] = Field(
+        description="indices of inputs truncated to the model's max_length"
+    )
+
+
+class BatchingInfo(BaseModel):
+    max_batch_size: int
+    max_batch_tokens: int
+    max_queue_delay_ms: float
+
+
+class ModelInfo(BaseModel):
+    name: str
+    task: str | None
+    version: str | None
+    state: Literal["loading", "ready", "failed"]
+    ready: bool
+    labels: list[str] | None = None
+    max_length: int | None = None
+    provider: str | None = Field(default=None, description="ONNX Runtime execution provider")
+    precision: str | None = None
+    batching: BatchingInfo | None = None
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="what went wrong, for a person to read")
+    type: str | None = Field(default=None, description="error kind (task API only)")
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        401: "API key missing or wrong",
+        404: "unknown model",
+        413: "over a request limit (the message names it)",
+        422: "invalid request",
+        429: "model queue full; retry after Retry-After seconds",
+        503: "model not ready, or the server is shutting down",
+        504: "request timed out",
+    }.items()
+}
+
+
+# --------------------------------------------------------------- Open Inference Protocol (docs)
+
+
+class V2Tensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2Tensor]
+    outputs: list[V2Tensor]
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2InferOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[V2InferOutput]

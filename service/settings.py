@@ -1,0 +1,199 @@
+"""Service settings: one pydantic-settings class, every field an env var `NLPSERVE_<FIELD>`.
+
+`python -m service` turns every field into a command-line option too (`--max-queue-size`), so the
+CLI and the environment cannot drift apart. Values are validated one by one and across fields at
+startup; `describe_error` turns a ValidationError into the one-line message the CLI prints.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.repository import MODEL_NAME_PATTERN
+
+ENV_PREFIX = "NLPSERVE_"
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # --- where and how to serve
+    model_repository: Path = Field(description="directory holding <model>/config.json and versions")
+    host: str = Field(default="127.0.0.1", description="interface to bind (0.0.0.0 in containers)")
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one object per line"
+    )
+
+    # --- ONNX Runtime
+    providers: Literal["cpu", "cuda", "auto"] = Field(
+        default="auto",
+        description="auto: CUDA when onnxruntime-gpu and a GPU work, else CPU (logged)",
+    )
+    cuda_device_id: int = Field(default=0, ge=0)
+    intra_op_threads: int = Field(
+        default_factory=_available_cores,
+        ge=1,
+        le=256,
+        description="threads per session; lower it when several models are busy at once",
+    )
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    allow_spinning: bool = Field(
+        default=True,
+        description="ORT worker threads spin while idle: lower latency, more CPU burned",
+    )
+
+    # --- request limits
+    max_items_per_request: int = Field(default=64, ge=1, le=100_000)
+    max_text_chars: int = Field(default=10_000, ge=1)
+    max_body_bytes: int = Field(default=2_000_000, ge=1024)
+    truncate: bool = Field(
+        default=True,
+        description="truncate inputs longer than a model's max_length (else reject: 422)",
+    )
+    request_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    max_queue_size: int = Field(
+        default=1024, ge=1, description="queued sequences per model; 429 above"
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="comma-separated; when set, inference routes need one"
+    )
+
+    # --- models and batching
+    pinned_versions: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict, description="comma-separated name=version pairs, e.g. sentiment=2"
+    )
+    max_batch_size: int | None = Field(
+        default=None, ge=1, le=4096, description="overrides every model"
+    )
+    max_batch_tokens: int | None = Field(default=None, ge=1, description="overrides every model")
+    max_queue_delay_ms: float | None = Field(
+        default=None, ge=0, le=60_000, description="overrides all"
+    )
+    # ~15 tokens per ORT run for MiniLM (measurements.md: batch 1 vs 32 at length 32). Measured
+    # in-process, MiniLM fp32, 768 one-sentence requests of mixed length, 64 in flight: no
+    # splitting 27-34 seq/s (padding efficiency 0.31); 0-32 here 97-154 seq/s (0.91-1.0).
+    run_overhead_tokens: int = Field(
+        default=16,
+        ge=0,
+        description="per-run cost in padded tokens: a sorted batch is split into runs of similar "
+        "length when that saves more padding than this",
+    )
+    warmup: bool = Field(
+        default=True, description="run a warm-up batch before a model reports ready"
+    )
+    strict_readiness: bool = Field(
+        default=False,
+        description="ready only when every model loaded (else: loading done, one ready)",
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="on SIGTERM, wait this long for work"
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for key in keys:
+            if len(key.get_secret_value()) < 8:
+                raise ValueError("every API key must have at least 8 characters")
+        return keys
+
+    @field_validator("pinned_versions", mode="before")
+    @classmethod
+    def _parse_pins(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pins: dict[str, str] = {}
+        for part in (p.strip() for p in value.split(",")):
+            if not part:
+                continue
+            name, sep, version = part.partition("=")
+            if not sep:
+                raise ValueError(f"expected name=version, got {part!r}")
+            pins[name.strip()] = version.strip()
+        return pins
+
+    @field_validator("pinned_versions")
+    @classmethod
+    def _check_pins(cls, pins: dict[str, int]) -> dict[str, int]:
+        for name, version in pins.items():
+            if not re.match(MODEL_NAME_PATTERN, name):
+                raise ValueError(f"{name!r} is not a valid model name")
+            if version < 1:
+                raise ValueError(f"version of {name!r} must be a positive integer")
+        return pins
+
+    @field_validator("model_repository")
+    @classmethod
+    def _check_repository(cls, path: Path) -> Path:
+        if not path.is_dir():
+            raise ValueError(f"{path} is not a directory")
+        return path
+
+    @model_validator(mode="after")
+    def _check_across_fields(self) -> Settings:
+        if self.max_queue_size < self.max_items_per_request:
+            raise ValueError(
+                f"max_queue_size ({self.max_queue_size}) must be at least max_items_per_request "
+                f"({self.max_items_per_request}), or a full request could never be queued"
+            )
+        if self.max_queue_delay_ms is not None and self.max_queue_delay_ms / 1000 >= (
+            self.request_timeout_s
+        ):
+            raise ValueError("max_queue_delay_ms must be well below request_timeout_s")
+        if (
+            self.max_batch_tokens is not None
+            and self.max_batch_size is not None
+            and self.max_batch_tokens < self.max_batch_size
+        ):
+            raise ValueError(
+                f"max_batch_tokens ({self.max_batch_tokens}) below max_batch_size "
+                f"({self.max_batch_size}): a full batch could never fit"
+            )
+        return self
+
+    def api_key_values(self) -> list[bytes]:
+        return [k.get_secret_value().encode() for k in self.api_keys]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings from the environment (a FastAPI dependency; override in tests)."""
+    return Settings()  # type: ignore[call-arg]  # model_repository comes from the environment
+
+
+def describe_error(error: ValidationError) -> str:
+    """One readable line per bad value, naming both the env var and the CLI option."""
+    lines = []
+    for e in error.errors():
+        loc = [str(x) for x in e["loc"]]
+        if loc:
+            field = loc[0]
+            where = f"{ENV_PREFIX}{field.upper()} (--{field.replace('_', '-')})"
+        else:
+            where = "settings"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"invalid setting {where}: {msg}")
+    return "\n".join(lines)
