@@ -49,18 +49,24 @@ demo: demo-models
 demo-models: install
 	$(PY) -m model_src sample-data --out $(DEMO_DATA)
 	$(PY) -m model_src train classifier --train $(DEMO_DATA)/sentiment/train.tsv \
-		--dev $(DEMO_DATA)/sentiment/dev.tsv --out $(RUNS)/demo/sentiment --epochs 2 --batch-size 16
+		--dev $(DEMO_DATA)/sentiment/dev.tsv --out $(RUNS)/demo/sentiment \
+		--epochs 1 --batch-size 16 --lr 1e-4 --max-length 64 --threads 1
 	$(PY) -m model_src train nli --train $(DEMO_DATA)/nli/train.tsv \
-		--dev $(DEMO_DATA)/nli/dev.tsv --out $(RUNS)/demo/nli --epochs 2 --batch-size 16
+		--dev $(DEMO_DATA)/nli/dev.tsv --out $(RUNS)/demo/nli \
+		--epochs 2 --batch-size 16 --lr 1e-4 --max-length 64 --threads 1
 	$(PY) -m model_src train translator --train-src $(DEMO_DATA)/translation/train.en \
 		--train-tgt $(DEMO_DATA)/translation/train.de --dev-src $(DEMO_DATA)/translation/dev.en \
-		--dev-tgt $(DEMO_DATA)/translation/dev.de --out $(RUNS)/demo/translator --preset tiny
+		--dev-tgt $(DEMO_DATA)/translation/dev.de --out $(RUNS)/demo/translator \
+		--vocab-size 600 --d-model 64 --heads 4 --ffn 128 --layers 2 --dropout 0.1 \
+		--lr 2e-3 --warmup 100 --max-tokens 1024 --epochs 25 --threads 1
+	rm -rf $(DEMO_REPO)
 	$(PY) -m export classifier --checkpoint $(RUNS)/demo/sentiment --repository $(DEMO_REPO) \
 		--name sentiment --version 1 --optimize
 	$(PY) -m export nli --checkpoint $(RUNS)/demo/nli --repository $(DEMO_REPO) \
 		--name nli --version 1 --optimize
 	$(PY) -m export translator --checkpoint $(RUNS)/demo/translator --repository $(DEMO_REPO) \
-		--name translator --version 1
+		--name translator --version 1 --dev-src $(DEMO_DATA)/translation/dev.en \
+		--dev-ref $(DEMO_DATA)/translation/dev.de
 
 serve: install
 	$(PY) -m service --model-repository $(REPOSITORY) --host $(HOST) --port $(PORT)
@@ -79,7 +85,7 @@ models: install
 	$(PY) -m export nli --checkpoint $(RUNS)/nli --repository $(REPOSITORY) \
 		--name nli --optimize --dev $(DATA_DIR)/snli/dev.tsv
 	$(PY) -m export translator --checkpoint $(RUNS)/translator --repository $(REPOSITORY) \
-		--name translator --dev-src $(DATA_DIR)/multi30k/val.en --dev-tgt $(DATA_DIR)/multi30k/val.de
+		--name translator --dev-src $(DATA_DIR)/multi30k/val.en --dev-ref $(DATA_DIR)/multi30k/val.de
 
 bench-engine: install
 	$(PY) -m export bench --out reports/engine-benchmark.md

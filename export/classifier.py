@@ -1,0 +1,295 @@
+"""Export a fine-tuned classifier / NLI checkpoint into the model repository.
+
+Pipeline (every step in a staging directory; the repository is touched only at the very end):
+trace fp32 ONNX -> parity with PyTorch -> [optimise -> parity] -> [int8: pick settings by dev
+accuracy | fp16 -> parity] -> manifest -> publish. Any failed check raises `ParityError` and the
+repository stays as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from export import classifier_graph, optimize, publish, quantize, samples
+from export.parity import (
+    LogitsFn,
+    ParityError,
+    ReferenceLogits,
+    compare_logits,
+    label_metrics,
+    predict,
+    require,
+)
+from export.runtime import classifier_logits, cuda_available, make_session
+from export.text_inputs import Text, encode, load_tokenizer, read_dev_file
+from service.repository import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+TASKS = {"classifier": "text-classification", "nli": "text-pair-classification"}
+DEFAULT_NAMES = {"text-classification": "sentiment", "text-pair-classification": "nli"}
+
+
+@dataclass
+class Tolerances:
+    """Parity bounds a graph must meet before it is published."""
+
+    fp32_atol: float = 1e-4  # logits vs PyTorch, fp32 and optimised fp32 graphs
+    int8_min_agreement: float = 0.99  # labels equal to the fp32 graph's on the dev sample
+    int8_max_drop_points: float = 1.0  # dev accuracy drop in percentage points
+    fp16_atol: float = 2e-2  # logits vs fp32: fp16 keeps ~3 significant digits
+    fp16_min_agreement: float = 0.99  # labels equal to the fp32 graph's on the parity texts
+
+
+@dataclass
+class ClassifierExport:
+    """One export job: what to read, where to write, and which variants to build."""
+
+    checkpoint: Path
+    repository: Path
+    kind: str = "classifier"  # or "nli": the CLI subcommand, checked against the checkpoint
+    name: str | None = None  # default: "sentiment" / "nli" by task
+    version: int | None = None  # default: highest existing + 1
+    optimize: bool = False
+    quantize: str | None = None  # None | "int8"
+    fp16: bool = False
+    dev: Path | None = None  # labelled TSV for int8 accuracy (and extra parity texts)
+    dev_limit: int = 2000  # first N dev rows: enough to resolve a 1-point drop, fast on 2 cores
+    threads: int | None = None  # ORT intra-op threads for the checks (default: all cores)
+    max_batch_size: int = 32  # batching defaults written to the model's config.json
+    max_batch_tokens: int = 8192
+    max_queue_delay_ms: float = 5.0
+    tolerances: Tolerances | None = None
+
+
+def export_classifier(
+    checkpoint_dir: Path,
+    repository: Path,
+    name: str | None = None,
+    version: int | None = None,
+    optimize: bool = False,
+    quantize: str | None = None,
+    fp16: bool = False,
+    dev: Path | None = None,
+    kind: str = "classifier",
+    **options: Any,
+) -> Path:
+    """Export one classifier/NLI checkpoint; returns the new version directory."""
+    job = ClassifierExport(
+        Path(checkpoint_dir),
+        Path(repository),
+        kind=kind,
+        name=name,
+        version=version,
+        optimize=optimize,
+        quantize=quantize,
+        fp16=fp16,
+        dev=dev,
+        **options,
+    )
+    return run_export(job)
+
+
+def model_config(
+    task: str, name: str, labels: list[str], max_length: int, job: ClassifierExport
+) -> ModelConfig:
+    """The repository's <name>/config.json, validated by the service's schema."""
+    return ModelConfig.model_validate(
+        {
+            "name": name,
+            "task": task,
+            "labels": labels,
+            "max_length": max_length,
+            "batching": {
+                "max_batch_size": job.max_batch_size,
+                "max_batch_tokens": max(job.max_batch_tokens, max_length),
+                "max_queue_delay_ms": job.max_queue_delay_ms,
+            },
+        }
+    )
+
+
+def run_export(job: ClassifierExport) -> Path:
+    tol = job.tolerances or Tolerances()
+    if job.quantize not in (None, "int8"):
+        raise ValueError(f"unsupported --quantize {job.quantize!r} (only int8)")
+    if job.quantize and job.fp16:
+        raise ValueError(
+            "--quantize int8 and --fp16 are exclusive (int8 is for CPU, fp16 for CUDA)"
+        )
+
+    model, ckpt, _ = classifier_graph.load_classifier(job.checkpoint)
+    task = ckpt.get("task")
+    if task != TASKS[job.kind]:
+        raise ValueError(f"{job.checkpoint} holds a {task!r} model, not {TASKS[job.kind]!r}")
+    labels: list[str] = list(ckpt["labels"])
+    max_length = int(ckpt.get("max_length", 128))
+    name = job.name or DEFAULT_NAMES[task]
+    # Everything that can be refused is checked before the (slow) export.
+    version = publish.resolve_version(job.repository, name, job.version)
+    config = model_config(task, name, labels, max_length, job)
+    pair = task == "text-pair-classification"
+    model = classifier_graph.with_eager_attention(model)
+    logger.info("exporting %s (%s) as %s version %d", job.checkpoint, task, name, version)
+
+    tokenizer = load_tokenizer(job.checkpoint / "tokenizer.json", max_length)
+    parity_texts: list[Text] = list(samples.PAIRS if pair else samples.SENTENCES)
+    dev = read_dev_file(job.dev, labels, pair, job.dev_limit) if job.dev else None
+    if dev is not None:  # a slice of real dev texts widens the parity check cheaply
+        parity_texts = list(dict.fromkeys([*parity_texts, *dev.texts[:64]]))
+
+    def ort_fn(path: Path, provider: str = "cpu") -> LogitsFn:
+        session = make_session(path, job.threads, provider, spinning=False)
+        return lambda batch: classifier_logits(session, batch)
+
+    parity: dict[str, Any] = {}
+    optimizations: dict[str, Any] | None = None
+    quantization: dict[str, Any] | None = None
+    precision = "fp32"
+
+    with publish.staging_dir() as work:
+        fp32 = work / "fp32.onnx"
+        classifier_graph.export_onnx(model, fp32, encode(tokenizer, parity_texts[:2]))
+        reference = ReferenceLogits.compute(
+            lambda batch: classifier_graph.torch_logits(model, batch), tokenizer, parity_texts
+        )
+        parity["fp32_vs_pytorch"] = _check_fp32(reference, ort_fn(fp32), tol, "fp32 ONNX")
+        current = fp32
+
+        if job.optimize:
+            optimized = work / "optimized.onnx"
+            optimizations = optimize.optimize_bert(
+                fp32,
+                optimized,
+                num_heads=int(ckpt["encoder"]["num_attention_heads"]),
+                hidden_size=int(ckpt["encoder"]["hidden_size"]),
+                use_gpu=job.fp16,
+            )
+            parity["optimized_vs_pytorch"] = _check_fp32(
+                reference, ort_fn(optimized), tol, "optimised ONNX"
+            )
+            current = optimized
+
+        if job.quantize == "int8":
+            texts = dev.texts if dev is not None else parity_texts
+            gold = dev.labels if dev is not None else None
+            quantization, parity["int8"] = _quantize(
+                current, work, tol, ort_fn, tokenizer, texts, gold
+            )
+            parity["int8"]["evaluated_on"] = (
+                str(job.dev) if job.dev else "bundled sample sentences (agreement only)"
+            )
+            current = work / "int8.onnx"
+            precision = "int8"
+
+        if job.fp16:
+            fp16 = work / "fp16.onnx"
+            details = optimize.convert_fp16(current, fp16)
+            provider = "cuda" if cuda_available() else "cpu"
+            fp32_reference = ReferenceLogits.compute(ort_fn(current), tokenizer, parity_texts)
+            report = compare_logits(fp32_reference, ort_fn(fp16, provider))
+            report.update(atol=tol.fp16_atol, provider=provider, reference="fp32 ONNX")
+            parity["fp16_vs_fp32"] = report
+            require(
+                report["max_abs_diff"] <= tol.fp16_atol
+                and report["label_agreement"] >= tol.fp16_min_agreement,
+                "fp16 ONNX vs fp32",
+                report,
+            )
+            precision = "fp16"
+            optimizations = {**(optimizations or {}), "float16": details}
+            current = fp16
+
+        stage = work / "version"
+        stage.mkdir()
+        shutil.copyfile(current, stage / "model.onnx")
+        shutil.copyfile(job.checkpoint / "tokenizer.json", stage / "tokenizer.json")
+        publish.write_manifest(
+            stage,
+            {
+                "opset": classifier_graph.OPSET,
+                "exporter": classifier_graph.EXPORTER,
+                "source_checkpoint": str(job.checkpoint.resolve()),
+                "task": task,
+                "precision": precision,
+                "quantization": quantization,
+                "optimizations": optimizations,
+                "parity": parity,
+            },
+        )
+        return publish.publish(stage, job.repository, name, version, config)
+
+
+def _check_fp32(
+    reference: ReferenceLogits, candidate: LogitsFn, tol: Tolerances, what: str
+) -> dict[str, Any]:
+    report = compare_logits(reference, candidate)
+    report["atol"] = tol.fp32_atol
+    require(report["max_abs_diff"] <= tol.fp32_atol, f"{what} logits vs PyTorch", report)
+    return report
+
+
+def _quantize(
+    src: Path,
+    work: Path,
+    tol: Tolerances,
+    ort_fn: Callable[[Path], LogitsFn],
+    tokenizer: Tokenizer,
+    texts: list[Text],
+    gold: list[int] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pick int8 settings by measured agreement (and dev accuracy when `gold` is given).
+
+    Returns (the manifest's quantization record, the int8 parity numbers)."""
+    reference = predict(ort_fn(src), tokenizer, texts)
+
+    def evaluate(candidate: Path) -> dict[str, Any]:
+        return label_metrics(reference, predict(ort_fn(candidate), tokenizer, texts), gold)
+
+    def accept(m: dict[str, Any]) -> bool:
+        ok = m["label_agreement"] >= tol.int8_min_agreement
+        if "accuracy_drop_points" in m:
+            ok = ok and m["accuracy_drop_points"] <= tol.int8_max_drop_points
+        return bool(ok)
+
+    chosen, attempts = quantize.choose_int8(src, work / "int8.onnx", work, evaluate, accept)
+    tried = [a.to_json() for a in attempts]
+    if chosen is None:
+        raise ParityError(
+            "no int8 setting kept accuracy",
+            {
+                "min_agreement": tol.int8_min_agreement,
+                "max_drop_points": tol.int8_max_drop_points,
+                "attempts": tried,
+            },
+        )
+    quantization = {
+        "method": "onnxruntime.quantization.quantize_dynamic",
+        "weights": "int8",
+        "activations": "uint8, quantised dynamically per batch",
+        "chosen": chosen.settings.name,
+        "settings": tried[-1]["settings"],
+        "quantized_nodes": chosen.quantized_nodes,
+        "attempts": tried,
+    }
+    parity = {
+        **chosen.metrics,
+        "reference": "fp32 ONNX (== PyTorch within the fp32 tolerance)",
+        "min_agreement": tol.int8_min_agreement,
+        "max_drop_points": tol.int8_max_drop_points if gold is not None else None,
+    }
+    return quantization, parity
+
+
+def logits_for_texts(model_path: Path, tokenizer: Tokenizer, texts: list[Text]) -> np.ndarray:
+    """Convenience for tests/tools: fp32 logits of `texts` from an exported model file."""
+    session = make_session(model_path)
+    return classifier_logits(session, encode(tokenizer, texts))

@@ -1,0 +1,127 @@
+"""Dynamic int8 quantisation with settings chosen by measured accuracy.
+
+Dynamic quantisation stores MatMul (and fused Attention) weights as int8 and quantises
+activations to uint8 on the fly. Which settings keep accuracy depends on the model and the CPU:
+on AVX2 machines without VNNI the u8 x s8 kernels can saturate their int16 intermediates, and
+signed per-tensor weights on every MatMul measurably hurt MiniLM
+(../shared/reference/measurements.md). So instead of trusting a default we try candidates from
+the fastest to the most conservative and keep the first that passes the accuracy bound on the
+dev sample; every attempt is recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    name: str
+    op_types: tuple[str, ...] = ("MatMul", "Attention")  # embeddings (Gather) stay fp32
+    per_channel: bool = False  # one scale per output column instead of per tensor
+    reduce_range: bool = False  # 7-bit weights: avoids u8s8 saturation on non-VNNI CPUs
+    exclude_patterns: tuple[str, ...] = ()  # node-name substrings kept in fp32
+    notes: str = ""
+
+
+# Ordered from most aggressive (fastest, least accurate) to most conservative.
+CANDIDATES: tuple[QuantSettings, ...] = (
+    QuantSettings("per-tensor", notes="every MatMul/Attention, one scale per weight"),
+    QuantSettings("per-channel", per_channel=True),
+    QuantSettings("per-channel-reduce-range", per_channel=True, reduce_range=True),
+    QuantSettings(
+        "attention-only",
+        op_types=("Attention",),
+        per_channel=True,
+        reduce_range=True,
+        notes="feed-forward MatMuls stay fp32 (fused-graph only)",
+    ),
+)
+
+
+@dataclass
+class QuantAttempt:
+    settings: QuantSettings
+    metrics: dict[str, Any]
+    passed: bool
+    quantized_nodes: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "settings": asdict(self.settings),
+            "metrics": self.metrics,
+            "passed": self.passed,
+            "quantized_nodes": self.quantized_nodes,
+        }
+
+
+def quantize_int8(src: Path, dst: Path, settings: QuantSettings) -> dict[str, int]:
+    """Quantise `src` into `dst`; returns the count of each quantised op type in the result."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(src))
+    exclude = [
+        node.name
+        for node in model.graph.node
+        if any(pattern in node.name for pattern in settings.exclude_patterns)
+    ]
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        op_types_to_quantize=list(settings.op_types),
+        per_channel=settings.per_channel,
+        reduce_range=settings.reduce_range,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=exclude or None,
+        # The optimised graph holds contrib ops whose output types the quantizer cannot infer;
+        # without a default it fails (../shared/reference/measurements.md).
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    quantized = onnx.load(str(dst))
+    counts: dict[str, int] = {}
+    for node in quantized.graph.node:
+        if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "QAttention"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def choose_int8(
+    src: Path,
+    dst: Path,
+    work_dir: Path,
+    evaluate: Callable[[Path], dict[str, Any]],
+    accept: Callable[[dict[str, Any]], bool],
+    candidates: tuple[QuantSettings, ...] = CANDIDATES,
+) -> tuple[QuantAttempt | None, list[QuantAttempt]]:
+    """Try `candidates` in order; copy the first one `accept`ed by its metrics to `dst`.
+
+    Returns (chosen attempt or None, all attempts). Candidates that quantise nothing in this
+    graph (e.g. attention-only on an unfused graph) are skipped.
+    """
+    attempts: list[QuantAttempt] = []
+    for i, settings in enumerate(candidates):
+        candidate = work_dir / f"int8-candidate-{i}.onnx"
+        counts = quantize_int8(src, candidate, settings)
+        if not counts:
+            logger.info("int8 candidate %s quantises nothing in this graph; skipped", settings.name)
+            candidate.unlink(missing_ok=True)
+            continue
+        metrics = evaluate(candidate)
+        passed = accept(metrics)
+        attempts.append(QuantAttempt(settings, metrics, passed, counts))
+        logger.info(
+            "int8 candidate %s: %s -> %s", settings.name, metrics, "pass" if passed else "fail"
+        )
+        if passed:
+            candidate.replace(dst)
+            return attempts[-1], attempts
+        candidate.unlink(missing_ok=True)
+    return None, attempts

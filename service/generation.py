@@ -1,0 +1,291 @@
+"""Greedy and beam search for the exported translator on ONNX Runtime (numpy only, no torch).
+
+The export (`python -m export translator`) writes two graphs; their interface is defined here,
+because this loop is their only consumer. B = batch (hypotheses), S = source length, L = decoder
+layers, H = attention heads, hd = head size (d_model / H), V = vocabulary, t = positions already
+decoded. Every axis named here is dynamic in the graphs.
+
+encoder.onnx
+    inputs   src_ids      int64   [B, S]          subword ids ending in <eos>, right-padded with
+                                                   the pad id (0)
+    outputs  memory_mask  bool    [B, S]          True on real source tokens
+             cross_k      float32 [L, B, H, S, hd] every decoder layer's encoder-decoder keys,
+             cross_v      float32 [L, B, H, S, hd] and values: computed once per source
+
+decoder.onnx (one decoding step for every hypothesis)
+    inputs   tokens       int64   [B]              the token at `position` (<sos> at position 0)
+             position     int64   [B]
+             memory_mask  bool    [B, S]
+             cross_k      float32 [L, B, H, S, hd]
+             cross_v      float32 [L, B, H, S, hd]
+             self_k       float32 [L, B, H, t, hd] self-attention keys/values of positions 0..t-1
+             self_v       float32 [L, B, H, t, hd] (t = 0 at the first step: an empty axis)
+    outputs  logits       float32 [B, V]           next-token logits
+             new_self_k   float32 [L, B, H, t+1, hd] the cache with this position appended
+             new_self_v   float32 [L, B, H, t+1, hd]
+
+The cache goes in and comes back grown by one position, so a step attends over the cached prefix
+and never recomputes it. decoder.onnx carries metadata (ONNX `metadata_props`): pad_id, sos_id,
+eos_id and max_positions (the sinusoidal table's rows: no position may reach it).
+
+Decoding rules (the same as the PyTorch decoder in model_src.translator.decoding, so exported
+and PyTorch output match token for token under greedy search):
+- outputs are id lists without <sos>, including the final <eos> when the hypothesis finished;
+  one cut by `max_new_tokens` has no <eos>. <pad> and <sos> are never generated.
+- greedy: argmax at each step; finished rows leave the batch.
+- beam search keeps finished hypotheses in the beam, frozen (one continuation: itself, score
+  unchanged), ranked by `sum log p / length ** length_penalty` (length counts generated tokens
+  including <eos>). A source stops when all its beams finished; its answer is the best beam.
+  beam_size 1 is greedy search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+ENCODER_INPUTS = ("src_ids",)
+ENCODER_OUTPUTS = ("memory_mask", "cross_k", "cross_v")
+DECODER_INPUTS = ("tokens", "position", "memory_mask", "cross_k", "cross_v", "self_k", "self_v")
+DECODER_OUTPUTS = ("logits", "new_self_k", "new_self_v")
+
+
+@dataclass
+class DecoderState:
+    """The decoding state of a batch of hypotheses (shapes in the module docstring)."""
+
+    memory_mask: np.ndarray
+    cross_k: np.ndarray
+    cross_v: np.ndarray
+    self_k: np.ndarray
+    self_v: np.ndarray
+    position: np.ndarray  # int64 [B]: position of the next input token
+
+    def select(self, index: np.ndarray, cross: bool = True) -> DecoderState:
+        """Keep/reorder/duplicate hypotheses: row i of the result is row index[i].
+
+        cross=False keeps the source-side arrays as they are; valid when `index` maps every row
+        to a row of the same source (beam reordering), and it saves copying them every step.
+        """
+        return DecoderState(
+            memory_mask=self.memory_mask[index] if cross else self.memory_mask,
+            cross_k=self.cross_k[:, index] if cross else self.cross_k,
+            cross_v=self.cross_v[:, index] if cross else self.cross_v,
+            self_k=self.self_k[:, index],
+            self_v=self.self_v[:, index],
+            position=self.position[index],
+        )
+
+
+def _metadata_int(session: ort.InferenceSession, key: str, default: int | None) -> int | None:
+    value = session.get_modelmeta().custom_metadata_map.get(key)
+    return int(value) if value is not None else default
+
+
+def make_session(
+    path: Path | str | bytes, threads: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",)
+) -> ort.InferenceSession:
+    """A session with explicit intra-op threads and full graph optimisation."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    source = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(source, sess_options=options, providers=list(providers))
+
+
+class OnnxGenerator:
+    """Batched greedy and beam search over an encoder and a decoder-step session."""
+
+    def __init__(
+        self,
+        encoder: ort.InferenceSession,
+        decoder: ort.InferenceSession,
+        pad_id: int | None = None,
+        sos_id: int | None = None,
+        eos_id: int | None = None,
+    ) -> None:
+        """Special ids default to the decoder graph's metadata (then 0, 1, 2)."""
+        self.encoder = encoder
+        self.decoder = decoder
+        self.pad_id = pad_id if pad_id is not None else _metadata_int(decoder, "pad_id", 0)
+        self.sos_id = sos_id if sos_id is not None else _metadata_int(decoder, "sos_id", 1)
+        self.eos_id = eos_id if eos_id is not None else _metadata_int(decoder, "eos_id", 2)
+        self.max_positions = _metadata_int(decoder, "max_positions", None)
+        missing = [n for n in DECODER_INPUTS if n not in {i.name for i in decoder.get_inputs()}]
+        if missing:
+            raise ValueError(f"decoder graph lacks inputs {missing}; expected {DECODER_INPUTS}")
+
+    @classmethod
+    def from_directory(
+        cls,
+        version_dir: Path,
+        threads: int = 1,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ) -> OnnxGenerator:
+        return cls(
+            make_session(version_dir / ENCODER_FILE, threads, providers),
+            make_session(version_dir / DECODER_FILE, threads, providers),
+        )
+
+    # ---- the two graphs ------------------------------------------------------------------------
+    def start(self, src_ids: np.ndarray) -> DecoderState:
+        """Run the encoder; the state has an empty self-attention cache at position 0."""
+        memory_mask, cross_k, cross_v = self.encoder.run(
+            list(ENCODER_OUTPUTS), {"src_ids": np.ascontiguousarray(src_ids, dtype=np.int64)}
+        )
+        L, B, H, _, hd = cross_k.shape
+        empty = np.zeros((L, B, H, 0, hd), dtype=cross_k.dtype)  # no position decoded yet
+        return DecoderState(memory_mask, cross_k, cross_v, empty, empty, np.zeros(B, np.int64))
+
+    def step(self, state: DecoderState, tokens: np.ndarray) -> tuple[np.ndarray, DecoderState]:
+        """Feed tokens [B] at the state's position -> next-token logits [B, V], advanced state."""
+        feeds: dict[str, Any] = {
+            "tokens": tokens.astype(np.int64, copy=False),
+            "position": state.position,
+            "memory_mask": state.memory_mask,
+            "cross_k": state.cross_k,
+            "cross_v": state.cross_v,
+            "self_k": state.self_k,
+            "self_v": state.self_v,
+        }
+        logits, self_k, self_v = self.decoder.run(list(DECODER_OUTPUTS), feeds)
+        logits = logits.astype(np.float32, copy=False)
+        logits[:, self.pad_id] = -np.inf  # never generate padding or a second start
+        logits[:, self.sos_id] = -np.inf
+        next_state = DecoderState(
+            state.memory_mask, state.cross_k, state.cross_v, self_k, self_v, state.position + 1
+        )
+        return logits, next_state
+
+    def _max_steps(self, max_new_tokens: int) -> int:
+        """Positions beyond the sinusoidal table cannot be represented."""
+        if self.max_positions is None:
+            return max_new_tokens
+        return min(max_new_tokens, self.max_positions)
+
+    # ---- search --------------------------------------------------------------------------------
+    def pad(self, sources: Sequence[Sequence[int]]) -> np.ndarray:
+        """Right-pad id lists into an int64 [B, S] array."""
+        S = max(len(s) for s in sources)
+        out = np.full((len(sources), S), self.pad_id, dtype=np.int64)
+        for i, ids in enumerate(sources):
+            out[i, : len(ids)] = ids
+        return out
+
+    def generate(
+        self,
+        sources: Sequence[Sequence[int]],
+        beam_size: int = 1,
+        max_new_tokens: int = 128,
+        length_penalty: float = 1.0,
+    ) -> list[list[int]]:
+        """Decode one batch of encoded sources (each ending in <eos>), results in input order."""
+        if not sources:
+            return []
+        src_ids = self.pad(sources)
+        if beam_size == 1:
+            return self.greedy(src_ids, max_new_tokens)
+        return self.beam_search(src_ids, beam_size, max_new_tokens, length_penalty)
+
+    def greedy(self, src_ids: np.ndarray, max_new_tokens: int = 128) -> list[list[int]]:
+        """Most probable next token at every step, for each row of src_ids [B, S]."""
+        B = src_ids.shape[0]
+        state = self.start(src_ids)
+        tokens = np.full(B, self.sos_id, dtype=np.int64)
+        alive = np.arange(B)  # source row of each hypothesis still being decoded
+        out: list[list[int]] = [[] for _ in range(B)]
+        for _ in range(self._max_steps(max_new_tokens)):
+            logits, state = self.step(state, tokens)
+            tokens = logits.argmax(-1)
+            for row, token in zip(alive.tolist(), tokens.tolist(), strict=True):
+                out[row].append(token)
+            keep = np.flatnonzero(tokens != self.eos_id)  # finished rows leave the batch
+            if keep.size == 0:
+                break
+            if keep.size < alive.size:
+                state = state.select(keep)
+                tokens, alive = tokens[keep], alive[keep]
+        return out
+
+    def beam_search(
+        self,
+        src_ids: np.ndarray,
+        beam_size: int = 4,
+        max_new_tokens: int = 128,
+        length_penalty: float = 1.0,
+    ) -> list[list[int]]:
+        """Best hypothesis per row of src_ids [B, S]; the rules are in the module docstring."""
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        K = beam_size
+        B = src_ids.shape[0]
+        state = self.start(src_ids).select(np.repeat(np.arange(B), K))  # rows b*K .. b*K+K-1
+        scores = np.full((B, K), -np.inf, dtype=np.float32)
+        scores[:, 0] = 0.0  # all beams start identical: let only the first one propose
+        finished = np.zeros((B, K), dtype=bool)
+        lengths = np.zeros((B, K), dtype=np.int64)
+        history = np.zeros((B, K, 0), dtype=np.int64)  # generated tokens
+        tokens = np.full(B * K, self.sos_id, dtype=np.int64)
+        alive = np.arange(B)  # source row of each source still searching
+        results: list[list[int]] = [[] for _ in range(B)]
+
+        def emit(rows: np.ndarray) -> None:
+            for i in rows.tolist():
+                results[int(alive[i])] = history[i, 0, : lengths[i, 0]].tolist()  # beam 0 is best
+
+        for _ in range(self._max_steps(max_new_tokens)):
+            logits, state = self.step(state, tokens)
+            n, V = alive.size, logits.shape[-1]
+            logp = _log_softmax(logits).reshape(n, K, V)
+            cand = scores[..., None] + logp  # (n, K, V) raw scores of every extension
+            cand[finished] = -np.inf
+            cand[..., self.pad_id] = np.where(finished, scores, cand[..., self.pad_id])  # frozen
+            cand_len = np.where(finished, lengths, lengths + 1)  # (n, K)
+            norm = cand / (cand_len[..., None].astype(np.float32) ** length_penalty)
+            top_idx = _topk(norm.reshape(n, K * V), K)  # (n, K), best first
+            beam, token = top_idx // V, top_idx % V
+            scores = np.take_along_axis(cand.reshape(n, K * V), top_idx, 1)
+            lengths = np.take_along_axis(cand_len, beam, 1)
+            finished = np.take_along_axis(finished, beam, 1) | (token == self.eos_id)
+            history = np.concatenate(
+                [history[np.arange(n)[:, None], beam], token[..., None]], axis=2
+            )  # (n, K, t+1)
+            rows = (np.arange(n)[:, None] * K + beam).reshape(-1)  # (n*K,), within each source
+            state = state.select(rows, cross=False)
+            tokens = token.reshape(-1)
+
+            done = finished.all(1)  # (n,)
+            if done.any():
+                emit(np.flatnonzero(done))
+                keep = np.flatnonzero(~done)
+                if keep.size == 0:
+                    return results
+                keep_rows = (keep[:, None] * K + np.arange(K)).reshape(-1)
+                state = state.select(keep_rows)
+                tokens = tokens[keep_rows]
+                scores, finished = scores[keep], finished[keep]
+                lengths, history, alive = lengths[keep], history[keep], alive[keep]
+        emit(np.arange(alive.size))
+        return results
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax; rows hold finite maxima (only pad/sos are -inf)."""
+    shifted = x - x.max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):  # exp(-inf) = 0 is intended for the masked ids
+        return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _topk(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest entries of each row, largest first (like torch.topk)."""
+    part = np.argpartition(-x, k - 1, axis=1)[:, :k]  # the k largest, unordered
+    order = np.argsort(-np.take_along_axis(x, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1)

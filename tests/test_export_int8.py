@@ -1,0 +1,72 @@
+"""int8 export on the real MiniLM-L6 encoder (the slower export test: ~15 s of CPU).
+
+A tiny random encoder is no stand-in here: its logit margins are so small that any rounding flips
+labels, so the accuracy-driven choice of quantisation settings can only be shown on real weights.
+The head is a linear probe fitted on the bundled labelled sentences (see export.tiny).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import onnx
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from export import samples
+from export.classifier import export_classifier
+from export.optimize import EXPECTED_BERT_FUSIONS
+from export.runtime import classifier_logits, make_session
+from export.text_inputs import encode, load_tokenizer
+from export.tiny import minilm_probe_checkpoint
+
+
+@pytest.fixture(scope="module")
+def int8_version(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("minilm")
+    ckpt = minilm_probe_checkpoint(root / "ckpt")
+    dev = root / "dev.tsv"
+    rows = zip(samples.SENTENCE_LABELS, samples.SENTENCES, strict=True)
+    dev.write_text("label\tsentence\n" + "".join(f"{y}\t{x}\n" for y, x in rows))
+    version = export_classifier(ckpt, root / "repo", optimize=True, quantize="int8", dev=dev)
+    return ckpt, version
+
+
+def test_int8_export_keeps_labels_and_dev_accuracy(int8_version: tuple[Path, Path]) -> None:
+    """The chosen int8 settings agree with fp32 on >= 99% of the dev set and lose <= 1 point."""
+    _, version = int8_version
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["precision"] == "int8"
+    int8 = manifest["parity"]["int8"]
+    assert int8["label_agreement"] >= 0.99
+    assert int8["accuracy_drop_points"] <= 1.0
+    quantization = manifest["quantization"]
+    assert quantization["chosen"] == quantization["attempts"][-1]["settings"]["name"]
+    assert all(not a["passed"] for a in quantization["attempts"][:-1])  # first passing one wins
+
+
+def test_int8_graph_uses_integer_kernels_on_fused_minilm(int8_version: tuple[Path, Path]) -> None:
+    """Real MiniLM gets every BERT fusion, and the int8 graph runs integer attention/matmuls."""
+    _, version = int8_version
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["optimizations"]["fusions"]["Attention"] == 6  # one per layer
+    assert set(EXPECTED_BERT_FUSIONS) <= set(manifest["optimizations"]["fusions"])
+    ops = {n.op_type for n in onnx.load(str(version / "model.onnx")).graph.node}
+    assert ops & {"QAttention", "MatMulInteger", "DynamicQuantizeMatMul"}
+
+
+def test_int8_predictions_agree_with_fp32_pytorch(int8_version: tuple[Path, Path]) -> None:
+    """Served int8 predictions equal the PyTorch model's on the bundled sentences."""
+    from export.classifier_graph import load_classifier, torch_logits
+
+    ckpt, version = int8_version
+    model, config, _ = load_classifier(ckpt)
+    tokenizer = load_tokenizer(ckpt / "tokenizer.json", config["max_length"])
+    batch = encode(tokenizer, list(samples.SENTENCES))
+    int8 = classifier_logits(make_session(version / "model.onnx"), batch)
+    fp32 = torch_logits(model, batch)
+    agreement = float((int8.argmax(-1) == fp32.argmax(-1)).mean())
+    assert agreement >= 0.99

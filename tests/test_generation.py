@@ -1,0 +1,92 @@
+"""service/generation.py: the numpy + ONNX Runtime decoding loop the translator is served with.
+
+Graphs come from a tiny random Transformer exported once per module (the loop itself needs no
+torch; only building the fixture does).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.generation import OnnxGenerator, _log_softmax, _topk
+
+MAX_POSITIONS = 20  # a short sinusoidal table, so the positional cap is reachable in a test
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory: pytest.TempPathFactory) -> OnnxGenerator:
+    import torch
+
+    from export.translator import export_graphs, with_eager_attention
+    from model_src.translator.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    config = TransformerConfig(
+        vocab_size=50,
+        d_model=16,
+        n_heads=2,
+        n_encoder_layers=1,
+        n_decoder_layers=2,
+        d_ff=32,
+        max_positions=MAX_POSITIONS,
+    )
+    out = tmp_path_factory.mktemp("graphs")
+    export_graphs(with_eager_attention(Transformer(config)), out)
+    return OnnxGenerator.from_directory(out)
+
+
+SOURCES = [[5, 6, 7, 2], [8, 2], [9, 10, 11, 12, 13, 14, 2], [20, 21, 2]]
+
+
+def test_special_ids_come_from_the_decoder_metadata(generator: OnnxGenerator) -> None:
+    """pad/sos/eos ids and the positional limit are read from decoder.onnx's metadata."""
+    assert (generator.pad_id, generator.sos_id, generator.eos_id) == (0, 1, 2)
+    assert generator.max_positions == MAX_POSITIONS
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_batched_generation_equals_one_source_at_a_time(
+    generator: OnnxGenerator, beam_size: int
+) -> None:
+    """Padding and batching never change a source's output (results keep input order)."""
+    batched = generator.generate(SOURCES, beam_size=beam_size, max_new_tokens=8)
+    alone = [generator.generate([s], beam_size=beam_size, max_new_tokens=8)[0] for s in SOURCES]
+    assert batched == alone
+
+
+def test_outputs_never_hold_pad_or_sos_and_stop_at_eos(generator: OnnxGenerator) -> None:
+    """Generated ids exclude <pad>/<sos>; nothing follows an <eos>; length <= max_new_tokens."""
+    for beam_size in (1, 4):
+        for ids in generator.generate(SOURCES, beam_size=beam_size, max_new_tokens=10):
+            assert 0 < len(ids) <= 10
+            assert generator.pad_id not in ids and generator.sos_id not in ids
+            assert generator.eos_id not in ids[:-1]
+
+
+def test_decoding_stops_at_the_positional_limit(generator: OnnxGenerator) -> None:
+    """A max_new_tokens past the sinusoidal table is capped instead of failing in the graph."""
+    outputs = generator.generate(SOURCES[:2], beam_size=1, max_new_tokens=500)
+    assert all(len(ids) <= MAX_POSITIONS for ids in outputs)
+
+
+def test_empty_request_returns_nothing(generator: OnnxGenerator) -> None:
+    """No sources, no work and no error."""
+    assert generator.generate([], beam_size=4) == []
+
+
+def test_topk_returns_largest_first() -> None:
+    """_topk matches a full descending sort for each row."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 50)).astype(np.float32)
+    x[0, :5] = -np.inf  # masked ids never win
+    expected = np.argsort(-x, axis=1, kind="stable")[:, :4]
+    assert (_topk(x, 4) == expected).all()
+
+
+def test_log_softmax_handles_masked_entries() -> None:
+    """-inf logits get zero probability; the rest sum to one."""
+    x = np.array([[0.0, 1.0, -np.inf, 2.0]], dtype=np.float32)
+    p = np.exp(_log_softmax(x))
+    assert p[0, 2] == 0.0
+    assert abs(float(p.sum()) - 1.0) < 1e-6
