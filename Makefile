@@ -10,11 +10,15 @@ REPOSITORY ?= model_repository
 RUNS ?= runs
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# Load test knobs (`make loadtest USERS=32 DURATION=60s`).
+# Load test knobs (`make loadtest USERS="1 8 32" DURATION=60s P95_MS=500`). With LOADTEST_HOST
+# empty, the runner starts nlpserve itself on LOADTEST_REPOSITORY (the demo's models by default).
 USERS ?= 16
 SPAWN_RATE ?= 8
 DURATION ?= 30s
-LOADTEST_HOST ?= http://$(HOST):$(PORT)
+P95_MS ?= 2000
+LOADTEST_HOST ?=
+LOADTEST_REPOSITORY ?= $(RUNS)/demo/model_repository
+BENCH_REPOSITORY ?= $(REPOSITORY)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -91,11 +95,12 @@ bench-engine: install
 	$(PY) -m export bench --out reports/engine-benchmark.md
 
 loadtest: install
-	$(PY) -m loadtests.run --host $(LOADTEST_HOST) --users $(USERS) --spawn-rate $(SPAWN_RATE) \
-		--run-time $(DURATION) --out $(RUNS)/loadtest
+	$(PY) -m loadtests.run $(if $(LOADTEST_HOST),--host $(LOADTEST_HOST) --wait-ready 60,--serve-repository $(LOADTEST_REPOSITORY)) \
+		--users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(DURATION) --out $(RUNS)/loadtest \
+		--slo-p95-ms $(P95_MS)
 
 bench-serving: install
-	$(PY) -m loadtests.bench_serving --checkpoint $(RUNS)/demo/sentiment --out reports/serving-benchmark.md
+	$(PY) -m loadtests.bench_serving --repository $(BENCH_REPOSITORY) --report reports/serving-benchmark.md
 
 clean:
 	rm -rf $(RUNS) .pytest_cache .ruff_cache .mypy_cache
