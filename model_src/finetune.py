@@ -112,12 +112,22 @@ class FinetuneConfig:
 def build_classifier(
     init: str | Path | None, num_labels: int, dropout: float | None = None
 ) -> tuple[SequenceClassifier, Path]:
-    """A fresh classification head on a pretrained encoder; returns it and the resolved init dir.
+    """A classifier to fine-tune and the resolved init dir.
 
+    `init` is a pretrained BERT (HF layout: a fresh head on its encoder) or one of our own
+    fine-tuned checkpoints (continued training: its encoder, and its head too when the label
+    count matches, e.g. a second stage at a lower learning rate).
     A dropout override rebuilds the encoder with that rate (rates are fixed at construction).
     """
     init_dir = resolve_checkpoint_dir(init)
-    encoder = load_pretrained_bert(init_dir)
+    head_state: dict[str, torch.Tensor] | None = None
+    if _is_classifier_checkpoint(init_dir):
+        previous, _, _ = load_classifier(init_dir)
+        encoder = previous.encoder
+        if previous.classifier.out_features == num_labels:
+            head_state = previous.classifier.state_dict()
+    else:
+        encoder = load_pretrained_bert(init_dir)
     head_dropout = 0.1
     if dropout is not None:
         config = replace(
@@ -126,7 +136,21 @@ def build_classifier(
         rebuilt = BertModel(config)
         rebuilt.load_state_dict(encoder.state_dict())
         encoder, head_dropout = rebuilt, dropout
-    return SequenceClassifier(encoder, num_labels, dropout=head_dropout).train(), init_dir
+    model = SequenceClassifier(encoder, num_labels, dropout=head_dropout)
+    if head_state is not None:
+        model.classifier.load_state_dict(head_state)
+    return model.train(), init_dir
+
+
+def _is_classifier_checkpoint(directory: Path) -> bool:
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        return False
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        return bool(config.get("format") == CHECKPOINT_FORMAT)
+    except (json.JSONDecodeError, AttributeError):
+        return False
 
 
 def load_classifier(

@@ -109,6 +109,35 @@ def test_finetune_nli_pairs_writes_a_pair_classifier(
     assert not torch.equal(model.encoder.embeddings.norm.weight, init.embeddings.norm.weight)
 
 
+def test_init_from_a_finetuned_checkpoint_continues_with_its_encoder_and_head(
+    tiny_init: Path, sample: Path, tmp_path: Path
+) -> None:
+    """--init accepts one of our fine-tuned checkpoints (a second, lower-lr stage): the model
+    built from it starts with exactly the previous weights, head included; a checkpoint with a
+    different label count keeps the encoder and gets a fresh head."""
+    first = tmp_path / "first"
+    args = train_args(
+        "classifier", sample / "sentiment/train.tsv", sample / "sentiment/dev.tsv", first,
+        "--init", str(tiny_init), "--epochs", "1", "--max-train-examples", "32",
+        "--batch-size", "16", "--threads", "1",
+    )  # fmt: skip
+    assert finetune.run(args) == 0
+    previous, _, _ = finetune.load_classifier(first)
+
+    continued, init_dir = finetune.build_classifier(first, num_labels=2)
+    assert init_dir == first
+    for (name, want), got in zip(
+        previous.state_dict().items(), continued.state_dict().values(), strict=True
+    ):
+        assert torch.equal(want, got), name
+
+    three_way, _ = finetune.build_classifier(first, num_labels=3)
+    assert three_way.classifier.out_features == 3
+    assert torch.equal(
+        three_way.encoder.embeddings.word.weight, previous.encoder.embeddings.word.weight
+    )
+
+
 def test_gradient_accumulation_equals_the_larger_batch(tiny_init: Path, sample: Path) -> None:
     """One step over micro-batches of 5 + 3 examples moves the weights exactly as one step over
     the 8 together (dropout off; plain SGD so the update is proportional to the gradient)."""
