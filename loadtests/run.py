@@ -200,7 +200,8 @@ def run_all(host: str, args: argparse.Namespace, extra: list[str]) -> int:
         runs.append((users, csv_path))
     summarize(runs, args.out)
     print((args.out / "summary.md").read_text(), end="")
-    print(f"wrote {args.out}/usersN_stats.csv, usersN.html, summary.md, loadtest.png")
+    per_run = ", ".join(f"users{users}_stats.csv, users{users}.html" for users, _ in runs)
+    print(f"wrote in {args.out}: {per_run}, summary.md, loadtest.png")
     if args.slo_p95_ms is None:
         return 0
     config = SloConfig(p95_ms=args.slo_p95_ms)
