@@ -18,7 +18,8 @@ DURATION ?= 30s
 P95_MS ?= 2000
 LOADTEST_HOST ?=
 LOADTEST_REPOSITORY ?= $(RUNS)/demo/model_repository
-BENCH_REPOSITORY ?= $(REPOSITORY)
+# The real models when `make models` built them, else the demo's.
+BENCH_REPOSITORY ?= $(if $(wildcard $(REPOSITORY)/sentiment),$(REPOSITORY),$(RUNS)/demo/model_repository)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
