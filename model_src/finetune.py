@@ -143,13 +143,10 @@ def build_classifier(
 
 
 def _is_classifier_checkpoint(directory: Path) -> bool:
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        return False
+    """True for one of our fine-tuned checkpoints; False for an HF BERT directory."""
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        return bool(config.get("format") == CHECKPOINT_FORMAT)
-    except (json.JSONDecodeError, AttributeError):
+        return bool(load_checkpoint_config(directory).get("format") == CHECKPOINT_FORMAT)
+    except (FileNotFoundError, json.JSONDecodeError):
         return False
 
 

@@ -13,7 +13,6 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,19 +245,3 @@ def progress_bar(total: int, desc: str, enabled: bool = True) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, mininterval=1.0)
-
-
-def batches_per_second(start: float, count: int) -> float:
-    elapsed = time.monotonic() - start
-    return count / elapsed if elapsed > 0 else 0.0
-
-
-def infinite(iterable_factory: Any) -> Iterator[Any]:
-    """Cycle a re-iterable (e.g. a DataLoader), calling set_epoch on its sampler when it has one."""
-    epoch = 0
-    while True:
-        set_epoch = getattr(getattr(iterable_factory, "sampler", None), "set_epoch", None)
-        if set_epoch is not None:
-            set_epoch(epoch)
-        yield from iterable_factory
-        epoch += 1
