@@ -151,3 +151,36 @@ def test_evaluate_cli_rejects_a_missing_file(tmp_path: Path, capsys) -> None:
     ]  # fmt: skip
     assert main(argv) == 2
     assert capsys.readouterr().out.startswith("error:")
+
+
+def test_init_continues_from_a_checkpoint(trained, data, tmp_path: Path) -> None:
+    """`--init` starts from the checkpoint's weights and tokenizer (one near-zero-lr step keeps
+    the memorised translations, where a fresh model scores ~0), and its architecture wins over a
+    conflicting --arch."""
+    arch, out = trained
+    other = "gru-attention" if arch == "transformer" else "transformer"
+    cont = tmp_path / "continued"
+    argv = [
+        "train", "translator", "--arch", other, "--init", str(out),
+        "--train-src", str(data["src"]), "--train-tgt", str(data["tgt"]),
+        "--dev-src", str(data["dev_src"]), "--dev-tgt", str(data["dev_tgt"]),
+        "--out", str(cont), "--lr", "1e-9", "--warmup", "1", "--max-steps", "1",
+        "--no-progress", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    config = json.loads((cont / "config.json").read_text())
+    assert config["arch"] == arch
+    assert config["init"]["checkpoint"] == str(out)
+    assert config["best"]["dev_bleu"] == pytest.approx(100.0)
+    assert (cont / "tokenizer.json").read_text() == (out / "tokenizer.json").read_text()
+
+
+def test_init_rejects_a_directory_without_a_checkpoint(data, tmp_path: Path, capsys) -> None:
+    argv = [
+        "train", "translator", "--init", str(tmp_path),
+        "--train-src", str(data["src"]), "--train-tgt", str(data["tgt"]),
+        "--dev-src", str(data["dev_src"]), "--dev-tgt", str(data["dev_tgt"]),
+        "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    assert main(argv) == 2
+    assert "--init" in capsys.readouterr().out

@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from model_src import training
+from model_src.checkpoint import load_checkpoint_config, load_state_dict
 from model_src.translator import tokenizer as tok
-from model_src.translator.checkpoint import build_model, save_translator
+from model_src.translator.checkpoint import FORMAT, build_model, save_translator
 from model_src.translator.data import bucket_batches, collate, read_parallel, shard_batches
 from model_src.translator.evaluate import score, translate
 from model_src.translator.rnn import GRUAttentionConfig
@@ -60,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--max-length", type=int, default=128, help="tokens per sentence (cut)")
     data.add_argument("--vocab-size", type=int, default=8000, help="joint BPE vocabulary size")
     data.add_argument("--tokenizer", type=Path, default=None, help="reuse this tokenizer.json")
+    data.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="continue from this translator checkpoint (its arch, size and tokenizer; "
+        "fresh optimiser and schedule)",
+    )
 
     model = parser.add_argument_group("model (unset = the config dataclass default)")
     model.add_argument("--arch", choices=["transformer", "gru-attention"], default="transformer")
@@ -140,6 +148,7 @@ class Trainer:
         self.dev_src, self.dev_tgt = read_parallel(
             args.dev_src, args.dev_tgt, args.max_dev_examples
         )
+        self.init = self._init_checkpoint()
         self.tokenizer = self._tokenizer(src + tgt)
         self.train_src = tok.encode(self.tokenizer, src, args.max_length)
         self.train_tgt = tok.encode(self.tokenizer, tgt, args.max_length)
@@ -155,8 +164,19 @@ class Trainer:
         defaults = ARCH_DEFAULTS[args.arch]
         self.lr = args.lr if args.lr is not None else defaults["lr"]
         self.warmup = args.warmup if args.warmup is not None else int(defaults["warmup"])
-        self.model_config = model_config(args, self.tokenizer.get_vocab_size())
-        model = build_model(args.arch, self.model_config).to(self.device)
+        if self.init is not None:
+            self.model_config = self.init[0]["model"]
+            model = build_model(args.arch, self.model_config)
+            model.load_state_dict(self.init[1])
+            model = model.to(self.device)
+            log.info(
+                "continuing from %s (its step %s)",
+                args.init,
+                self.init[0].get("best", {}).get("step"),
+            )
+        else:
+            self.model_config = model_config(args, self.tokenizer.get_vocab_size())
+            model = build_model(args.arch, self.model_config).to(self.device)
         log.info(
             "%s: %.2fM parameters", args.arch, sum(p.numel() for p in model.parameters()) / 1e6
         )
@@ -174,9 +194,25 @@ class Trainer:
         self.last_eval_step = -1
         self.grad_norm = float("nan")
 
+    def _init_checkpoint(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+        """(config, weights) of --init. Its architecture overrides --arch and the size options:
+        the weights only fit the shapes they were trained with."""
+        if self.args.init is None:
+            return None
+        config = load_checkpoint_config(self.args.init)
+        if config.get("format") != FORMAT:
+            raise ValueError(f"--init {self.args.init}: not a translator checkpoint")
+        if config["arch"] != self.args.arch:
+            log.warning("--init is a %s checkpoint; using that architecture", config["arch"])
+            self.args.arch = config["arch"]
+        return config, load_state_dict(self.args.init)
+
     def _tokenizer(self, texts: list[str]) -> Any:
-        """Reuse --tokenizer, or train one on the main rank and share it through the out dir
+        """The --init checkpoint's tokenizer (its ids are baked into the weights), else reuse
+        --tokenizer, or train one on the main rank and share it through the out dir
         (every rank must use the same ids)."""
+        if self.init is not None:
+            return tok.load_tokenizer(self.args.init / self.init[0]["tokenizer"]["file"])
         if self.args.tokenizer is not None:
             return tok.load_tokenizer(self.args.tokenizer)
         path = self.out / tok.TOKENIZER_FILE
@@ -364,6 +400,12 @@ class Trainer:
                     k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()
                 },
                 "optimizer": {"lr": self.lr, "warmup": self.warmup, "betas": [0.9, 0.98]},
+                "init": None
+                if self.init is None
+                else {
+                    "checkpoint": str(self.args.init),
+                    "best": self.init[0].get("best"),
+                },
                 "data": {"train_pairs": len(self.train_src), "dev_pairs": len(self.dev_src)},
                 "world_size": self.ctx.world_size,
                 "device": str(self.device),
@@ -377,6 +419,9 @@ def run(args: argparse.Namespace) -> int:
         if not path.is_file():
             print(f"error: --{name.replace('_', '-')} {path}: no such file")
             return 2
+    if args.init is not None and not (args.init / "config.json").is_file():
+        print(f"error: --init {args.init}: no translator checkpoint there (config.json missing)")
+        return 2
     if args.tokenizer is not None and not args.tokenizer.is_file():
         print(f"error: --tokenizer {args.tokenizer}: no such file")
         return 2
