@@ -66,7 +66,7 @@ class ClassifierExport:
     threads: int | None = None  # ORT intra-op threads for the checks (default: all cores)
     max_batch_size: int = 32  # batching defaults written to the model's config.json
     max_batch_tokens: int = 8192
-    max_queue_delay_ms: float = 5.0
+    max_queue_delay_ms: float = 0.0  # batch what is queued once the engine is free (CPU)
     tolerances: Tolerances | None = None
 
 

@@ -38,6 +38,13 @@ CANDIDATES: tuple[QuantSettings, ...] = (
     QuantSettings("per-channel", per_channel=True),
     QuantSettings("per-channel-reduce-range", per_channel=True, reduce_range=True),
     QuantSettings(
+        "per-channel-ffn-down-fp32",
+        per_channel=True,
+        exclude_patterns=("ffn/down",),
+        notes="the feed-forward output projections stay fp32: their input is GELU's output, "
+        "the activation that dynamic per-tensor scales fit worst",
+    ),
+    QuantSettings(
         "attention-only",
         op_types=("Attention",),
         per_channel=True,

@@ -255,7 +255,7 @@ class TranslatorExport:
     length_penalty: float = 1.0
     max_batch_size: int = 32
     max_batch_tokens: int = 8192
-    max_queue_delay_ms: float = 5.0
+    max_queue_delay_ms: float = 0.0  # batch what is queued once the engine is free (CPU)
     max_bleu_diff: float = 0.5
 
 

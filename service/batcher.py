@@ -3,12 +3,17 @@
 A request puts its sequences into the model's queue as `WorkItem`s (all of them or, when the queue
 is full, none) and awaits their futures. The loop forms a batch from the head of the queue:
 
-- the window opens when the batch's first item arrived and closes `max_queue_delay_s` later;
+- a batch forms only when one of the model's `max_concurrent_runs` engine slots is free, so items
+  that arrive while the engine is busy wait in the queue and ride the next batch together;
+- the window opens when the batch's first item arrived and closes `max_queue_delay_s` later
+  (0, the CPU default, takes whatever is queued as soon as a slot is free: on a CPU a batch that
+  waits for company only delays an engine that had nothing to do);
 - the batch closes earlier when it holds `max_batch_size` items, or when the next item would push
   its padded size (items x longest item) over `max_batch_tokens`;
 - only items with the head's `key` join (the translator keys by decoding parameters);
 - inside the batch items are sorted by length and cut into runs of similar length when that saves
-  more padding than a run costs (`split_runs`), so short texts are not padded to a long one.
+  more padding than a run costs (`split_runs`), so short texts are not padded to a long one; each
+  run takes a slot of its own, so with several slots the runs of one batch go side by side.
 
 Every future is resolved exactly once on every path: result, the engine's exception, timeout,
 shutdown. Items whose future is already done (the client gave up) are skipped before they run.
@@ -69,6 +74,7 @@ class BatchPolicy:
     max_queue_delay_s: float = 0.005  # window after a batch's first item arrived
     max_queue_size: int = 1024  # queued sequences; beyond it submit() answers OVERLOADED
     run_overhead_tokens: int = 16  # fixed cost of one engine run, in padded-token equivalents
+    max_concurrent_runs: int = 1  # engine runs in flight at once (one per engine worker thread)
 
 
 @dataclass(eq=False)
@@ -171,9 +177,10 @@ class Batcher(Generic[P, R]):
         self._queue: deque[WorkItem[P, R]] = deque()
         self._arrival = asyncio.Event()
         self._stopping = False
-        self._running = 0  # items in the engine right now
-        self._seconds_per_item = 0.01  # moving average, for Retry-After
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._running = 0  # items taken from the queue and not resolved yet
+        self._seconds_per_item = 0.01  # moving average of one run's seconds per item
+        self._tasks: set[asyncio.Task[None]] = set()  # the batching loop
+        self._in_flight: set[asyncio.Task[None]] = set()  # engine runs
 
     # ------------------------------------------------------------------ public API
 
@@ -222,7 +229,8 @@ class Batcher(Generic[P, R]):
 
     def retry_after_s(self, extra: int = 0) -> int:
         """Seconds until the queue (plus `extra` items) has likely drained, at least 1."""
-        estimate = (len(self._queue) + self._running + extra) * self._seconds_per_item
+        items = len(self._queue) + self._running + extra
+        estimate = items * self._seconds_per_item / self.policy.max_concurrent_runs
         return max(1, min(60, math.ceil(estimate)))
 
     async def stop(self, timeout_s: float | None = None) -> None:
@@ -243,18 +251,28 @@ class Batcher(Generic[P, R]):
     # ------------------------------------------------------------------ the loop
 
     async def _loop(self) -> None:
+        slots = asyncio.Semaphore(self.policy.max_concurrent_runs)
         try:
             while True:
                 if not self._queue:
                     if self._stopping:
-                        return
+                        break
                     self._arrival.clear()
                     await self._arrival.wait()
                     continue
+                await slots.acquire()  # form a batch only when the engine can take it
                 batch = await self._next_batch()
                 if batch:
-                    await self._run(batch)
+                    await self._dispatch(batch, slots)  # hands the held slot to its first run
+                else:
+                    slots.release()
+            while self._in_flight:  # stopping: let the runs in the engine finish
+                await asyncio.wait(set(self._in_flight))
         finally:
+            for task in self._in_flight:  # only left when the loop itself was cancelled
+                task.cancel()
+            if self._in_flight:
+                await asyncio.gather(*self._in_flight, return_exceptions=True)
             self._fail_queue(ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down"))
 
     async def _next_batch(self) -> list[WorkItem[P, R]]:
@@ -290,18 +308,44 @@ class Batcher(Generic[P, R]):
                 return batch, True
         return batch, False
 
-    async def _run(self, batch: list[WorkItem[P, R]]) -> None:
+    async def _dispatch(self, batch: list[WorkItem[P, R]], slots: asyncio.Semaphore) -> None:
+        """Sort the batch, cut it into runs and start each run in an engine slot. Called holding
+        one slot (used by the first run); waits for a slot for each further run."""
         batch.sort(key=lambda item: item.tokens)  # stable: FIFO among equal lengths
         runs = split_runs([item.tokens for item in batch], self.policy.run_overhead_tokens)
         self._running += len(batch)
+        started = 0
         try:
-            for start, end in runs:
+            for index, (start, end) in enumerate(runs):
+                if index:
+                    await slots.acquire()
+                started = end
                 group = self._alive(batch[start:end])
-                if group:
-                    await self._run_group(group)
-                self._running -= end - start
+                if not group:
+                    self._running -= end - start
+                    slots.release()
+                    continue
+                task = asyncio.get_running_loop().create_task(
+                    self._run_in_slot(group, end - start, slots)
+                )
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+        except asyncio.CancelledError:
+            # Shutdown while waiting for a slot: the runs not started never will be.
+            error = ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down")
+            for item in batch[started:]:
+                _fail(item, error)
+            self._running -= len(batch) - started
+            raise
+
+    async def _run_in_slot(
+        self, group: list[WorkItem[P, R]], taken: int, slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            await self._run_group(group)
         finally:
-            self._running = 0
+            self._running -= taken
+            slots.release()
 
     async def _run_group(self, group: list[WorkItem[P, R]]) -> None:
         started = self._clock.now()

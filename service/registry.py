@@ -72,6 +72,7 @@ def batch_policy(config: ModelConfig, settings: Settings) -> BatchPolicy:
         / 1000,
         max_queue_size=settings.max_queue_size,
         run_overhead_tokens=settings.run_overhead_tokens,
+        max_concurrent_runs=settings.workers_per_model,
     )
 
 
@@ -144,7 +145,7 @@ class ModelRegistry:
 
     async def _load(self, version: ModelVersion) -> None:
         model = self._models[version.name]
-        worker = ModelWorker(version.name)
+        worker = ModelWorker(version.name, self._settings.workers_per_model)
         started = time.monotonic()
         policy = batch_policy(version.config, self._settings)
         try:
@@ -177,7 +178,7 @@ class ModelRegistry:
         model.state = ModelState.READY
         logger.info(
             "model %s version %d ready on %s in %.2f s (max_batch_size %d, max_batch_tokens %d, "
-            "max_queue_delay_ms %.1f)",
+            "max_queue_delay_ms %.1f, %d worker(s))",
             version.name,
             version.version,
             engine.provider,
@@ -185,6 +186,7 @@ class ModelRegistry:
             policy.max_batch_size,
             policy.max_batch_tokens,
             policy.max_queue_delay_s * 1000,
+            policy.max_concurrent_runs,
         )
 
     # ------------------------------------------------------------------ shutdown

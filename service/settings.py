@@ -52,6 +52,13 @@ class Settings(BaseSettings):
         le=256,
         description="threads per session; lower it when several models are busy at once",
     )
+    workers_per_model: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="engine runs in flight per model, each on its own thread with "
+        "intra_op_threads ORT threads (on CPU, workers x threads should not exceed the cores)",
+    )
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     allow_spinning: bool = Field(
         default=True,

@@ -367,3 +367,170 @@ def test_observer_sees_queue_wait_and_padding() -> None:
         assert stats.queue_waits == pytest.approx((0.005, 0.003))
 
     run(body, run_overhead_tokens=1000)
+
+
+class Gated:
+    """A fake engine whose runs block until the test opens them one by one (in start order)."""
+
+    def __init__(self) -> None:
+        self.started: list[list[int]] = []
+        self._gates: list[asyncio.Event] = []
+
+    async def __call__(self, payloads: list[int], key: Hashable) -> list[int]:
+        gate = asyncio.Event()
+        self.started.append(list(payloads))
+        self._gates.append(gate)
+        await gate.wait()
+        return [p * 10 for p in payloads]
+
+    async def finish(self, index: int) -> None:
+        self._gates[index].set()
+        await settle()
+
+
+def gated(test: Callable[..., Awaitable[None]], **policy: Any) -> None:
+    async def main() -> None:
+        engine = Gated()
+        settings: dict[str, Any] = {"max_batch_size": 8, "max_queue_delay_s": 0.0, **policy}
+        batcher: Batcher[int, int] = Batcher(
+            "m", engine, BatchPolicy(**settings), clock=FakeClock()
+        )
+        batcher.start()
+        try:
+            await test(batcher, engine)
+        finally:
+            for gate in engine._gates:
+                gate.set()
+            await batcher.stop(timeout_s=1.0)
+
+    asyncio.run(main())
+
+
+def test_zero_delay_runs_a_lone_item_at_once_and_batches_what_queued_meanwhile() -> None:
+    """With max_queue_delay 0 an idle engine takes the first item without waiting; what arrives
+    while it runs is queued and goes in together as soon as the engine is free."""
+
+    async def body(batcher: Any, engine: Gated) -> None:
+        first = submit(batcher, 1)
+        await settle()
+        assert engine.started == [[1]]  # no window to wait out
+        later = submit(batcher, 2) + submit(batcher, 3, 4)
+        await settle()
+        assert engine.started == [[1]]  # one run at a time by default
+        await engine.finish(0)
+        assert first[0].future.result() == 10
+        assert engine.started == [[1], [2, 3, 4]]
+        await engine.finish(1)
+        assert [i.future.result() for i in later] == [20, 30, 40]
+
+    gated(body)
+
+
+def test_concurrent_runs_fill_every_slot_and_no_more() -> None:
+    """max_concurrent_runs=2: two batches are in the engine at once, a third waits for a slot,
+    and it takes everything queued by then."""
+
+    async def body(batcher: Any, engine: Gated) -> None:
+        a = submit(batcher, 1)
+        await settle()
+        b = submit(batcher, 2)
+        await settle()
+        assert engine.started == [[1], [2]]
+        c = submit(batcher, 3) + submit(batcher, 4)
+        await settle()
+        assert len(engine.started) == 2
+        await engine.finish(1)  # the second run ends first: its slot goes to the queue
+        assert b[0].future.result() == 20 and not a[0].future.done()
+        assert engine.started == [[1], [2], [3, 4]]
+        await engine.finish(0)
+        await engine.finish(2)
+        assert [i.future.result() for i in a + c] == [10, 30, 40]
+
+    gated(body, max_concurrent_runs=2)
+
+
+def test_runs_of_one_batch_go_side_by_side_with_two_slots() -> None:
+    """A batch cut into two runs (very different lengths) uses both slots at once."""
+
+    async def body(batcher: Any, engine: Gated) -> None:
+        long = batcher.submit([3], [200], timeout_s=60)
+        short = batcher.submit([1, 2], [2, 2], timeout_s=60)  # same batch: no await between
+        await settle()
+        # Sorted by length, cut apart, and both runs are in the engine at once.
+        assert engine.started == [[1, 2], [3]]
+        await engine.finish(1)
+        assert long[0].future.result() == 30 and not short[0].future.done()
+        await engine.finish(0)
+        assert [i.future.result() for i in short] == [10, 20]
+
+    gated(body, max_concurrent_runs=2, run_overhead_tokens=1)
+
+
+def test_stop_waits_for_every_run_in_flight() -> None:
+    """stop() with two runs in the engine lets both finish and answers their items."""
+
+    async def main() -> None:
+        engine = Gated()
+        batcher: Batcher[int, int] = Batcher(
+            "m",
+            engine,
+            BatchPolicy(max_queue_delay_s=0, max_concurrent_runs=2),
+            clock=FakeClock(),
+        )
+        batcher.start()
+        first = submit(batcher, 1)
+        await settle()
+        second = submit(batcher, 2)
+        await settle()
+        stopping = asyncio.ensure_future(batcher.stop(timeout_s=5.0))
+        await settle()
+        assert not stopping.done()
+        await engine.finish(0)
+        await engine.finish(1)
+        await stopping
+        assert [first[0].future.result(), second[0].future.result()] == [10, 20]
+
+    asyncio.run(main())
+
+
+def test_stop_timeout_with_concurrent_runs_answers_everything() -> None:
+    """Runs that never finish, in two slots, plus queued work: after the stop timeout every
+    item is answered SHUTTING_DOWN and nothing hangs."""
+
+    async def main() -> None:
+        engine = Gated()
+        batcher: Batcher[int, int] = Batcher(
+            "m",
+            engine,
+            BatchPolicy(max_batch_size=1, max_queue_delay_s=0, max_concurrent_runs=2),
+            clock=FakeClock(),
+        )
+        batcher.start()
+        items = submit(batcher, 1, 2, 3, 4)
+        await settle()
+        assert len(engine.started) == 2
+        await batcher.stop(timeout_s=0.01)
+        for item in items:
+            with pytest.raises(ServiceError) as error:
+                item.future.result()
+            assert error.value.kind is ErrorKind.SHUTTING_DOWN
+
+    asyncio.run(main())
+
+
+def test_retry_after_counts_the_concurrent_slots() -> None:
+    """Retry-After estimates the drain time of the queue over all slots, not one."""
+
+    async def main() -> None:
+        async def never(payloads: list[int], key: Hashable) -> list[int]:
+            await asyncio.Event().wait()
+            return payloads
+
+        one = Batcher("m", never, BatchPolicy(max_concurrent_runs=1), clock=FakeClock())
+        four = Batcher("m", never, BatchPolicy(max_concurrent_runs=4), clock=FakeClock())
+        for b in (one, four):
+            b._seconds_per_item = 0.1
+        assert one.retry_after_s(extra=100) == 10
+        assert four.retry_after_s(extra=100) == 3  # ceil(100 * 0.1 / 4)
+
+    asyncio.run(main())

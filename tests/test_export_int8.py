@@ -70,3 +70,21 @@ def test_int8_predictions_agree_with_fp32_pytorch(int8_version: tuple[Path, Path
     fp32 = torch_logits(model, batch)
     agreement = float((int8.argmax(-1) == fp32.argmax(-1)).mean())
     assert agreement >= 0.99
+
+
+def test_ffn_down_candidate_keeps_only_the_feed_forward_outputs_fp32(
+    int8_version: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The `per-channel-ffn-down-fp32` candidate quantises every MatMul except the six
+    feed-forward output projections (matched by node name: a renamed module would silently
+    quantise them, so the names are pinned here)."""
+    from export.quantize import CANDIDATES, quantize_int8
+
+    ckpt, _ = int8_version
+    fp32 = export_classifier(ckpt, tmp_path / "repo", optimize=True)
+    settings = next(c for c in CANDIDATES if c.name == "per-channel-ffn-down-fp32")
+    counts = quantize_int8(fp32 / "model.onnx", tmp_path / "q.onnx", settings)
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    fp32_matmuls = [n.name for n in graph.node if n.op_type == "MatMul"]
+    assert len(fp32_matmuls) == 6 and all("ffn/down" in name for name in fp32_matmuls)
+    assert counts["QAttention"] == 6 and counts["MatMulInteger"] >= 12  # attention out + ffn up

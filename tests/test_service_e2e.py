@@ -61,8 +61,10 @@ def e2e_repository(model_repository: Path, tmp_path_factory: pytest.TempPathFact
 def server(
     e2e_repository: Path, launch_server: Callable[..., ServerProcess]
 ) -> Iterator[ServerProcess]:
-    # A 20 ms window makes concurrent requests reliably share batches.
-    server = launch_server(e2e_repository, max_queue_delay_ms=20)
+    # A 20 ms window makes concurrent requests reliably share batches. Two workers per model:
+    # every test on this server also runs batches side by side on one session (the other
+    # servers below keep the default single worker).
+    server = launch_server(e2e_repository, max_queue_delay_ms=20, workers_per_model=2)
     yield server
     assert server.stop() == 0
 
