@@ -42,6 +42,8 @@ class ServerRun:
     precision: str
     points: list[Point]
     engine_only: dict[int, float] = field(default_factory=dict)  # batch size -> sequences/s
+    variant: str = ""  # bench_serving --variant name ('' = the model's own batching config)
+    batching: dict[str, Any] | None = None  # nlpserve's effective policy, from /v1/models
 
     def at(self, users: int) -> Point | None:
         return next((p for p in self.points if p.users == users), None)
@@ -149,12 +151,11 @@ def _table(run: ServerRun) -> list[str]:
     if nlpserve:
         head += " mean batch | engine busy | engine-only seq/s | served / engine-only |"
         rule += "---:|---:|---:|---:|"
-    lines = [
-        f"### {run.label}" + (f" (version {run.version})" if run.version else ""),
-        "",
-        head,
-        rule,
-    ]
+    lines = [f"### {run.label}" + (f" (version {run.version})" if run.version else ""), ""]
+    if run.batching:
+        policy = ", ".join(f"{k} {v:g}" for k, v in run.batching.items())
+        lines += [f"Batching policy served (from /v1/models): {policy}.", ""]
+    lines += [head, rule]
     window_s = None
     for p in run.points:
         s = p.stats
@@ -213,7 +214,7 @@ def goals(result: BenchResult) -> list[tuple[str, str, bool | None]]:
     unbatched = by_kind.get("unbatched", [None])[0]
     for a in by_kind.get("batching", []):
         pa = a.at(GOAL_USERS)
-        name = f"(a) {a.precision}"
+        name = f"(a) {a.precision}" + (f" [{a.variant}]" if a.variant else "")
         pc = baseline.at(GOAL_USERS) if baseline else None
         if pa and pc and pc.stats.rps:
             ratio = pa.stats.rps / pc.stats.rps

@@ -9,7 +9,10 @@ Servers, one at a time on 127.0.0.1, each serving only the sentiment model:
       benchmarked (the served version; plus the newest fp32 one when the served one is not fp32);
   (b) nlpserve with max_batch_size=1 (NLPSERVE_MAX_BATCH_SIZE=1), the served version;
   (c) loadtests/baselines/app.py: FastAPI + PyTorch, one forward pass per request, on the
-      checkpoint the served version was exported from.
+      checkpoint the served version was exported from;
+  and, for each `--variant NAME:SETTING=VALUE[,SETTING=VALUE...]`, one more (a) server on the
+  served version with those NLPSERVE_* settings (e.g. `--variant w2t1:workers_per_model=2,
+  intra_op_threads=1`): batching policies compared under the same load in the same run.
 Each gets closed-loop ClassifyUser load (one text per request, no think time) at every user
 count. Recorded per point: throughput, p50/p95/p99, errors, server CPU (psutil), Locust's own
 CPU, and for nlpserve the batches it formed (from /metrics). Then, with the servers stopped, the
@@ -26,9 +29,10 @@ import os
 import resource
 import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import psutil
 
@@ -41,6 +45,7 @@ from loadtests.servers import nlpserve_command, running_server
 from loadtests.stats import aggregated, read_stats
 from service.engines.session import SessionSettings
 from service.repository import ModelVersion, RepositoryError, list_versions, read_model
+from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +64,8 @@ class BenchConfig:
     data_dir: str = ""  # payloads: '' = ../shared/data when present, 'bundled', or a path
     versions: tuple[int, ...] = ()  # (a) versions; () = served (+ newest fp32 if that is not)
     servers: tuple[str, ...] = ("batching", "unbatched", "baseline")
+    # Extra (a) servers: (name, ((NLPSERVE_ variable, value), ...)) on the served version.
+    variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     engine_seconds: float = 3.0  # engine-only measurement per batch size
     # `python -m export bench`'s JSON: its ORT cells are quoted as the offline ceiling.
     engine_json: Path = Path("reports/engine-benchmark.json")
@@ -75,6 +82,7 @@ class ServerSpec:
     env: dict[str, str]
     version: int | None = None  # nlpserve's pinned version
     precision: str = "fp32"
+    variant: str = ""  # name of the --variant this server runs ('' = the model's own config)
 
 
 class BenchError(RuntimeError):
@@ -147,8 +155,28 @@ def server_specs(
                     v.manifest.precision,
                 )
             )
+    served = versions[0]
+    for name, settings in config.variants:
+        env = {
+            **nlpserve_env,
+            "NLPSERVE_PINNED_VERSIONS": f"{config.model}={served.version}",
+            **dict(settings),
+        }
+        specs.append(
+            ServerSpec(
+                f"a-{name}-v{served.version}",
+                f"(a) nlpserve batching {served.manifest.precision} [{name}: "
+                + ", ".join(f"{k.removeprefix('NLPSERVE_').lower()}={v}" for k, v in settings)
+                + "]",
+                "batching",
+                nlpserve,
+                env,
+                served.version,
+                served.manifest.precision,
+                name,
+            )
+        )
     if "unbatched" in config.servers:
-        served = versions[0]
         env = {
             **nlpserve_env,
             "NLPSERVE_PINNED_VERSIONS": f"{config.model}={served.version}",
@@ -231,11 +259,28 @@ def run_server(spec: ServerSpec, config: BenchConfig) -> ServerRun:
     logger.info("server %s", spec.label)
     with running_server(spec.command, spec.env, log_path) as (host, process):
         server = psutil.Process(process.pid)
+        batching = served_batching(host, config.model) if spec.kind != "baseline" else None
         points = []
         for users in config.users:
             logger.info("%s: %d users for %s", spec.label, users, config.run_time)
             points.append(measure_point(spec, server, host, users, config))
-    return ServerRun(spec.key, spec.label, spec.kind, spec.version, spec.precision, points)
+    return ServerRun(
+        spec.key,
+        spec.label,
+        spec.kind,
+        spec.version,
+        spec.precision,
+        points,
+        variant=spec.variant,
+        batching=batching,
+    )
+
+
+def served_batching(host: str, model: str) -> dict[str, Any] | None:
+    """The batching policy nlpserve applies to `model` (config.json plus overrides)."""
+    with urllib.request.urlopen(host + "/v1/models", timeout=10) as response:
+        models = json.loads(response.read())["models"]
+    return next((m.get("batching") for m in models if m["name"] == model), None)
 
 
 def add_engine_only(result: BenchResult, config: BenchConfig, texts: list[str]) -> None:
@@ -243,8 +288,8 @@ def add_engine_only(result: BenchResult, config: BenchConfig, texts: list[str]) 
     settings = SessionSettings(providers=config.providers, intra_op_threads=config.threads)
     model_dir = config.repository / config.model
     for run in result.runs:
-        if run.kind != "batching" or run.version is None:
-            continue
+        if run.kind != "batching" or run.version is None or run.variant:
+            continue  # variants are compared with each other and (a), not with a ceiling
         sizes = sorted(
             {
                 max(1, round(p.batches.mean_batch_size))
@@ -276,6 +321,26 @@ def run_benchmark(config: BenchConfig, command_line: str) -> BenchResult:
     return result
 
 
+def parse_variant(spec: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """'w2:workers_per_model=2,intra_op_threads=1' -> ('w2', (('NLPSERVE_WORKERS_PER_MODEL',
+    '2'), ...)); every setting must be a field of service.settings.Settings."""
+    name, sep, body = spec.partition(":")
+    if not sep or not name.isidentifier() or not body:
+        raise argparse.ArgumentTypeError(
+            f"--variant {spec!r}: expected NAME:SETTING=VALUE[,SETTING=VALUE...]"
+        )
+    settings = []
+    for pair in body.split(","):
+        key, eq, value = pair.partition("=")
+        field_name = key.strip().lower().removeprefix("nlpserve_")
+        if not eq or field_name not in Settings.model_fields:
+            raise argparse.ArgumentTypeError(
+                f"--variant {spec!r}: {key.strip()!r} is not an nlpserve setting"
+            )
+        settings.append((f"NLPSERVE_{field_name.upper()}", value.strip()))
+    return name, tuple(settings)
+
+
 def config_dict(config: BenchConfig) -> dict[str, object]:
     return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
 
@@ -299,6 +364,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--servers", nargs="+", choices=list(defaults.servers), default=list(defaults.servers)
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        type=parse_variant,
+        metavar="NAME:SETTING=VALUE[,SETTING=VALUE]",
+        help="one more (a) server with these nlpserve settings (repeatable)",
+    )
     parser.add_argument("--engine-seconds", type=float, default=defaults.engine_seconds)
     parser.add_argument(
         "--engine-json",
@@ -321,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=args.data_dir,
         versions=tuple(args.versions),
         servers=tuple(args.servers),
+        variants=tuple(args.variant),
         engine_seconds=args.engine_seconds,
         engine_json=args.engine_json,
         work_dir=args.work_dir,

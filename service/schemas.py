@@ -118,6 +118,7 @@ class BatchingInfo(BaseModel):
     max_batch_size: int
     max_batch_tokens: int
     max_queue_delay_ms: float
+    workers: int = Field(description="engine runs in flight at once (NLPSERVE_WORKERS_PER_MODEL)")
 
 
 class ModelInfo(BaseModel):

@@ -140,12 +140,20 @@ def test_serving_benchmark_end_to_end_on_a_tiny_model(
     engine_json.write_text(json.dumps({"command": "x", "classifier": {"cells": [cell]}}))
     argv = ["--repository", str(model_repository), "--users", "2", "--run-time", "1s",
             "--servers", "batching", "baseline", "--threads", "1", "--engine-seconds", "0.1",
+            "--variant", "w2:workers_per_model=2,NLPSERVE_MAX_QUEUE_DELAY_MS=0",
             "--data-dir", "bundled", "--work-dir", str(tmp_path / "work"),
             "--engine-json", str(engine_json),
             "--report", str(report)]  # fmt: skip
     assert bench_serving.main(argv) == 0
     results = json.loads((tmp_path / "work" / "results.json").read_text())
-    assert [r["kind"] for r in results["runs"]] == ["batching", "baseline"]
+    assert [r["kind"] for r in results["runs"]] == ["batching", "batching", "baseline"]
+    variant = results["runs"][1]
+    assert variant["variant"] == "w2" and variant["points"][0]["stats"]["failures"] == 0
+    # The variant's server really ran with its settings (recorded from its /v1/models).
+    assert variant["batching"] == {
+        "max_batch_size": 32, "max_batch_tokens": 8192, "max_queue_delay_ms": 0.0, "workers": 2
+    }  # fmt: skip
+    assert results["runs"][0]["batching"]["workers"] == 1
     assert results["checkpoint"] == str(sentiment_checkpoint)  # the manifest's source
     batching = results["runs"][0]["points"][0]
     assert batching["stats"]["requests"] > 0 and batching["stats"]["failures"] == 0
@@ -153,6 +161,18 @@ def test_serving_benchmark_end_to_end_on_a_tiny_model(
     assert batching["server_cpu_cores"] > 0
     text = report.read_text()
     assert "(a) nlpserve batching fp32" in text and "(c) FastAPI + PyTorch" in text
+    assert "[w2: workers_per_model=2, max_queue_delay_ms=0]" in text
     assert "| ort-optimized | 8 | 123 |" in text
     assert report.with_suffix(".png").read_bytes().startswith(PNG_MAGIC)
     assert parse_duration(bench_serving.BenchConfig(Path(".")).run_time) > 0
+
+
+def test_variant_option_names_only_real_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--variant` maps setting names to NLPSERVE_* variables and rejects unknown ones."""
+    assert bench_serving.parse_variant("w2:workers_per_model=2, intra_op_threads=1") == (
+        "w2",
+        (("NLPSERVE_WORKERS_PER_MODEL", "2"), ("NLPSERVE_INTRA_OP_THREADS", "1")),
+    )
+    with pytest.raises(SystemExit):
+        bench_serving.main(["--repository", ".", "--variant", "x:no_such_setting=1"])
+    assert "not an nlpserve setting" in capsys.readouterr().err

@@ -22,6 +22,7 @@ async def list_models(state: StateDep) -> ModelsResponse:
                 max_batch_size=policy.max_batch_size,
                 max_batch_tokens=policy.max_batch_tokens,
                 max_queue_delay_ms=policy.max_queue_delay_s * 1000,
+                workers=policy.max_concurrent_runs,
             )
         models.append(
             ModelInfo(
