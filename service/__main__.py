@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# After the listener closed: long enough for a client that connected just before to send its
+# request (loopback or a pod network), short next to terminationGracePeriodSeconds.
+LAST_CONNECTIONS_GRACE_S = 0.2
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn, except that the first SIGTERM drains before the usual graceful stop."""
 
@@ -86,6 +91,14 @@ class DrainingServer(uvicorn.Server):
                 self._drain_timeout_s,
                 self._lifecycle.accepted,
             )
+        # Stop listening first, then give connections accepted before that a moment to deliver
+        # their request and get its 503: uvicorn's own shutdown closes every connection that has
+        # no request in progress, which a client that already sent one sees as a dropped
+        # connection instead of an answer.
+        for server in getattr(self, "servers", []):
+            server.close()
+        await asyncio.sleep(LAST_CONNECTIONS_GRACE_S)
+        await self._lifecycle.wait_idle(self._drain_timeout_s)
         self.should_exit = True
 
 

@@ -73,7 +73,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.nlpserve = state
-    app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
     app.add_middleware(RequestMiddleware, state=state)
     guarded = [Depends(require_api_key)]

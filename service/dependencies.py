@@ -1,4 +1,9 @@
-"""FastAPI dependencies: the service's typed state, settings, request info and the API key check."""
+"""FastAPI dependencies: the service's typed state, request info and the API key check.
+
+Every dependency is `async def`: FastAPI runs a plain `def` dependency in its thread pool, a
+thread hand-off per dependency per request that showed up in profiles under load. Nothing here
+blocks. (For the same reason the app never sets `dependency_overrides`: while any override is
+set, FastAPI re-inspects every dependency's signature on every request.)"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 from service.middleware import INFO_KEY
 from service.registry import ModelRegistry
-from service.settings import Settings, get_settings
+from service.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -31,16 +36,25 @@ class ServiceState:
     metrics: ServiceMetrics
 
 
-def get_state(request: Request) -> ServiceState:
+def _state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.nlpserve
     return state
 
 
-def get_inference(request: Request) -> InferenceService:
-    return get_state(request).inference
+async def get_state(request: Request) -> ServiceState:
+    return _state(request)
 
 
-def get_info(request: Request) -> RequestInfo:
+async def get_inference(request: Request) -> InferenceService:
+    return _state(request).inference
+
+
+async def get_settings_dep(request: Request) -> Settings:
+    """The app's settings (those `create_app` was given, not re-read from the environment)."""
+    return _state(request).settings
+
+
+async def get_info(request: Request) -> RequestInfo:
     info = request.scope.get(INFO_KEY)
     if info is None:  # only without RequestMiddleware (never in the app)
         info = RequestInfo(request_id="-", started=asyncio.get_running_loop().time())
@@ -50,18 +64,18 @@ def get_info(request: Request) -> RequestInfo:
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
 InferenceDep = Annotated[InferenceService, Depends(get_inference)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 InfoDep = Annotated[RequestInfo, Depends(get_info)]
 
 _bearer = HTTPBearer(auto_error=False, description="an API key, when the server has any")
 
 
-def require_api_key(
+async def require_api_key(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """When API keys are configured, the request must carry one (compared in constant time)."""
-    keys = get_state(request).settings.api_key_values()
+    keys = _state(request).settings.api_key_values()
     if not keys:
         return
     given = credentials.credentials.encode() if credentials else b""

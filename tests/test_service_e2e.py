@@ -8,6 +8,7 @@ of their own, configured for it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -345,22 +346,33 @@ def test_sigterm_during_load_loses_no_accepted_request(
     copy_repository: Callable[..., Path], launch_server: Callable[..., ServerProcess]
 ) -> None:
     """SIGTERM under load: requests already accepted are answered (200), later ones get 503 or
-    find the port closed; no connection dies mid-request; the process exits 0."""
+    find the port closed; every request the server saw got its answer; the process exits 0.
+
+    A connection the kernel had queued when the listener closed is reset without the app ever
+    seeing its request (the port-closed case, whatever error the client library names it), so
+    each request carries an id and a transport error is allowed only for ids the server never
+    logged."""
     server = launch_server(copy_repository("sentiment"), max_queue_delay_ms=200)
-    outcomes: list[tuple[float, float, str]] = []  # (sent, answered, status or error name)
+    outcomes: list[tuple[float, float, str, str]] = []  # (sent, answered, status, request id)
     lock = threading.Lock()
     stop = threading.Event()
+    counter = itertools.count()
 
     def client() -> None:
         with httpx.Client(base_url=server.url, timeout=30, headers={"Connection": "close"}) as h:
             while not stop.is_set():
-                sent = time.monotonic()
+                sent, request_id = time.monotonic(), f"drain-{next(counter)}"
                 try:
-                    status = str(h.post("/v1/classify", json={"texts": ["x", "y"]}).status_code)
-                except httpx.HTTPError as e:
+                    reply = h.post(
+                        "/v1/classify",
+                        json={"texts": ["x", "y"]},
+                        headers={"X-Request-ID": request_id},
+                    )
+                    status = str(reply.status_code)
+                except httpx.TransportError as e:
                     status = type(e).__name__
                 with lock:
-                    outcomes.append((sent, time.monotonic(), status))
+                    outcomes.append((sent, time.monotonic(), status, request_id))
                 if status != "200":
                     return  # refused: the server is going away
 
@@ -379,12 +391,14 @@ def test_sigterm_during_load_loses_no_accepted_request(
     for t in threads:
         t.join(30)
 
-    statuses = {o[2] for o in outcomes}
-    assert statuses <= {"200", "503", "ConnectError"}, statuses
+    logged = {r["request_id"]: r["status"] for r in server.log_records() if "request_id" in r}
+    for _, _, status, request_id in outcomes:
+        if status.isdigit():
+            assert status in ("200", "503") and logged[request_id] == int(status), request_id
+        else:  # no answer: only allowed where the app never saw the request
+            assert request_id not in logged, (request_id, status, logged.get(request_id))
     # Work queued when the signal came was finished, not dropped.
     assert any(o[2] == "200" and o[1] > sigterm_at for o in outcomes)
-    answered = [r for r in server.log_records() if r.get("route") == "/v1/classify"]
-    assert sum(r["status"] == 200 for r in answered) == sum(o[2] == "200" for o in outcomes)
 
 
 def test_readiness_waits_for_loading_and_warmup(
