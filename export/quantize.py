@@ -12,6 +12,7 @@ dev sample; every attempt is recorded in the manifest.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ class QuantSettings:
     per_channel: bool = False  # one scale per output column instead of per tensor
     reduce_range: bool = False  # 7-bit weights: avoids u8s8 saturation on non-VNNI CPUs
     exclude_patterns: tuple[str, ...] = ()  # node-name substrings kept in fp32
+    fp32_last_layers: int = 0  # MatMuls of the encoder's last N layers stay fp32
     notes: str = ""
 
 
@@ -43,6 +45,14 @@ CANDIDATES: tuple[QuantSettings, ...] = (
         exclude_patterns=("ffn/down",),
         notes="the feed-forward output projections stay fp32: their input is GELU's output, "
         "the activation that dynamic per-tensor scales fit worst",
+    ),
+    QuantSettings(
+        "per-channel-ffn-down-and-last-layer-fp32",
+        per_channel=True,
+        exclude_patterns=("ffn/down",),
+        fp32_last_layers=1,
+        notes="as above, and the last layer's MatMuls (whose output the classifier reads) stay "
+        "fp32; its fused attention is still int8",
     ),
     QuantSettings(
         "attention-only",
@@ -70,15 +80,28 @@ class QuantAttempt:
         }
 
 
+def last_layer_patterns(node_names: list[str], count: int) -> tuple[str, ...]:
+    """Node-name substrings of the encoder's last `count` layers ("layers.5/" for the last of
+    six), read from the exported names so the depth need not be known."""
+    if count <= 0:
+        return ()
+    indices = {int(m.group(1)) for name in node_names if (m := _LAYER.search(name))}
+    return tuple(f"layers.{i}/" for i in sorted(indices)[-count:])
+
+
+_LAYER = re.compile(r"layers\.(\d+)/")
+
+
 def quantize_int8(src: Path, dst: Path, settings: QuantSettings) -> dict[str, int]:
     """Quantise `src` into `dst`; returns the count of each quantised op type in the result."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(src))
+    patterns = settings.exclude_patterns + last_layer_patterns(
+        [node.name for node in model.graph.node], settings.fp32_last_layers
+    )
     exclude = [
-        node.name
-        for node in model.graph.node
-        if any(pattern in node.name for pattern in settings.exclude_patterns)
+        node.name for node in model.graph.node if any(pattern in node.name for pattern in patterns)
     ]
     quantize_dynamic(
         str(src),

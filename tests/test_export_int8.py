@@ -88,3 +88,24 @@ def test_ffn_down_candidate_keeps_only_the_feed_forward_outputs_fp32(
     fp32_matmuls = [n.name for n in graph.node if n.op_type == "MatMul"]
     assert len(fp32_matmuls) == 6 and all("ffn/down" in name for name in fp32_matmuls)
     assert counts["QAttention"] == 6 and counts["MatMulInteger"] >= 12  # attention out + ffn up
+
+
+def test_last_layer_candidate_keeps_that_layers_matmuls_fp32(
+    int8_version: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`fp32_last_layers=1` finds the depth from the node names and keeps layer 5's MatMuls
+    (and every ffn/down) fp32."""
+    from export.quantize import CANDIDATES, quantize_int8
+
+    ckpt, _ = int8_version
+    fp32 = export_classifier(ckpt, tmp_path / "repo", optimize=True)
+    settings = next(c for c in CANDIDATES if c.fp32_last_layers == 1)
+    quantize_int8(fp32 / "model.onnx", tmp_path / "q.onnx", settings)
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    fp32_matmuls = {n.name for n in graph.node if n.op_type == "MatMul"}
+    assert {n for n in fp32_matmuls if "layers.5/" in n} == {
+        "/classifier/encoder/encoder/layers.5/attention/out/MatMul",
+        "/classifier/encoder/encoder/layers.5/ffn/up/MatMul",
+        "/classifier/encoder/encoder/layers.5/ffn/down/MatMul",
+    }
+    assert len(fp32_matmuls) == 8  # six ffn/down + layer 5's attention out and ffn up
