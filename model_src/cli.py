@@ -56,6 +56,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
         "run_train",
         "train a WordPiece vocabulary",
     ),
+    ("average",): (
+        "model_src.average",
+        "add_arguments",
+        "run",
+        "average compatible checkpoints' weights (a model soup)",
+    ),
     ("sample-data",): (
         "model_src.sample_data",
         "add_arguments",
