@@ -87,7 +87,7 @@ SST2 = --train $(DATA_DIR)/sst2/train.tsv --dev $(DATA_DIR)/sst2/dev.tsv --batch
 MULTI30K = --train-src $(DATA_DIR)/multi30k/train.en.gz \
 	--train-tgt $(DATA_DIR)/multi30k/train.de.gz --dev-src $(DATA_DIR)/multi30k/val.en \
 	--dev-tgt $(DATA_DIR)/multi30k/val.de --max-tokens 4096 --threads $(THREADS)
-TRANSLATOR_STAGE2_STEPS = 1190
+TRANSLATOR_STAGE2_STEPS = 1666
 
 models: install
 	$(PY) -m model_src train classifier $(SST2) --out $(RUNS)/sentiment-1epoch --epochs 1 \
