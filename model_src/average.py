@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from model_src.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint_config, load_state_dict
+from model_src.checkpoint import load_checkpoint_config, load_state_dict, save_state_checkpoint
 
 # Config keys that must be equal across the averaged checkpoints (where present).
 MUST_MATCH = ("format", "task", "labels", "max_length", "encoder", "arch", "model")
@@ -86,21 +84,16 @@ def average_checkpoints(directories: list[Path], out: Path) -> dict[str, Any]:
     """Write the averaged checkpoint to `out`; returns its config."""
     configs = check_compatible(directories)
     averaged = average_state_dicts([load_state_dict(d) for d in directories])
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file(averaged, str(tmp))
-    tmp.replace(out / WEIGHTS_FILE)
     config = dict(configs[0])
     config["averaged_from"] = [
         {"checkpoint": str(d), "best": c.get("best")}
         for d, c in zip(directories, configs, strict=True)
     ]
     config.pop("best", None)  # the average was never evaluated during training
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
-    for name in TOKENIZER_FILES:
-        source = directories[0] / name
-        if source.is_file():
-            (out / name).write_bytes(source.read_bytes())
+    tokenizers: dict[str, Path | str] = {
+        name: directories[0] / name for name in TOKENIZER_FILES if (directories[0] / name).is_file()
+    }
+    save_state_checkpoint(out, averaged, config, files=tokenizers)
     return config
 
 

@@ -38,6 +38,16 @@ def save_checkpoint(
     config: dict[str, Any],
     files: dict[str, Path | str] | None = None,
 ) -> None:
+    """Write the model's weights (see `save_state_checkpoint`)."""
+    save_state_checkpoint(out_dir, _unshared_state_dict(model), config, files)
+
+
+def save_state_checkpoint(
+    out_dir: Path,
+    state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    files: dict[str, Path | str] | None = None,
+) -> None:
     """Write model.safetensors + config.json, and each extra file (name -> source path, or text).
 
     Weights are written to a temporary name first and renamed, so a crash never leaves a torn file
@@ -46,7 +56,7 @@ def save_checkpoint(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / (WEIGHTS_FILE + ".tmp")
-    save_file(_unshared_state_dict(model), str(tmp))
+    save_file(state, str(tmp))
     tmp.replace(out_dir / WEIGHTS_FILE)
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
     for name, source in (files or {}).items():

@@ -49,11 +49,6 @@ async def get_inference(request: Request) -> InferenceService:
     return _state(request).inference
 
 
-async def get_settings_dep(request: Request) -> Settings:
-    """The app's settings (those `create_app` was given, not re-read from the environment)."""
-    return _state(request).settings
-
-
 async def get_info(request: Request) -> RequestInfo:
     info = request.scope.get(INFO_KEY)
     if info is None:  # only without RequestMiddleware (never in the app)
@@ -64,7 +59,6 @@ async def get_info(request: Request) -> RequestInfo:
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
 InferenceDep = Annotated[InferenceService, Depends(get_inference)]
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 InfoDep = Annotated[RequestInfo, Depends(get_info)]
 
 _bearer = HTTPBearer(auto_error=False, description="an API key, when the server has any")

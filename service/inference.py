@@ -304,7 +304,9 @@ async def wait_all(
         if combined in done:
             try:
                 return combined.result()  # raises the first item's error
-            except ServiceError:
+            except ServiceError as e:
+                if e.kind is ErrorKind.TIMEOUT:  # the batcher's view of the same deadline
+                    raise _timed_out(timeout_s) from None
                 raise
             except Exception as e:  # the engine failed; the batcher logged it with its traceback
                 raise ServiceError(
@@ -312,9 +314,7 @@ async def wait_all(
                 ) from e
         if watcher is not None and watcher in done:
             raise ServiceError(ErrorKind.CLIENT_CLOSED, "the client closed the request")
-        raise ServiceError(
-            ErrorKind.TIMEOUT, f"the request took longer than request_timeout_s ({timeout_s:g} s)"
-        )
+        raise _timed_out(timeout_s)
     finally:
         for future in futures:
             future.cancel()  # no-op for done ones
@@ -322,3 +322,10 @@ async def wait_all(
             combined.cancel()
         if watcher is not None:
             watcher.cancel()
+
+
+def _timed_out(timeout_s: float) -> ServiceError:
+    """One 504 message for the deadline, whether it passed in the queue or in the engine."""
+    return ServiceError(
+        ErrorKind.TIMEOUT, f"the request took longer than request_timeout_s ({timeout_s:g} s)"
+    )

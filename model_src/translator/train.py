@@ -28,9 +28,13 @@ import torch
 from torch import nn
 
 from model_src import training
-from model_src.checkpoint import load_checkpoint_config, load_state_dict
 from model_src.translator import tokenizer as tok
-from model_src.translator.checkpoint import FORMAT, build_model, save_translator
+from model_src.translator.checkpoint import (
+    Translator,
+    build_model,
+    load_translator,
+    save_translator,
+)
 from model_src.translator.data import bucket_batches, collate, read_parallel, shard_batches
 from model_src.translator.evaluate import score, translate
 from model_src.translator.rnn import GRUAttentionConfig
@@ -165,14 +169,13 @@ class Trainer:
         self.lr = args.lr if args.lr is not None else defaults["lr"]
         self.warmup = args.warmup if args.warmup is not None else int(defaults["warmup"])
         if self.init is not None:
-            self.model_config = self.init[0]["model"]
-            model = build_model(args.arch, self.model_config)
-            model.load_state_dict(self.init[1])
-            model = model.to(self.device)
+            init_model, init_config, _ = self.init
+            self.model_config = init_config["model"]
+            model = init_model.to(self.device)
             log.info(
                 "continuing from %s (its step %s)",
                 args.init,
-                self.init[0].get("best", {}).get("step"),
+                init_config.get("best", {}).get("step"),
             )
         else:
             self.model_config = model_config(args, self.tokenizer.get_vocab_size())
@@ -194,25 +197,23 @@ class Trainer:
         self.last_eval_step = -1
         self.grad_norm = float("nan")
 
-    def _init_checkpoint(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-        """(config, weights) of --init. Its architecture overrides --arch and the size options:
-        the weights only fit the shapes they were trained with."""
+    def _init_checkpoint(self) -> tuple[Translator, dict[str, Any], Any] | None:
+        """(model, config, tokenizer) of --init. Its architecture overrides --arch and the size
+        options: the weights only fit the shapes they were trained with."""
         if self.args.init is None:
             return None
-        config = load_checkpoint_config(self.args.init)
-        if config.get("format") != FORMAT:
-            raise ValueError(f"--init {self.args.init}: not a translator checkpoint")
+        model, config, tokenizer = load_translator(self.args.init)
         if config["arch"] != self.args.arch:
             log.warning("--init is a %s checkpoint; using that architecture", config["arch"])
             self.args.arch = config["arch"]
-        return config, load_state_dict(self.args.init)
+        return model, config, tokenizer
 
     def _tokenizer(self, texts: list[str]) -> Any:
         """The --init checkpoint's tokenizer (its ids are baked into the weights), else reuse
         --tokenizer, or train one on the main rank and share it through the out dir
         (every rank must use the same ids)."""
         if self.init is not None:
-            return tok.load_tokenizer(self.args.init / self.init[0]["tokenizer"]["file"])
+            return self.init[2]
         if self.args.tokenizer is not None:
             return tok.load_tokenizer(self.args.tokenizer)
         path = self.out / tok.TOKENIZER_FILE
@@ -404,7 +405,7 @@ class Trainer:
                 if self.init is None
                 else {
                     "checkpoint": str(self.args.init),
-                    "best": self.init[0].get("best"),
+                    "best": self.init[1].get("best"),
                 },
                 "data": {"train_pairs": len(self.train_src), "dev_pairs": len(self.dev_src)},
                 "world_size": self.ctx.world_size,
