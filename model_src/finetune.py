@@ -82,7 +82,8 @@ class FinetuneConfig:
     """Every knob of a fine-tuning run; the defaults are the ones we train MiniLM-L6 with."""
 
     task: str = "classifier"  # "classifier" (one text) or "nli" (premise/hypothesis pair)
-    train: Path = Path("train.tsv")
+    # One or more labelled files, read in order and concatenated (e.g. a second NLI corpus).
+    train: tuple[Path, ...] = (Path("train.tsv"),)
     dev: Path = Path("dev.tsv")
     out: Path = Path("runs/classifier")
     init: str | None = None  # HF BERT dir; None: the packaged MiniLM-L6
@@ -230,6 +231,15 @@ class _Best:
     epoch: float = 0.0
 
 
+def _jsonable(value: Any) -> Any:
+    """Paths (alone or in tuples) as strings, for the checkpoint's train_args."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
 def _subsample(examples: list[Any], limit: int | None, seed: int) -> list[Any]:
     """A seeded random subset in file order (the first N rows of a file may be one label)."""
     if limit is None or limit >= len(examples):
@@ -292,13 +302,19 @@ def finetune(cfg: FinetuneConfig, ctx: DistContext) -> dict[str, Any]:
     """Train, evaluating and keeping the best checkpoint in cfg.out; returns the best record."""
     device = ctx.device
     reader = replace(cfg.reader, task=cfg.task)
-    train_data = read_labelled(cfg.train, reader)
+    train_parts = [read_labelled(path, reader) for path in cfg.train]
     dev_data = read_labelled(cfg.dev, reader)
-    labels = train_data.labels
-    train_examples = _subsample(train_data.examples, cfg.max_train_examples, cfg.seed)
+    labels = train_parts[0].labels  # one reader config, so every file has the same label names
+    for part in train_parts:
+        log.info(
+            "train file %s: %d examples %s", part.path, len(part.examples), part.label_counts()
+        )
+    all_train = [example for part in train_parts for example in part.examples]
+    train_examples = _subsample(all_train, cfg.max_train_examples, cfg.seed)
     log.info(
         "train %s: %d examples %s; dev %s: %d examples %s",
-        cfg.train, len(train_examples), label_counts(train_examples, labels),
+        " + ".join(map(str, cfg.train)), len(train_examples),
+        label_counts(train_examples, labels),
         cfg.dev, len(dev_data.examples), dev_data.label_counts(),
     )  # fmt: skip
 
@@ -336,7 +352,7 @@ def finetune(cfg: FinetuneConfig, ctx: DistContext) -> dict[str, Any]:
 
     metrics = MetricsLogger(cfg.out / "metrics.jsonl", enabled=ctx.is_main)
     best = _Best()
-    train_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    train_args = {k: _jsonable(v) for k, v in asdict(cfg).items()}
 
     eval_seconds = 0.0  # kept out of the training throughput
 
@@ -421,7 +437,10 @@ def finetune(cfg: FinetuneConfig, ctx: DistContext) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = FinetuneConfig()
-    parser.add_argument("--train", type=Path, required=True, help="labelled TSV/CSV/JSONL(.gz)")
+    parser.add_argument(
+        "--train", type=Path, nargs="+", required=True,
+        help="labelled TSV/CSV/JSONL(.gz); several files are concatenated in order",
+    )  # fmt: skip
     parser.add_argument("--dev", type=Path, required=True, help="labelled dev file")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     parser.add_argument(
@@ -470,7 +489,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         raise DataError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
     return FinetuneConfig(
         task=args.task,
-        train=args.train,
+        train=tuple(args.train),
         dev=args.dev,
         out=args.out,
         init=args.init,

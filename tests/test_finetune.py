@@ -109,6 +109,33 @@ def test_finetune_nli_pairs_writes_a_pair_classifier(
     assert not torch.equal(model.encoder.embeddings.norm.weight, init.embeddings.norm.weight)
 
 
+def test_several_train_files_are_concatenated_in_order(
+    tiny_init: Path, sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--train A B` trains on the rows of both files (a second corpus beside the first); the
+    checkpoint records both paths; a missing second file is a clean error naming it."""
+    header, *rows = (sample / "nli/train.tsv").read_text().splitlines()
+    first, second = tmp_path / "first.tsv", tmp_path / "second.tsv"
+    first.write_text("\n".join([header, *rows[:48]]) + "\n")
+    second.write_text("\n".join([header, *rows[48:80]]) + "\n")
+    out = tmp_path / "nli"
+    common = (
+        "--init", str(tiny_init), "--epochs", "1", "--batch-size", "16", "--threads", "1",
+        "--eval-every", "0",
+    )  # fmt: skip
+    args = train_args("nli", first, sample / "nli/dev.tsv", out, *common)
+    args.train = [first, second]
+    assert finetune.run(args) == 0
+    _, config, _ = finetune.load_classifier(out)
+    assert config["train_args"]["train"] == [str(first), str(second)]
+    assert config["training"]["steps"] == 5  # (48 + 32) examples / 16
+
+    args.train = [first, tmp_path / "missing.tsv"]
+    args.out = tmp_path / "nli-missing"
+    assert finetune.run(args) == 2
+    assert "missing.tsv" in capsys.readouterr().err
+
+
 def test_init_from_a_finetuned_checkpoint_continues_with_its_encoder_and_head(
     tiny_init: Path, sample: Path, tmp_path: Path
 ) -> None:
