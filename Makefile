@@ -51,7 +51,14 @@ DEMO_REPO := $(RUNS)/demo/model_repository
 demo: demo-models
 	$(PY) -m service --model-repository $(DEMO_REPO) --host $(HOST) --port $(PORT)
 
-demo-models: install
+# The demo models are rebuilt only when the training/export code or the install changed, so a
+# second `make demo` serves at once (`make clean` or deleting runs/demo forces a rebuild).
+DEMO_STAMP := $(RUNS)/demo/.built
+DEMO_SOURCES := $(shell find model_src export -name '*.py' 2>/dev/null)
+
+demo-models: $(DEMO_STAMP)
+
+$(DEMO_STAMP): $(VENV)/.installed $(DEMO_SOURCES)
 	$(PY) -m model_src sample-data --out $(DEMO_DATA)
 	$(PY) -m model_src train classifier --train $(DEMO_DATA)/sentiment/train.tsv \
 		--dev $(DEMO_DATA)/sentiment/dev.tsv --out $(RUNS)/demo/sentiment \
@@ -72,6 +79,7 @@ demo-models: install
 	$(PY) -m export translator --checkpoint $(RUNS)/demo/translator --repository $(DEMO_REPO) \
 		--name translator --version 1 --dev-src $(DEMO_DATA)/translation/dev.en \
 		--dev-ref $(DEMO_DATA)/translation/dev.de
+	touch $@
 
 serve: install
 	$(PY) -m service --model-repository $(REPOSITORY) --host $(HOST) --port $(PORT)

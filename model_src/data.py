@@ -486,6 +486,8 @@ class Collator:
             self.pad_id,
         )  # input_ids, attention_mask, token_type_ids: (B, T)
         batch["labels"] = torch.tensor([item["label"] for item in items], dtype=torch.long)  # (B,)
+        if "soft_label" in items[0]:  # distillation targets (model_src.distill.WithSoftLabels)
+            batch["soft_labels"] = torch.stack([item["soft_label"] for item in items])  # (B, C)
         return batch
 
 

@@ -48,6 +48,7 @@ from model_src.data import (
     read_labelled,
     reader_config_from_args,
 )
+from model_src.distill import Teacher, WithSoftLabels, distillation_loss_sum, teacher_probabilities
 from model_src.evaluate import evaluate_dataset
 from model_src.heads import SequenceClassifier
 from model_src.hf_checkpoint import load_pretrained_bert, resolve_checkpoint_dir
@@ -104,6 +105,11 @@ class FinetuneConfig:
     dropout: float | None = None  # encoder + head dropout; None: the checkpoint's (0.1)
     freeze_embeddings: bool = False  # keep word embeddings fixed: ~25% faster steps on CPU
     threads: int | None = None  # torch intra-op threads; None: torch's default (all cores)
+    # Distillation (model_src.distill): fine-tuned checkpoints whose averaged probabilities on
+    # the train set join the gold labels as targets, with this weight and temperature.
+    teachers: tuple[str, ...] = ()
+    distill_weight: float = 0.5
+    distill_temperature: float = 1.0
     reader: ReaderConfig = field(default_factory=ReaderConfig)  # columns, label names, ...
 
 
@@ -178,12 +184,15 @@ def train_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     max_grad_norm: float,
     device: torch.device,
+    distill_weight: float = 0.0,
+    distill_temperature: float = 1.0,
 ) -> tuple[float, float]:
     """Accumulate gradients over micro-batches, clip, step; returns (mean loss, grad norm).
 
     Each micro-batch's summed loss is divided by the examples of the whole step, so the update
     equals that of one batch holding all of them, whatever the micro-batch sizes. Under DDP the
-    all-reduce runs only on the last micro-batch (no_sync on the others).
+    all-reduce runs only on the last micro-batch (no_sync on the others). Batches that carry
+    `soft_labels` mix in the distillation term with `distill_weight`.
     """
     total = sum(int(b["labels"].numel()) for b in micro_batches)
     loss_value = 0.0
@@ -198,6 +207,11 @@ def train_step(
                 out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
             # float(): under bf16 autocast the loss is still reduced in fp32.
             loss = F.cross_entropy(out.logits.float(), batch["labels"], reduction="sum") / total
+            if distill_weight > 0 and "soft_labels" in batch:
+                soft = distillation_loss_sum(
+                    out.logits, batch["soft_labels"], distill_temperature
+                )  # fmt: skip
+                loss = (1.0 - distill_weight) * loss + distill_weight * soft / total
             loss.backward()
         loss_value += float(loss.detach())
     grad_norm = clip_grad(model, max_grad_norm)
@@ -229,6 +243,35 @@ class _Best:
     dev_accuracy: float = -1.0
     dev_macro_f1: float = 0.0
     epoch: float = 0.0
+
+
+def _teacher_targets(
+    cfg: FinetuneConfig, examples: Sequence[Any], labels: Sequence[str], device: torch.device
+) -> torch.Tensor:
+    """The teachers' averaged probabilities on the train examples; the labels must agree."""
+    teachers = []
+    for directory in cfg.teachers:
+        try:
+            model, config, tokenizer = load_classifier(directory)
+        except (FileNotFoundError, ValueError) as e:
+            raise DataError(f"--teacher {directory}: not a fine-tuned checkpoint ({e})") from e
+        if list(config["labels"]) != list(labels):
+            raise DataError(
+                f"--teacher {directory}: labels {config['labels']} differ from the data's "
+                f"{list(labels)}"
+            )
+        pad_id = model.encoder.config.pad_token_id
+        teachers.append(Teacher(model, tokenizer, int(config["max_length"]), pad_id))
+    started = time.monotonic()
+    probs = teacher_probabilities(
+        teachers, examples, len(labels), cfg.distill_temperature, cfg.eval_batch_size, device
+    )
+    agree = float((probs.argmax(-1) == torch.tensor([e.label for e in examples])).float().mean())
+    log.info(
+        "%d teacher(s) scored %d train examples in %.0f s (their argmax matches the gold label "
+        "on %.1f%%)", len(teachers), len(examples), time.monotonic() - started, 100 * agree,
+    )  # fmt: skip
+    return probs
 
 
 def _jsonable(value: Any) -> Any:
@@ -329,7 +372,11 @@ def finetune(cfg: FinetuneConfig, ctx: DistContext) -> dict[str, Any]:
     torch.manual_seed(cfg.seed + ctx.rank)  # from here on (dropout) each rank draws its own
     tokenizer = load_tokenizer(init_dir, max_length=cfg.max_length)
     pad_id = model.encoder.config.pad_token_id
-    train_set = EncodedDataset(train_examples, tokenizer, cfg.max_length)
+    encoded_train = EncodedDataset(train_examples, tokenizer, cfg.max_length)
+    train_set: EncodedDataset | WithSoftLabels = encoded_train
+    if cfg.teachers:
+        soft = _teacher_targets(cfg, train_examples, labels, ctx.device)
+        train_set = WithSoftLabels(encoded_train, soft)
     dev_set = EncodedDataset(dev_data.examples, tokenizer, cfg.max_length)
     sampler = LengthBucketBatchSampler(
         train_set.lengths, cfg.batch_size, shuffle=True, seed=cfg.seed,
@@ -394,8 +441,9 @@ def finetune(cfg: FinetuneConfig, ctx: DistContext) -> dict[str, Any]:
         sampler.set_epoch(epoch)
         for group in grouped(loader, cfg.grad_accum):
             loss, grad_norm = train_step(
-                ddp_model, group, optimizer, scheduler, cfg.max_grad_norm, device
-            )
+                ddp_model, group, optimizer, scheduler, cfg.max_grad_norm, device,
+                cfg.distill_weight, cfg.distill_temperature,
+            )  # fmt: skip
             step += 1
             examples_seen += sum(int(b["labels"].numel()) for b in group) * ctx.world_size
             ex_per_s = examples_seen / max(time.monotonic() - started - eval_seconds, 1e-9)
@@ -473,6 +521,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: all cores)"
     )
+    parser.add_argument(
+        "--teacher", dest="teachers", nargs="+", default=[], metavar="DIR",
+        help="fine-tuned checkpoints to distil from (their probabilities are averaged)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--distill-weight", type=float, default=d.distill_weight,
+        help="weight of the teachers' term (the gold labels get 1 - it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--distill-temperature", type=float, default=d.distill_temperature,
+        help="softmax temperature of the distillation term",
+    )  # fmt: skip
     add_reader_arguments(parser, labels=True)
 
 
@@ -487,6 +547,10 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
             raise DataError(f"{name} must be at least {low}, got {value}")
     if not 0.0 <= args.warmup_ratio < 1.0:
         raise DataError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
+    if not 0.0 < args.distill_weight <= 1.0:
+        raise DataError(f"--distill-weight must be in (0, 1], got {args.distill_weight}")
+    if args.distill_temperature <= 0:
+        raise DataError(f"--distill-temperature must be > 0, got {args.distill_temperature}")
     return FinetuneConfig(
         task=args.task,
         train=tuple(args.train),
@@ -510,6 +574,9 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         dropout=args.dropout,
         freeze_embeddings=args.freeze_embeddings,
         threads=args.threads,
+        teachers=tuple(str(t) for t in args.teachers),
+        distill_weight=args.distill_weight,
+        distill_temperature=args.distill_temperature,
         reader=reader,
     )
 
