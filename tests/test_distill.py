@@ -104,7 +104,9 @@ def test_distillation_loss_is_zero_at_the_teacher_and_pulls_towards_it() -> None
     torch.manual_seed(0)
     student = torch.randn(4, 3, requires_grad=True)
     at_teacher = F.softmax(student.detach() / 2.0, dim=-1)
-    assert float(distillation_loss_sum(student, at_teacher, 2.0).detach()) == pytest.approx(0, abs=1e-6)
+    assert float(distillation_loss_sum(student, at_teacher, 2.0).detach()) == pytest.approx(
+        0, abs=1e-6
+    )
 
     target = torch.tensor([[0.9, 0.05, 0.05]] * 4)
     before = float(distillation_loss_sum(student, target, 1.0).detach())
