@@ -192,6 +192,17 @@ class ServerProcess:
                 records.append(json.loads(line))
         return records
 
+    def wait_for_log_record(self, request_id: str, timeout_s: float = 10.0) -> dict[str, Any]:
+        """The one access-log record of `request_id`. The server writes it after the response
+        has gone out, so on a busy machine it can land a moment after the client has read it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = [r for r in self.log_records() if r.get("request_id") == request_id]
+            if found or time.monotonic() > deadline:
+                assert len(found) == 1, f"{len(found)} log records for request {request_id!r}"
+                return found[0]
+            time.sleep(0.05)
+
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)

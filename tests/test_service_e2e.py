@@ -218,7 +218,7 @@ def test_request_log_lines(server: ServerProcess) -> None:
     httpx.post(
         server.url + "/v1/classify", json={"texts": ["a", "b"]}, headers={"X-Request-ID": "req-42"}
     )
-    (line,) = [r for r in server.log_records() if r.get("request_id") == "req-42"]
+    line = server.wait_for_log_record("req-42")
     assert line["route"] == "/v1/classify" and line["model"] == "sentiment"
     assert line["status"] == 200 and line["latency_ms"] > 0 and line["batch_size"] >= 2
 
@@ -338,7 +338,7 @@ def test_client_that_went_away_is_dropped(overload_server: ServerProcess) -> Non
         time.sleep(0.05)
     else:
         raise AssertionError("the abandoned sequence was not dropped")
-    (line,) = [r for r in overload_server.log_records() if r.get("request_id") == "gone-1"]
+    line = overload_server.wait_for_log_record("gone-1")
     assert line["status"] == 499
 
 
