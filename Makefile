@@ -101,7 +101,7 @@ TRANSLATOR_STAGE2_STEPS = 1666
 # `--dev` closes the option list so that a second train file can follow $(SNLI)'s `--train`.
 SNLI = --batch-size 32 --max-length 128 --eval-every 0 --threads $(THREADS) \
 	--dev $(DATA_DIR)/snli/dev.tsv --train $(DATA_DIR)/snli/train.tsv.gz
-NLI_DISTIL = --distill-weight 0.7 --distill-temperature 1 --seed 31
+NLI_DISTIL = --distill-weight 0.9 --distill-temperature 2 --seed 32
 
 models: install
 	$(PY) -m model_src train classifier $(SST2) --out $(RUNS)/sentiment-1epoch --epochs 1 \
