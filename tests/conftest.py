@@ -32,6 +32,36 @@ QUIET_SERVICE_SETTINGS: dict[str, Any] = {"intra_op_threads": 1, "allow_spinning
 
 
 @pytest.fixture(scope="session")
+def tiny_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised tiny BERT (hidden 32, 2 layers) in the Hugging Face layout with the
+    real MiniLM vocabulary and tokenizer: a valid --init that fine-tunes in seconds on 2 cores."""
+    import torch  # here, not at the top: the service tests need no torch
+
+    from model_src.bert import BertConfig, BertModel
+    from model_src.hf_checkpoint import default_checkpoint_dir, save_hf_bert
+    from model_src.tokenization import load_tokenizer
+
+    tiny = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=128,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_init")
+    save_hf_bert(BertModel(tiny), tiny, out, load_tokenizer(default_checkpoint_dir()))
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's own sample data (sentiment, nli, translation), as `make demo` writes it."""
+    from model_src.sample_data import write_sample_data
+
+    out = tmp_path_factory.mktemp("sample")
+    write_sample_data(out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """sentiment (text-classification), nli (text-pair-classification) and translator
     (translation, greedy/beam up to 16 new tokens), version 1 each, exported from tiny random

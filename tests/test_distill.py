@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from model_src import finetune
-from model_src.bert import BertConfig, BertModel
 from model_src.data import Collator, EncodedDataset, ReaderConfig, read_labelled
 from model_src.distill import (
     Teacher,
@@ -18,30 +17,9 @@ from model_src.distill import (
     distillation_loss_sum,
     teacher_probabilities,
 )
-from model_src.hf_checkpoint import default_checkpoint_dir, save_hf_bert
-from model_src.sample_data import write_sample_data
 from model_src.tokenization import load_tokenizer
 
-TINY = BertConfig(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-    max_position_embeddings=128,
-)  # fmt: skip
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("sample")
-    write_sample_data(out, seed=0)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny_init")
-    save_hf_bert(BertModel(TINY), TINY, out, load_tokenizer(default_checkpoint_dir()))
-    return out
 
 
 def _args(task: str, sample: Path, out: Path, *extra: str) -> argparse.Namespace:

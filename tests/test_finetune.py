@@ -15,36 +15,13 @@ import pytest
 import torch
 
 from model_src import finetune
-from model_src.bert import BertConfig, BertModel
 from model_src.data import Collator, EncodedDataset, ReaderConfig, read_labelled
 from model_src.evaluate import evaluate_dataset
 from model_src.heads import SequenceClassifier
-from model_src.hf_checkpoint import default_checkpoint_dir, load_pretrained_bert, save_hf_bert
-from model_src.sample_data import write_sample_data
+from model_src.hf_checkpoint import default_checkpoint_dir, load_pretrained_bert
 from model_src.tokenization import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-# hidden 32, 2 layers: trains in seconds on two cores; the real MiniLM vocabulary and tokenizer.
-TINY = BertConfig(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-    max_position_embeddings=128,
-)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised tiny BERT in the Hugging Face layout (a valid --init)."""
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny_init")
-    save_hf_bert(BertModel(TINY), TINY, out, load_tokenizer(default_checkpoint_dir()))
-    return out
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("sample")
-    write_sample_data(out, seed=0)
-    return out
 
 
 def train_args(task: str, train: Path, dev: Path, out: Path, *extra: str) -> argparse.Namespace:
