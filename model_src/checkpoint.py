@@ -19,6 +19,15 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
+def jsonable(value: Any) -> Any:
+    """Run arguments for a checkpoint's JSON: paths (alone or in lists/tuples) as strings."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return [jsonable(v) for v in value]
+    return value
+
+
 def _unshared_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """safetensors refuses tensors that share storage (tied embeddings); clone the repeats so each
     name owns its bytes. Loading copies into the tied parameter twice, which is harmless."""

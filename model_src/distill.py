@@ -23,8 +23,8 @@ from tokenizers import Tokenizer
 from torch import nn
 from torch.utils.data import Dataset
 
-from model_src.data import Collator, EncodedDataset, Example, iter_batches
-from model_src.training import autocast
+from model_src.data import EncodedDataset, Example
+from model_src.evaluate import iter_logits
 
 
 @dataclass
@@ -50,17 +50,12 @@ def teacher_probabilities(
     total = torch.zeros(len(examples), num_labels)
     for teacher in teachers:
         dataset = EncodedDataset(examples, teacher.tokenizer, teacher.max_length)
-        order = sorted(range(len(dataset)), key=lambda i: len(dataset.input_ids[i]))
-        collate = Collator(teacher.pad_id)
         model = teacher.model.to(device).eval()
-        for indices in iter_batches(order, batch_size):
-            batch = {k: v.to(device) for k, v in collate([dataset[i] for i in indices]).items()}
-            with autocast(device):
-                out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-            logits = out.logits.float().cpu()  # (B, num_labels)
-            if logits.shape[-1] != num_labels:
-                raise ValueError(f"teacher has {logits.shape[-1]} labels, expected {num_labels}")
-            total[torch.as_tensor(indices)] += F.softmax(logits / temperature, dim=-1)
+        everything = range(len(dataset))
+        for indices, logits, _ in iter_logits(
+            model, dataset, everything, batch_size, device, teacher.pad_id
+        ):
+            total[torch.as_tensor(indices)] += F.softmax(logits.cpu() / temperature, dim=-1)
     return total / len(teachers)
 
 

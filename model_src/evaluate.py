@@ -15,7 +15,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,26 @@ def format_confusion(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> 
 # --- running a model over a dataset ------------------------------------------------------------
 
 
+def iter_logits(
+    model: nn.Module,
+    dataset: EncodedDataset,
+    indices: Iterable[int],
+    batch_size: int,
+    device: torch.device,
+    pad_id: int = 0,
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """(dataset indices, fp32 logits (B, num_labels), gold labels (B,)) batch by batch, for the
+    given indices in length order (fewer pad tokens, same results). The caller sets eval mode
+    and no-grad."""
+    ordered = sorted(indices, key=lambda i: len(dataset.input_ids[i]))
+    collate = Collator(pad_id)
+    for batch_indices in iter_batches(ordered, batch_size):
+        batch = {k: v.to(device) for k, v in collate([dataset[i] for i in batch_indices]).items()}
+        with autocast(device):
+            out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        yield batch_indices, out.logits.float(), batch["labels"]
+
+
 @torch.no_grad()
 def evaluate_dataset(
     model: nn.Module,
@@ -110,17 +130,12 @@ def evaluate_dataset(
     model.eval()
     n = len(labels)
     rank, world = (ctx.rank, ctx.world_size) if ctx else (0, 1)
-    share = sorted(range(rank, len(dataset), world), key=lambda i: len(dataset.input_ids[i]))
-    collate = Collator(pad_id)
     matrix = [[0] * n for _ in range(n)]
     loss_sum = 0.0
-    for indices in iter_batches(share, batch_size):
-        batch = {k: v.to(device) for k, v in collate([dataset[i] for i in indices]).items()}
-        with autocast(device):
-            out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        logits = out.logits.float()  # (B, num_labels)
-        loss_sum += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
-        for g, p in zip(batch["labels"].tolist(), logits.argmax(-1).tolist(), strict=True):
+    share = range(rank, len(dataset), world)
+    for _, logits, gold in iter_logits(model, dataset, share, batch_size, device, pad_id):
+        loss_sum += float(F.cross_entropy(logits, gold, reduction="sum"))
+        for g, p in zip(gold.tolist(), logits.argmax(-1).tolist(), strict=True):
             matrix[g][p] += 1
     if ctx is not None and ctx.is_distributed:
         summed = all_reduce_sum([float(v) for row in matrix for v in row] + [loss_sum], ctx)

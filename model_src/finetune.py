@@ -36,7 +36,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from model_src.bert import BertConfig, BertModel
-from model_src.checkpoint import load_checkpoint_config, load_state_dict, save_checkpoint
+from model_src.checkpoint import (
+    jsonable,
+    load_checkpoint_config,
+    load_state_dict,
+    save_checkpoint,
+)
 from model_src.data import (
     Collator,
     DataError,
@@ -274,15 +279,6 @@ def _teacher_targets(
     return probs
 
 
-def _jsonable(value: Any) -> Any:
-    """Paths (alone or in tuples) as strings, for the checkpoint's train_args."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def _subsample(examples: list[Any], limit: int | None, seed: int) -> list[Any]:
     """A seeded random subset in file order (the first N rows of a file may be one label)."""
     if limit is None or limit >= len(examples):
@@ -399,7 +395,7 @@ def finetune(cfg: FinetuneConfig, ctx: DistContext) -> dict[str, Any]:
 
     metrics = MetricsLogger(cfg.out / "metrics.jsonl", enabled=ctx.is_main)
     best = _Best()
-    train_args = {k: _jsonable(v) for k, v in asdict(cfg).items()}
+    train_args = {k: jsonable(v) for k, v in asdict(cfg).items()}
 
     eval_seconds = 0.0  # kept out of the training throughput
 

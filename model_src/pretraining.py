@@ -30,6 +30,7 @@ import torch
 from tokenizers import Tokenizer
 
 from model_src.bert import BertConfig
+from model_src.checkpoint import jsonable
 from model_src.heads import IGNORE_INDEX, BertForPretraining, PretrainingOutput
 from model_src.hf_checkpoint import (
     load_pretrained_bert,
@@ -462,7 +463,7 @@ def _train(cfg: PretrainConfig, ctx: DistContext) -> dict[str, Any]:
 
     if ctx.is_main:
         save_hf_bert(model.to("cpu").eval(), config, cfg.out, tokenizer)
-        args_record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items()}
+        args_record = {k: jsonable(v) for k, v in vars(cfg).items()}
         (cfg.out / "pretrain_args.json").write_text(json.dumps(args_record, indent=2) + "\n")
         plot_training_curves(cfg.out / "metrics.jsonl", cfg.out / "training_curve.png")
         logger.info("wrote %s", cfg.out)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from model_src import training
+from model_src.checkpoint import jsonable
 from model_src.translator import tokenizer as tok
 from model_src.translator.checkpoint import (
     Translator,
@@ -397,9 +398,7 @@ class Trainer:
                     "length_penalty": 1.0,
                 },
                 "best": self.best,
-                "train_args": {
-                    k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()
-                },
+                "train_args": {k: jsonable(v) for k, v in vars(self.args).items()},
                 "optimizer": {"lr": self.lr, "warmup": self.warmup, "betas": [0.9, 0.98]},
                 "init": None
                 if self.init is None
