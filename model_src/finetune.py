@@ -40,7 +40,7 @@ from model_src.checkpoint import (
     jsonable,
     load_checkpoint_config,
     load_state_dict,
-    save_checkpoint,
+    save_state_checkpoint,
 )
 from model_src.data import (
     Collator,
@@ -56,7 +56,17 @@ from model_src.data import (
 from model_src.distill import Teacher, WithSoftLabels, distillation_loss_sum, teacher_probabilities
 from model_src.evaluate import evaluate_dataset
 from model_src.heads import SequenceClassifier
-from model_src.hf_checkpoint import load_pretrained_bert, resolve_checkpoint_dir
+from model_src.hf_checkpoint import (
+    load_pretrained_bert,
+    resolve_checkpoint_dir,
+    save_tokenizer_files,
+)
+from model_src.hf_classifier import (
+    hf_classifier_config,
+    hf_classifier_state,
+    native_classifier_state,
+)
+from model_src.model_card import checkpoint_card, write_model_card
 from model_src.tokenization import load_tokenizer
 from model_src.training import (
     DistContext,
@@ -174,7 +184,8 @@ def load_classifier(
     model = SequenceClassifier(
         encoder, len(config["labels"]), dropout=config.get("classifier_dropout", 0.1)
     )
-    model.load_state_dict(load_state_dict(directory), strict=True)
+    state = native_classifier_state(load_state_dict(directory), encoder.config, str(directory))
+    model.load_state_dict(state, strict=True)
     tokenizer = load_tokenizer(directory / "tokenizer.json", max_length=int(config["max_length"]))
     return model.eval(), config, tokenizer
 
@@ -302,7 +313,9 @@ def save_classifier(
         raise ValueError(f"task must be one of {list(CHECKPOINT_TASK)}, not {task!r}")
     if len(labels) != model.classifier.out_features:
         raise ValueError(f"{len(labels)} label names for {model.classifier.out_features} outputs")
+    # HF keys first, ours after: the directory also loads in transformers (model_src.hf_classifier)
     config = {
+        **hf_classifier_config(model.encoder.config, list(labels), model.dropout.p),
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "task": CHECKPOINT_TASK[task],
@@ -312,11 +325,11 @@ def save_classifier(
         "classifier_dropout": model.dropout.p,
         **extra,
     }
-    # The tokenizer file carries no truncation/padding: config.json's max_length says where to cut.
-    clean = Tokenizer.from_str(tokenizer.to_str())
-    clean.no_truncation()
-    clean.no_padding()
-    save_checkpoint(out_dir, model, config, {"tokenizer.json": clean.to_str(pretty=True)})
+    save_state_checkpoint(out_dir, hf_classifier_state(model), config)
+    # tokenizer.json without truncation/padding (config.json's max_length says where to cut),
+    # plus vocab.txt and tokenizer_config.json for transformers' AutoTokenizer.
+    save_tokenizer_files(tokenizer, out_dir, model_max_length=max_length)
+    write_model_card(out_dir / "README.md", checkpoint_card(config))
 
 
 @contextlib.contextmanager
@@ -469,6 +482,7 @@ def finetune(cfg: FinetuneConfig, ctx: DistContext) -> dict[str, Any]:
         config = load_checkpoint_config(cfg.out)
         config["training"] = summary
         (cfg.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_model_card(cfg.out / "README.md", checkpoint_card(config))
     log.info(
         "done in %.0f s: best dev accuracy %.4f at step %d; checkpoint %s",
         wall, best.dev_accuracy, best.step, cfg.out,
