@@ -230,11 +230,13 @@ def add_reader_arguments(parser: argparse.ArgumentParser, labels: bool = True) -
         default=None,
         help="header name or 0-based index of the text (default: sentence/text/premise...)",
     )
+    # Single-text training has no second text: the option stays (None) but is not offered.
+    single_text = parser.get_default("task") == "classifier"
     group.add_argument(
         "--pair-column",
         type=parse_column,
         default=None,
-        help="nli: the second text (default: hypothesis/sentence2)",
+        help=argparse.SUPPRESS if single_text else "nli: the second text (default: hypothesis)",
     )
     group.add_argument(
         "--label-column",
