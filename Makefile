@@ -42,7 +42,7 @@ test: install
 check: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy model_src export service loadtests
+	$(VENV)/bin/mypy model_src export service loadtests nlpserve_cli
 
 # --- the demo: small models from the project's own sample data, exported and served ----------
 DEMO_DATA := $(RUNS)/demo/data

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import httpx
 import pytest
+import tomllib
 
 from tests.conftest import PROJECT_ROOT, QUIET_SERVICE_SETTINGS, ServerProcess, free_port
 
