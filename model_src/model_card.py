@@ -15,18 +15,25 @@ from typing import Any
 
 PIPELINE_TAG = "text-classification"  # the Hub files NLI models under text-classification too
 TASK_TAGS = {
-    "text-classification": ["text-classification", "sentiment-analysis"],
-    "text-pair-classification": ["text-classification", "natural-language-inference"],
+    "text-classification": ["bert", "text-classification", "sentiment-analysis"],
+    "text-pair-classification": ["bert", "text-classification", "natural-language-inference"],
+    "translation": ["translation", "seq2seq"],
+    "pretraining": ["bert", "fill-mask", "domain-adaptive-pretraining"],
 }
 INTENDED_USE = {
+    "translation": "Translating short English sentences (image-caption style, as in Multi30k) "
+    "into German.",
+    "pretraining": "A starting point (`--init`) for fine-tuning on English text of the domain it "
+    "was further pretrained on; it classifies nothing by itself.",
     "text-classification": "Classifying single English sentences or short reviews by the "
     "labels listed above (trained for movie-review sentiment when the data is SST-2).",
     "text-pair-classification": "Deciding whether an English hypothesis is entailed by, neutral "
     "to, or contradicted by a premise (natural-language inference, SNLI-style captions).",
 }
 LIMITS = (
-    "English only, with the uncased WordPiece vocabulary of its base model. Inputs longer than "
-    "max_length tokens are truncated. Accuracy is the dev-set figure below, measured on the "
+    "English input only (the translator: to German), with the vocabulary it was trained with. "
+    "Inputs longer than "
+    "max_length tokens are truncated. The metrics below are dev-set figures, measured on the "
     "data it was tuned on; expect less on other domains (product reviews, tweets, long texts). "
     "The demo models (`make demo`) are trained on a few hundred generated sample sentences and "
     "are for trying the pipeline, not for real use. Not evaluated for bias or fairness."
@@ -38,15 +45,20 @@ def _yaml_list(values: list[str]) -> str:
 
 
 def _header(
-    name: str, task: str, datasets: list[str], metrics: dict[str, float], library: str
+    name: str,
+    task: str,
+    datasets: list[str],
+    metrics: dict[str, float],
+    library: str,
+    pipeline_tag: str = PIPELINE_TAG,
 ) -> str:
     """The Hub's YAML metadata block (JSON strings are valid YAML scalars)."""
     lines = [
         "---",
         f"library_name: {library}",
-        f"pipeline_tag: {PIPELINE_TAG}",
-        "language: [en]",
-        f"tags: {_yaml_list(['nlpserve', 'bert', *TASK_TAGS.get(task, [task])])}",
+        f"pipeline_tag: {pipeline_tag}",
+        "language: [en]" if pipeline_tag != "translation" else "language: [en, de]",
+        f"tags: {_yaml_list(['nlpserve', *TASK_TAGS.get(task, [task])])}",
     ]
     if datasets:
         lines.append(f"datasets: {_yaml_list(datasets)}")
@@ -56,13 +68,13 @@ def _header(
             "model-index:",
             f"- name: {json.dumps(name)}",
             "  results:",
-            f"  - task: {{type: {PIPELINE_TAG}}}",
+            f"  - task: {{type: {pipeline_tag}}}",
             f"    dataset: {{name: {json.dumps(datasets[-1] if datasets else 'dev')}, "
             "type: dev, split: dev}",
             "    metrics:",
         ]
         for metric, value in metrics.items():
-            kind = "f1" if metric.endswith("f1") else "accuracy"
+            kind = metric.split("_")[-1]  # dev_accuracy -> accuracy, dev_bleu -> bleu
             lines.append(f"    - {{type: {kind}, name: {json.dumps(metric)}, value: {value}}}")
     lines.append("---")
     return "\n".join(lines)
@@ -189,7 +201,87 @@ Export parity checks (max abs logit differences, label agreement):
 """
 
 
+def recorded_run_card(
+    name: str,
+    task: str,
+    pipeline_tag: str,
+    summary: str,
+    record: dict[str, Any],
+    metrics: dict[str, float],
+    library: str = "nlpserve",
+) -> str:
+    """A card for the other trained or exported models (translator, pretraining): a summary,
+    the run's recorded arguments, its measured metrics, and the common limits."""
+    args = record.get("train_args") or record.get("args") or {}
+    datasets = [
+        Path(str(args[key])).name
+        for key in ("train_src", "train_tgt", "corpus")
+        if isinstance(args.get(key), str)
+    ]
+    measured = "\n".join(f"- {k}: {v}" for k, v in metrics.items()) or "- none recorded"
+    command = "pretrain" if task == "pretraining" else "train translator"
+    return f"""{_header(name, task, datasets, metrics, library, pipeline_tag)}
+
+# {name}
+
+{summary}
+
+## Training
+
+Recorded arguments of the run (`python -m model_src {command} ...`):
+
+```json
+{json.dumps(args, indent=2, default=str)}
+```
+
+## Metrics measured
+
+{measured}
+
+## Intended use
+
+{INTENDED_USE.get(task, "See the summary above.")}
+
+## Limits
+
+{LIMITS}
+"""
+
+
+def numeric(values: dict[str, Any] | None) -> dict[str, float]:
+    """The numeric entries of a metrics dict (a run's `best`, a parity report)."""
+    return {
+        k: round(float(v), 4)
+        for k, v in (values or {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
 def write_model_card(path: Path, text: str) -> Path:
     path = Path(path)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def write_translator_card(out_dir: Path, config: dict[str, Any]) -> Path:
+    """README.md beside a translator checkpoint (its config.json dict)."""
+    summary = f"A {config.get('arch')} English-German translator trained with nlpserve."
+    card = recorded_run_card(
+        "nlpserve-translator", "translation", "translation", summary, config,
+        numeric(config.get("best")),
+    )  # fmt: skip
+    return write_model_card(out_dir / "README.md", card)
+
+
+def write_pretraining_card(
+    out_dir: Path, args: dict[str, Any], dev_metrics: dict[str, Any] | None
+) -> Path:
+    """README.md beside a continued-pretraining output (a BertForPreTraining directory)."""
+    summary = (
+        "BERT after continued MLM+NSP pretraining with nlpserve (loads as BertForPreTraining)."
+    )
+    card = recorded_run_card(
+        "nlpserve-pretrained-bert", "pretraining", "fill-mask", summary, {"args": args},
+        numeric(dev_metrics), library="transformers",
+    )  # fmt: skip
+    return write_model_card(out_dir / "README.md", card)

@@ -38,6 +38,7 @@ from model_src.hf_checkpoint import (
     resolve_checkpoint_dir,
     save_hf_bert,
 )
+from model_src.model_card import write_pretraining_card
 from model_src.tokenization import (
     CLS,
     MASK,
@@ -465,6 +466,7 @@ def _train(cfg: PretrainConfig, ctx: DistContext) -> dict[str, Any]:
         save_hf_bert(model.to("cpu").eval(), config, cfg.out, tokenizer)
         args_record = {k: jsonable(v) for k, v in vars(cfg).items()}
         (cfg.out / "pretrain_args.json").write_text(json.dumps(args_record, indent=2) + "\n")
+        write_pretraining_card(cfg.out, args_record, last.get("dev"))
         plot_training_curves(cfg.out / "metrics.jsonl", cfg.out / "training_curve.png")
         logger.info("wrote %s", cfg.out)
     return last
