@@ -13,6 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+HUB_METRICS = ("accuracy", "f1", "bleu", "chrf", "loss", "perplexity")
 PIPELINE_TAG = "text-classification"  # the Hub files NLI models under text-classification too
 TASK_TAGS = {
     "text-classification": ["bert", "text-classification", "sentiment-analysis"],
@@ -53,6 +54,8 @@ def _header(
     pipeline_tag: str = PIPELINE_TAG,
 ) -> str:
     """The Hub's YAML metadata block (JSON strings are valid YAML scalars)."""
+    # Only quality metrics go into the model index; counts and timings stay in the body.
+    metrics = {k: v for k, v in metrics.items() if k.split("_")[-1] in HUB_METRICS}
     lines = [
         "---",
         f"library_name: {library}",
@@ -69,8 +72,7 @@ def _header(
             f"- name: {json.dumps(name)}",
             "  results:",
             f"  - task: {{type: {pipeline_tag}}}",
-            f"    dataset: {{name: {json.dumps(datasets[-1] if datasets else 'dev')}, "
-            "type: dev, split: dev}",
+            "    dataset: {name: dev, type: dev, split: dev}",
             "    metrics:",
         ]
         for metric, value in metrics.items():
