@@ -89,24 +89,29 @@ def _usage(group: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def _worth_showing(default: object) -> bool:
+    """False for no value, a suppressed one, a flag that is off, an empty list (`is`, not `==`:
+    a default of 0 is worth showing, and 0 == False)."""
+    return not (default is None or default is argparse.SUPPRESS or default is False) and (
+        default not in ([], ())
+    )
+
+
 class DefaultsHelpFormatter(argparse.HelpFormatter):
     """Appends "(default: X)" to an option's help unless the help already states a default or
     there is nothing to state (required, None, off)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "default" in text or action.required or action.default in NO_DEFAULT:
+        if "default" in text or action.required or not _worth_showing(action.default):
             return text
         return f"{text} (default: %(default)s)".strip()
-
-
-NO_DEFAULT = (None, argparse.SUPPRESS, False, [], ())
 
 
 def show_defaults(parser: argparse.ArgumentParser) -> None:
     """argparse prints no help line, so no default, for options without help text: give them one."""
     for action in parser._actions:
-        if action.help is None and action.default not in NO_DEFAULT:
+        if action.help is None and _worth_showing(action.default):
             action.help = "(default: %(default)s)"
 
 
