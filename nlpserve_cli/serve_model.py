@@ -132,19 +132,29 @@ def ensure_exported(args: argparse.Namespace) -> Path:
             f"exporting {model} needs the train and export extras "
             f"(pip install 'nlpserve[train,export]'): {err}"
         ) from err
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch's TorchScript exporter
-        if kind == "translator":
-            export_translator(model, repository, name=args.name)
-        else:
-            export_classifier(
-                model,
-                repository,
-                name=args.name,
-                kind=kind,
-                optimize=args.optimize,
-                quantize=args.quantize,
-            )
+    from export.publish import PublishError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch's TorchScript exporter
+            if kind == "translator":
+                export_translator(model, repository, name=args.name, version=1)
+            else:
+                export_classifier(
+                    model,
+                    repository,
+                    name=args.name,
+                    version=1,
+                    kind=kind,
+                    optimize=args.optimize,
+                    quantize=args.quantize,
+                )
+    except (PublishError, OSError):  # OSError: its rename landed between our check and ours
+        # Another process (a second replica on a shared cache) published version 1 of the same
+        # files first; the publish is atomic, so what it wrote is complete.
+        if not any(repository.glob("*/1/manifest.json")):
+            raise
+        print(f"nlpserve: {repository} was exported meanwhile; serving it", file=sys.stderr)
     return repository
 
 

@@ -138,3 +138,26 @@ def test_serve_model_refuses_a_task_the_checkpoint_does_not_hold(tmp_path: Path)
 
     checkpoint = tiny_classifier_checkpoint(tmp_path / "sentiment")
     assert main(["--model", str(checkpoint), "--task", "nli", "--cache-dir", str(tmp_path)]) == 2
+
+
+def test_a_concurrent_export_of_the_same_files_is_served_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas on one cache: the second one's publish fails because the first published
+    version 1 meanwhile; it serves that version."""
+    import export.classifier
+    from export.publish import PublishError
+    from export.tiny import tiny_classifier_checkpoint
+    from nlpserve_cli.serve_model import build_parser, ensure_exported
+
+    checkpoint = tiny_classifier_checkpoint(tmp_path / "sentiment")
+
+    def other_replica_won(model: Path, repository: Path, **_: object) -> Path:
+        (repository / "sentiment" / "1").mkdir(parents=True)
+        (repository / "sentiment" / "1" / "manifest.json").write_text("{}")
+        raise PublishError(f"{repository / 'sentiment' / '1'} already exists")
+
+    monkeypatch.setattr(export.classifier, "export_classifier", other_replica_won)
+    args = build_parser().parse_args(["--model", str(checkpoint), "--cache-dir", str(tmp_path)])
+    repository = ensure_exported(args)
+    assert (repository / "sentiment" / "1" / "manifest.json").is_file()
