@@ -230,14 +230,14 @@ def add_reader_arguments(parser: argparse.ArgumentParser, labels: bool = True) -
         default=None,
         help="header name or 0-based index of the text (default: sentence/text/premise...)",
     )
-    # Single-text training has no second text: the option stays (None) but is not offered.
-    single_text = parser.get_default("task") == "classifier"
-    group.add_argument(
-        "--pair-column",
-        type=parse_column,
-        default=None,
-        help=argparse.SUPPRESS if single_text else "nli: the second text (default: hypothesis)",
-    )
+    # Single-text training has no second text to point at: no such option there.
+    if parser.get_default("task") != "classifier":
+        group.add_argument(
+            "--pair-column",
+            type=parse_column,
+            default=None,
+            help="nli: the second text (default: hypothesis/sentence2)",
+        )
     group.add_argument(
         "--label-column",
         type=parse_column,
@@ -283,7 +283,7 @@ def reader_config_from_args(
     return ReaderConfig(
         task=task,
         text_column=args.text_column,
-        pair_column=args.pair_column,
+        pair_column=getattr(args, "pair_column", None),  # absent for single-text training
         label_column=args.label_column,
         labels=tuple(labels) if labels else None,
         label_map=dict(args.label_map),

@@ -54,6 +54,12 @@ def test_task_options_show_defaults_and_only_on_their_task(
     classifier = help_of(["train", "classifier", "--help"], capsys)
     nli = help_of(["train", "nli", "--help"], capsys)
     assert "--pair-column" in nli and "--pair-column" not in classifier  # pairs are NLI's
+    from model_src.cli import main as model_src_main
+
+    with pytest.raises(SystemExit) as refused:  # and refused there, not silently ignored
+        model_src_main(["train", "classifier", "--train", "t", "--dev", "d", "--out", "o",
+                        "--pair-column", "hypothesis"])  # fmt: skip
+    assert refused.value.code == 2
     assert "--epochs EPOCHS       (default: 3)" in classifier
     assert "(default: 5e-05)" in classifier
     export = help_of(["export", "classifier", "--help"], capsys)
