@@ -96,6 +96,11 @@ def check_architecture(directory: Path, hf_config: dict[str, Any]) -> None:
     )
     if model_type != "bert" or architectures != [SUPPORTED_ARCHITECTURE]:
         raise ValueError(f"{directory}: {what} cannot be exported; {supported}")
+    if hf_config.get("problem_type") == "multi_label_classification":
+        raise ValueError(
+            f"{directory}: a multi-label classifier (sigmoid per label) cannot be exported; "
+            "nlpserve serves single-label models (softmax over the labels)"
+        )
     if hf_config.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(
             f"{directory}: position_embedding_type {hf_config['position_embedding_type']!r} "
@@ -111,7 +116,7 @@ def hf_labels(directory: Path, hf_config: dict[str, Any]) -> list[str]:
     ids = sorted(int(i) for i in id2label)
     if ids != list(range(len(ids))):
         raise ValueError(f"{directory}: id2label keys {ids} are not 0..{len(ids) - 1}")
-    return [str(id2label[str(i)] if str(i) in id2label else id2label[i]) for i in ids]
+    return [str(id2label[str(i)]) for i in ids]  # JSON object keys are strings
 
 
 def hf_max_length(directory: Path, hf_config: dict[str, Any]) -> int:

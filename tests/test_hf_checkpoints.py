@@ -136,19 +136,27 @@ def test_served_probabilities_equal_transformers(
     assert np.abs(served - expected).max() <= 1e-4
 
 
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ({"architectures": ["RobertaForSequenceClassification"], "model_type": "roberta"},
+         ["RobertaForSequenceClassification", "nlpserve loads BertForSequenceClassification"]),
+        ({"architectures": ["BertForSequenceClassification"], "model_type": "bert",
+          "problem_type": "multi_label_classification"}, ["multi-label"]),
+    ],
+)  # fmt: skip
 def test_other_architectures_are_refused_by_name(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    config: dict[str, Any], named: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from export.__main__ import main
 
-    config = {"architectures": ["RobertaForSequenceClassification"], "model_type": "roberta"}
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert (
         main(["classifier", "--checkpoint", str(tmp_path), "--repository", str(tmp_path / "r")])
         == 2
     )
     err = capsys.readouterr().err
-    assert "RobertaForSequenceClassification" in err and "BertForSequenceClassification" in err
+    assert all(words in err for words in named), err
     assert not (tmp_path / "r").exists()
 
 
