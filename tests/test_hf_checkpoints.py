@@ -204,3 +204,12 @@ def test_finetuned_checkpoint_loads_in_transformers_with_the_same_logits(
         assert torch.equal(reloaded.state_dict()[name], tensor), name
     card = (tmp_path / "README.md").read_text()
     assert card.startswith("---\n") and "value: 0.5" in card and "## Limits" in card
+
+    from export.classifier import export_classifier  # and it exports as nlpserve's own format
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch's TorchScript exporter
+        version = export_classifier(tmp_path, tmp_path / "repository", kind=task, threads=1)
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert "pytorch_vs_transformers" not in manifest["parity"]  # read natively, not as HF
+    assert manifest["parity"]["fp32_vs_pytorch"]["max_abs_diff"] <= 1e-4
