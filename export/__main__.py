@@ -47,9 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--fp16", action="store_true", help="float16 weights/compute (CUDA)")
         p.add_argument("--dev", type=Path, help="labelled dev TSV for int8 accuracy checks")
         p.add_argument("--dev-limit", type=int, default=2000, help="first N dev rows")
-        p.add_argument(
-            "--atol", type=float, default=1e-4, help="fp32 logits tolerance vs PyTorch"
-        )
+        p.add_argument("--atol", type=float, default=1e-4, help="fp32 logits tolerance vs PyTorch")
     p = sub.add_parser(
         "translator",
         help="export a Transformer translator (encoder + decoder)",
