@@ -39,6 +39,12 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
         "serve a model repository, or one checkpoint directory with --model",
     ),
     "bench": ("export.__main__", "main", ("bench",), "engine benchmark: PyTorch vs ONNX Runtime"),
+    "bench-serving": (
+        "loadtests.bench_serving",
+        "main",
+        (),
+        "serving benchmark: nlpserve with and without batching vs a plain FastAPI app",
+    ),
     "loadtest": (
         "loadtests.run",
         "main",

@@ -122,3 +122,37 @@ def test_image_command_serves_from_the_serve_only_venv(
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_serve_model_in_the_image_serves_a_cached_export_and_explains_a_missing_one(
+    serve_venv: Path, tmp_path: Path
+) -> None:
+    """`nlpserve serve --model DIR` in the torch-free image: a cache filled elsewhere (here by
+    this process, which has PyTorch) serves; an empty cache says which extras the export needs."""
+    from export.tiny import tiny_classifier_checkpoint
+    from nlpserve_cli.serve_model import build_parser, ensure_exported
+
+    checkpoint = tiny_classifier_checkpoint(tmp_path / "sentiment")
+    nlpserve = str(serve_venv / "bin" / "nlpserve")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NLPSERVE_", "VIRTUAL_ENV"))}
+    env["NLPSERVE_INTRA_OP_THREADS"] = "1"
+
+    empty = subprocess.run(
+        [nlpserve, "serve", "--model", str(checkpoint), "--cache-dir", str(tmp_path / "empty")],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert empty.returncode == 2
+    assert "needs the train and export extras" in empty.stderr
+
+    cache = tmp_path / "cache"
+    argv = ["--model", str(checkpoint), "--cache-dir", str(cache), "--no-optimize"]
+    ensure_exported(build_parser().parse_args(argv))
+    port = free_port()
+    server = subprocess.Popen(
+        [nlpserve, "serve", *argv, "--port", str(port)], env=env, cwd=tmp_path
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", timeout_s=60)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=40) == 0
