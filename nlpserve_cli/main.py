@@ -56,6 +56,15 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
 }
 
 
+# pyproject extras each command's package needs (the serving image has `serve` only).
+EXTRAS_OF_PACKAGE = {
+    "model_src": "train",
+    "export": "train,export",
+    "loadtests": "serve,dev",
+    "nlpserve_cli": "serve",
+}
+
+
 def usage() -> str:
     lines = ["usage: nlpserve COMMAND [options]", "", "commands:"]
     lines += [f"  {name:<10} {help_text}" for name, (*_, help_text) in COMMANDS.items()]
@@ -72,5 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nlpserve: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module_name, function, prefix, _ = COMMANDS[argv[0]]
-    run = getattr(importlib.import_module(module_name), function)
-    return int(run([*prefix, *argv[1:]]) or 0)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:  # e.g. `nlpserve train` in the torch-free serving image
+        extras = EXTRAS_OF_PACKAGE.get(module_name.split(".")[0], "train,export,serve,dev")
+        print(
+            f"nlpserve {argv[0]}: {err}; it needs pip install 'nlpserve[{extras}]'",
+            file=sys.stderr,
+        )
+        return 2
+    return int(getattr(module, function)([*prefix, *argv[1:]]) or 0)

@@ -39,9 +39,9 @@ def default_cache_dir() -> Path:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nlpserve serve",
-        description=__doc__.split("\n\n")[0],
+        description="Serve a model repository (the service's options, below), or one checkpoint "
+        "directory with --model: exported once into a cache keyed by its content, then served.",
         add_help=False,  # -h prints these options, then the service's
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     parser.add_argument(
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--optimize",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="ONNX Runtime transformer fusions in the export",
+        help="ONNX Runtime transformer fusions in the export (default: on)",
     )
     parser.add_argument(
         "--quantize", choices=["int8"], default=None, help="dynamic int8 export (CPU)"

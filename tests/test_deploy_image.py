@@ -143,6 +143,10 @@ def test_serve_model_in_the_image_serves_a_cached_export_and_explains_a_missing_
     )  # fmt: skip
     assert empty.returncode == 2
     assert "needs the train and export extras" in empty.stderr
+    train = subprocess.run(
+        [nlpserve, "train", "classifier"], env=env, capture_output=True, text=True
+    )
+    assert train.returncode == 2 and "pip install 'nlpserve[train]'" in train.stderr
 
     cache = tmp_path / "cache"
     argv = ["--model", str(checkpoint), "--cache-dir", str(cache), "--no-optimize"]
