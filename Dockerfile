@@ -70,6 +70,10 @@ RUN /opt/venv/bin/pip install --no-cache-dir ".[gpu]" \
     && /opt/venv/bin/python -c "import onnxruntime as ort; assert 'CUDAExecutionProvider' in ort.get_available_providers()"
 
 # ---------------------------------------------------------------- CUDA runtime
+# The CUDA and CPU runtime stages repeat their configuration lines: Docker shares instructions
+# only through a common parent stage, and these two have different base images (choosing the
+# base with a build argument instead would make `--target cuda` alone build a CPU image).
+# tests/test_deploy_manifests.py checks that the two stay alike.
 FROM cuda-base AS cuda
 LABEL org.opencontainers.image.title="nlpserve" \
       org.opencontainers.image.description="BERT classifiers and a Transformer translator on ONNX Runtime with dynamic batching (CUDA)" \

@@ -92,6 +92,26 @@ def test_both_images_run_the_service_as_non_root_with_a_readiness_healthcheck(ta
     assert json.loads(stage["VOLUME"]) == ["/models"]
 
 
+def test_cpu_and_cuda_runtime_stages_differ_only_where_they_must() -> None:
+    """The two runtime stages repeat their configuration (different base images); they may
+    differ in the base, the virtualenv they copy, the description, the provider and the
+    healthcheck's start period (the CUDA image loads slower), nothing else."""
+
+    def normalised(target: str) -> list[tuple[str, str]]:
+        steps = []
+        for op, args in dockerfile_stages()[target]:
+            if op == "FROM":
+                continue
+            args = re.sub(r"--from=\S+-build", "--from=BUILD", args)
+            args = re.sub(r"NLPSERVE_PROVIDERS=\S+", "NLPSERVE_PROVIDERS=X", args)
+            args = re.sub(r"description=\"[^\"]*\"", "description=X", args)
+            args = re.sub(r"--start-period=\S+", "--start-period=X", args)
+            steps.append((op, args))
+        return steps
+
+    assert normalised("cpu") == normalised("cuda")
+
+
 def test_images_install_the_serve_extras_and_never_torch() -> None:
     """CPU installs `.[serve]`, CUDA `.[gpu]`: never both ONNX Runtime builds, never torch."""
     stages = dockerfile_stages()
