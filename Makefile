@@ -42,6 +42,7 @@ test: install
 check: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy model_src export service loadtests
 
 # --- the demo: small models from the project's own sample data, exported and served ----------

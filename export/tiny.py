@@ -23,7 +23,7 @@ TINY_BERT = {
 
 
 def minilm_tokenizer_path() -> Path:
-    from model_src.hf_checkpoint import default_checkpoint_dir
+    from model_src.bert.hf_checkpoint import default_checkpoint_dir
 
     return default_checkpoint_dir() / "tokenizer.json"
 
@@ -44,9 +44,9 @@ def tiny_classifier_checkpoint(
     Pair it with a larger `initializer_range` (e.g. 0.5): at BERT's 0.02 a random tiny encoder
     gives nearly the same [CLS] vector for every input.
     """
-    from model_src.bert import BertConfig, BertModel
-    from model_src.checkpoint import save_checkpoint
-    from model_src.heads import SequenceClassifier
+    from model_src.bert.heads import SequenceClassifier
+    from model_src.bert.model import BertConfig, BertModel
+    from model_src.common.checkpoint import save_checkpoint
 
     if labels is None:
         labels = (
@@ -113,10 +113,10 @@ def minilm_probe_checkpoint(out_dir: Path, steps: int = 200, seed: int = 0) -> P
     Not a good sentiment model, but one with real encoder weights and confident, varied
     predictions, which is what int8/benchmark checks need from a model.
     """
-    from model_src.bert import BertModel
-    from model_src.checkpoint import save_checkpoint
-    from model_src.heads import SequenceClassifier
-    from model_src.hf_checkpoint import default_checkpoint_dir, load_pretrained_bert
+    from model_src.bert.heads import SequenceClassifier
+    from model_src.bert.hf_checkpoint import default_checkpoint_dir, load_pretrained_bert
+    from model_src.bert.model import BertModel
+    from model_src.common.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     encoder: BertModel = load_pretrained_bert(default_checkpoint_dir())
@@ -142,7 +142,7 @@ def _fit_linear_probe(model: Any, steps: int = 200) -> dict[str, Any]:
     """Fit `model.classifier` by logistic regression on the frozen [CLS] vectors of the bundled
     labelled sentences (a few hundred Adam steps on 32 vectors: well under a second)."""
     from export.samples import SENTENCE_LABELS, SENTENCES
-    from model_src.tokenization import load_tokenizer, pad_encodings
+    from model_src.bert.tokenization import load_tokenizer, pad_encodings
 
     tokenizer = load_tokenizer(minilm_tokenizer_path(), max_length=128)
     encodings = tokenizer.encode_batch(list(SENTENCES))

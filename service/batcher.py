@@ -34,6 +34,11 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from service.errors import ErrorKind, ServiceError
+from service.limits import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_QUEUE_DELAY_MS,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +74,9 @@ class LoopClock:
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    max_batch_size: int = 32  # sequences per batch
-    max_batch_tokens: int = 8192  # padded tokens per batch: len(batch) * longest sequence
-    max_queue_delay_s: float = 0.005  # window after a batch's first item arrived
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_queue_delay_s: float = DEFAULT_MAX_QUEUE_DELAY_MS / 1000  # window after the first item
     max_queue_size: int = 1024  # queued sequences; beyond it submit() answers OVERLOADED
     run_overhead_tokens: int = 16  # fixed cost of one engine run, in padded-token equivalents
     max_concurrent_runs: int = 1  # engine runs in flight at once (one per engine worker thread)

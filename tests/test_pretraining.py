@@ -15,21 +15,18 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # transformers is only the reference here; n
 import pytest
 import torch
 
-from model_src.heads import IGNORE_INDEX
-from model_src.hf_checkpoint import load_pretrained_bert
-from model_src.pretraining import (
+from model_src.bert.heads import IGNORE_INDEX
+from model_src.bert.hf_checkpoint import load_pretrained_bert
+from model_src.bert.tokenization import load_tokenizer, train_wordpiece
+from model_src.pretrain.data import (
     IS_NEXT,
     NOT_NEXT,
-    PretrainConfig,
     PretrainingCollator,
-    add_arguments,
-    build_model,
     build_nsp_pairs,
     mask_tokens,
     read_documents,
-    run,
 )
-from model_src.tokenization import load_tokenizer, train_wordpiece
+from model_src.pretrain.train import PretrainConfig, add_arguments, build_model, run
 
 CLS_ID, SEP_ID, PAD_ID, MASK_ID, VOCAB = 101, 102, 0, 103, 30522  # the MiniLM vocabulary's ids
 

@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_src.training import pick_device
+    from model_src.common.training import pick_device
     from model_src.translator.checkpoint import load_translator
 
     try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.engines.session import SessionSettings, create_session
 from service.engines.tokenization import Encoded, TextEncoder
+from service.ort_session import SessionSettings, create_session
 from service.repository import ModelVersion
 
 
