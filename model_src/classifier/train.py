@@ -50,7 +50,9 @@ from model_src.common.resume import (
     Position,
     SaveClock,
     load_resume_state,
+    run_finished,
     save_resume_state,
+    step_cap_reached,
 )
 from model_src.common.training import (
     DistContext,
@@ -304,11 +306,11 @@ class Trainer:
             # Micro-batches of this epoch not yet consumed (all of them unless resuming).
             batches = list(self.sampler)[pos.batches_in_epoch :]
             for indices in chunked(batches, cfg.grad_accum):
-                group = [self.collate([self.train_set[i] for i in batch]) for batch in indices]
-                self._train_one_step(group, bar)
-                if cfg.run.max_steps and pos.step >= cfg.run.max_steps:
+                if step_cap_reached(pos.step, cfg.run):
                     stopped = True
                     break
+                group = [self.collate([self.train_set[i] for i in batch]) for batch in indices]
+                self._train_one_step(group, bar)
                 if self.save_clock.due():
                     self.save_resume()
             if stopped:
@@ -368,6 +370,10 @@ def run(args: argparse.Namespace) -> int:
     except (DataError, ValueError) as e:  # bad options, --device cuda without a GPU
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if cfg.run.resume and run_finished(cfg.out):
+        print(f"{cfg.out}: this run finished before; nothing to resume")
+        cleanup_distributed(ctx)
+        return 0
     if not ctx.is_main:  # one copy of the progress messages is enough
         logging.getLogger("model_src").setLevel(logging.WARNING)
     try:

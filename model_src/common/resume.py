@@ -177,6 +177,20 @@ def load_resume_state(out_dir: Path) -> ResumeState | None:
     )
 
 
+def run_finished(out_dir: Path) -> bool:
+    """Whether the run in out_dir completed (its resume state says so): `--resume` then has
+    nothing to do, so a re-run pipeline (`make models`) skips it."""
+    path = out_dir / RESUME_FILE
+    if not path.is_file():
+        return False
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return bool(state["position"]["finished"])
+
+
+def step_cap_reached(step: int, control: RunControl) -> bool:
+    return bool(control.max_steps) and step >= control.max_steps
+
+
 class SaveClock:
     """Says when `--save-every-minutes` has passed since the last resume state was written."""
 

@@ -46,7 +46,9 @@ from model_src.common.resume import (
     RunControl,
     SaveClock,
     load_resume_state,
+    run_finished,
     save_resume_state,
+    step_cap_reached,
 )
 from model_src.common.training import (
     DistContext,
@@ -299,7 +301,7 @@ class Trainer:
         bar = progress_bar(cfg.steps, "pretrain", enabled=ctx.is_main)
         bar.update(pos.step)
         totals, window_start, examples = _Totals(), time.monotonic(), 0
-        while pos.step < cfg.steps and not pos.finished:
+        while pos.step < cfg.steps and not step_cap_reached(pos.step, cfg.run):
             batch = {
                 k: v.to(device, non_blocking=True) for k, v in self.collate(next(batches)).items()
             }
@@ -334,13 +336,12 @@ class Trainer:
                 self.last["dev"] = evaluate(self.model, self.dev_batches, device)
                 self.metrics.log(step=step, split="dev", **self.last["dev"])
                 logger.info("step %d dev %s", step, _fmt(self.last["dev"]))
-            if cfg.run.max_steps and step >= cfg.run.max_steps:
-                logger.info("stopping at step %d (--max-steps); --resume continues", step)
-                break
             if self.save_clock.due():
                 self.save_resume()
         bar.close()
         pos.finished = pos.step >= cfg.steps
+        if not pos.finished:
+            logger.info("stopping at step %d (--max-steps); --resume continues", pos.step)
         self.save_resume()
         if ctx.is_main and pos.finished:
             save_hf_bert(self.model.to("cpu").eval(), self.model.config, cfg.out, self.tokenizer)
@@ -376,6 +377,9 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.corpus.is_file():
         print(f"error: corpus file not found: {cfg.corpus}")
         return 2
+    if cfg.run.resume and run_finished(cfg.out):
+        print(f"{cfg.out}: this run finished before; nothing to resume")
+        return 0
     try:
         last = train(cfg)
     except (FileNotFoundError, ValueError, KeyError) as err:

@@ -32,7 +32,14 @@ from torch import nn
 from model_src.common import training
 from model_src.common.checkpoint import jsonable
 from model_src.common.options import add_options, from_args
-from model_src.common.resume import Position, SaveClock, load_resume_state, save_resume_state
+from model_src.common.resume import (
+    Position,
+    SaveClock,
+    load_resume_state,
+    run_finished,
+    save_resume_state,
+    step_cap_reached,
+)
 from model_src.translator import tokenizer as tok
 from model_src.translator.checkpoint import (
     Translator,
@@ -165,7 +172,7 @@ class Trainer:
 
     def should_stop(self) -> bool:
         """Step cap or time budget; agreed across ranks so they leave the loop together."""
-        stop = bool(self.cfg.run.max_steps and self.step >= self.cfg.run.max_steps)
+        stop = step_cap_reached(self.step, self.cfg.run)
         budget = self.cfg.time_budget_minutes
         if budget is not None and time.monotonic() - self.start_time > budget * 60:
             stop = True
@@ -175,7 +182,7 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg, pos = self.cfg, self.position
-        stop = pos.finished
+        stop = pos.finished or step_cap_reached(pos.step, cfg.run)
         while pos.epoch < cfg.epochs and not stop:
             epoch = pos.epoch + 1  # 1-based in the records
             batches = bucket_batches(
@@ -358,6 +365,9 @@ def run(args: argparse.Namespace) -> int:
     if cfg.tokenizer is not None and not cfg.tokenizer.is_file():
         print(f"error: --tokenizer {cfg.tokenizer}: no such file")
         return 2
+    if cfg.run.resume and run_finished(cfg.out):
+        print(f"{cfg.out}: this run finished before; nothing to resume")
+        return 0
     try:
         ctx = training.init_distributed(cfg.run.device)
     except ValueError as e:
