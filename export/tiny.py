@@ -7,7 +7,6 @@ tiny encoder (hidden 32, 2 layers).
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,33 +45,23 @@ def tiny_classifier_checkpoint(
     """
     from model_src.bert.heads import SequenceClassifier
     from model_src.bert.model import BertConfig, BertModel
-    from model_src.common.checkpoint import save_checkpoint
+    from model_src.bert.tokenization import load_tokenizer
+    from model_src.classifier.checkpoint import save_classifier
+    from model_src.classifier.tasks import task_of_checkpoint
 
-    if labels is None:
-        labels = (
-            ["entailment", "neutral", "contradiction"]
-            if task == "text-pair-classification"
-            else ["negative", "positive"]
-        )
+    kind = task_of_checkpoint(task)
+    labels = labels if labels is not None else list(kind.labels)
     torch.manual_seed(seed)
     config = BertConfig(**{**TINY_BERT, **bert_overrides})
     model = SequenceClassifier(BertModel(config), num_labels=len(labels))
     train_args: dict[str, Any] = {}
     if probe:
         train_args = {"linear_probe": _fit_linear_probe(model)}
-    checkpoint_config = {
-        "format": "nlpserve-classifier",
-        "format_version": 1,
-        "task": task,
-        "labels": labels,
-        "max_length": max_length,
-        "encoder": asdict(config),
-        "classifier_dropout": 0.1,
-        "init": "random (export.tiny)",
-        "train_args": train_args,
-        "best": {},
-    }
-    save_checkpoint(out_dir, model, checkpoint_config, {"tokenizer.json": minilm_tokenizer_path()})
+    tokenizer = load_tokenizer(minilm_tokenizer_path())
+    save_classifier(
+        out_dir, model, tokenizer, kind.name, labels, max_length,
+        init="random (export.tiny)", train_args=train_args, best={},
+    )  # fmt: skip
     return out_dir
 
 
@@ -116,25 +105,18 @@ def minilm_probe_checkpoint(out_dir: Path, steps: int = 200, seed: int = 0) -> P
     from model_src.bert.heads import SequenceClassifier
     from model_src.bert.hf_checkpoint import default_checkpoint_dir, load_pretrained_bert
     from model_src.bert.model import BertModel
-    from model_src.common.checkpoint import save_checkpoint
+    from model_src.bert.tokenization import load_tokenizer
+    from model_src.classifier.checkpoint import save_classifier
 
     torch.manual_seed(seed)
     encoder: BertModel = load_pretrained_bert(default_checkpoint_dir())
     model = SequenceClassifier(encoder, num_labels=2).eval()
     fit = _fit_linear_probe(model, steps)
-    checkpoint_config = {
-        "format": "nlpserve-classifier",
-        "format_version": 1,
-        "task": "text-classification",
-        "labels": ["negative", "positive"],
-        "max_length": 128,
-        "encoder": asdict(encoder.config),
-        "classifier_dropout": 0.1,
-        "init": str(default_checkpoint_dir()),
-        "train_args": {"linear_probe": fit},
-        "best": {},
-    }
-    save_checkpoint(out_dir, model, checkpoint_config, {"tokenizer.json": minilm_tokenizer_path()})
+    tokenizer = load_tokenizer(minilm_tokenizer_path())
+    save_classifier(
+        out_dir, model, tokenizer, "classifier", ["negative", "positive"], 128,
+        init=str(default_checkpoint_dir()), train_args={"linear_probe": fit}, best={},
+    )  # fmt: skip
     return out_dir
 
 

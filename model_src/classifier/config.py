@@ -22,20 +22,26 @@ class FinetuneConfig:
     dev: Path = option(help="labelled dev file")
     out: Path = option(help="checkpoint directory to write")
     init: str | None = option(None, "HF BERT checkpoint dir (default: the packaged MiniLM-L6)")
-    epochs: int = option(3, minimum=1)  # BERT paper: 2-4 epochs suffice for GLUE-sized sets
+    epochs: int = option(
+        3, "passes over the train files", minimum=1
+    )  # BERT paper: 2-4 epochs suffice for GLUE-sized sets
     batch_size: int = option(32, "per process and micro-batch", minimum=1)  # BERT: 16 or 32
     grad_accum: int = option(1, "micro-batches per optimizer step", minimum=1)
     # Small models (6 layers, 384 wide) like the high end of BERT's range.
     lr: float = option(5e-5, "peak learning rate")
-    weight_decay: float = option(0.01)  # BERT's value, on weight matrices only
+    weight_decay: float = option(
+        0.01, "AdamW decay of weight matrices"
+    )  # BERT's value, on weight matrices only
     warmup_ratio: float = option(0.1, "fraction of all optimizer steps spent warming up")
     max_grad_norm: float = option(1.0, "global gradient-norm clip; <= 0: off")
     # Tokens incl. [CLS]/[SEP]; SST-2/SNLI sentences fit in 128.
     max_length: int = option(128, "tokens per input", minimum=8)
     eval_every: int = option(500, "optimizer steps between dev evaluations; 0: only at epoch ends")
     log_every: int = option(10, "optimizer steps between train records", minimum=1)
-    eval_batch_size: int = option(128, minimum=1)  # no gradients at eval time: bigger batches fit
-    seed: int = option(42)
+    eval_batch_size: int = option(
+        128, "dev examples per forward pass", minimum=1
+    )  # no gradients at eval time: bigger batches fit
+    seed: int = option(42, "data order, head init and dropout")
     max_train_examples: int | None = option(None, "a random subset of the train files")
     dropout: float | None = option(None, "encoder+head dropout (default: the checkpoint's, 0.1)")
     # The 30k x H word table is half of MiniLM's weights; its dense gradient and AdamW update

@@ -50,7 +50,7 @@ from model_src.common.resume import (
     Position,
     SaveClock,
     load_resume_state,
-    run_finished,
+    nothing_to_resume,
     save_resume_state,
     step_cap_reached,
 )
@@ -359,19 +359,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser, FinetuneConfig)
 
 
-def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
-    return from_args(FinetuneConfig, args)
-
-
 def run(args: argparse.Namespace) -> int:
     try:
-        cfg = config_from_args(args)
+        cfg = from_args(FinetuneConfig, args)
         ctx = init_distributed(cfg.run.device)
     except (DataError, ValueError) as e:  # bad options, --device cuda without a GPU
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if cfg.run.resume and run_finished(cfg.out):
-        print(f"{cfg.out}: this run finished before; nothing to resume")
+    if nothing_to_resume(cfg.run, cfg.out):
         cleanup_distributed(ctx)
         return 0
     if not ctx.is_main:  # one copy of the progress messages is enough

@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -76,7 +76,8 @@ class Position:
 
 def rng_states() -> dict[str, Any]:
     """Every global generator's state, in a form torch.load(weights_only=True) accepts."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+    kind, keys, pos, has_gauss, gauss = legacy
     states: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
@@ -177,14 +178,17 @@ def load_resume_state(out_dir: Path) -> ResumeState | None:
     )
 
 
-def run_finished(out_dir: Path) -> bool:
-    """Whether the run in out_dir completed (its resume state says so): `--resume` then has
-    nothing to do, so a re-run pipeline (`make models`) skips it."""
+def nothing_to_resume(control: RunControl, out_dir: Path) -> bool:
+    """True (and says so) when --resume finds the run in out_dir finished: a re-run pipeline
+    (`make models`) then skips it instead of loading its data and model again."""
     path = out_dir / RESUME_FILE
-    if not path.is_file():
+    if not control.resume or not path.is_file():
         return False
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return bool(state["position"]["finished"])
+    if state["position"]["finished"]:
+        print(f"{out_dir}: this run finished before; nothing to resume")
+        return True
+    return False
 
 
 def step_cap_reached(step: int, control: RunControl) -> bool:

@@ -46,7 +46,7 @@ from model_src.common.resume import (
     RunControl,
     SaveClock,
     load_resume_state,
-    run_finished,
+    nothing_to_resume,
     save_resume_state,
     step_cap_reached,
 )
@@ -95,7 +95,9 @@ class PretrainConfig:
     steps: int = option(10_000, "optimizer steps", minimum=1)
     batch_size: int = option(32, "sentence pairs per step and process", minimum=1)
     lr: float = option(1e-4, "peak learning rate")  # BERT's pretraining peak
-    weight_decay: float = option(0.01)  # BERT's value, matrices only
+    weight_decay: float = option(
+        0.01, "AdamW decay of weight matrices"
+    )  # BERT's value, matrices only
     warmup_ratio: float = option(0.06, "fraction of the steps spent warming up")
     max_grad_norm: float = option(1.0, "global gradient-norm clip; <= 0: off")
     max_length: int = option(128, "tokens per pair incl. [CLS]/[SEP]", minimum=8)
@@ -103,7 +105,7 @@ class PretrainConfig:
     dev_fraction: float = option(0.05, "documents held out for a dev loss (needs >= 20)")
     eval_every: int = option(500, "steps between dev evaluations (and at the end)", minimum=1)
     log_every: int = option(50, "steps between train records", minimum=1)
-    seed: int = option(42)
+    seed: int = option(42, "pairs, masks and dropout")
     # From-scratch encoder shape (ignored with --init); a small BERT by default.
     hidden_size: int = option(256, group=_SCRATCH)
     num_layers: int = option(4, group=_SCRATCH)
@@ -363,22 +365,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser, PretrainConfig)
 
 
-def config_from_args(args: argparse.Namespace) -> PretrainConfig:
-    return from_args(PretrainConfig, args)
-
-
 def run(args: argparse.Namespace) -> int:
     """`python -m model_src pretrain`; bad input is a one-line error and exit code 2."""
     try:
-        cfg = config_from_args(args)
+        cfg = from_args(PretrainConfig, args)
     except ValueError as err:
         print(f"error: {err}")
         return 2
     if not cfg.corpus.is_file():
         print(f"error: corpus file not found: {cfg.corpus}")
         return 2
-    if cfg.run.resume and run_finished(cfg.out):
-        print(f"{cfg.out}: this run finished before; nothing to resume")
+    if nothing_to_resume(cfg.run, cfg.out):
         return 0
     try:
         last = train(cfg)

@@ -36,7 +36,7 @@ from model_src.common.resume import (
     Position,
     SaveClock,
     load_resume_state,
-    run_finished,
+    nothing_to_resume,
     save_resume_state,
     step_cap_reached,
 )
@@ -365,8 +365,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.tokenizer is not None and not cfg.tokenizer.is_file():
         print(f"error: --tokenizer {cfg.tokenizer}: no such file")
         return 2
-    if cfg.run.resume and run_finished(cfg.out):
-        print(f"{cfg.out}: this run finished before; nothing to resume")
+    if nothing_to_resume(cfg.run, cfg.out):
         return 0
     try:
         ctx = training.init_distributed(cfg.run.device)
