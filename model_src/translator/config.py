@@ -34,10 +34,10 @@ class TranslatorConfig:
 
     train_src: Path = option(help="source lines (.gz ok)", group=_DATA)
     train_tgt: Path = option(help="target lines (.gz ok)", group=_DATA)
-    dev_src: Path = option(group=_DATA)
-    dev_tgt: Path = option(group=_DATA)
+    dev_src: Path = option(help="dev source lines (BLEU, dev loss)", group=_DATA)
+    dev_tgt: Path = option(help="dev reference lines", group=_DATA)
     out: Path = option(help="checkpoint directory to write", group=_DATA)
-    max_train_examples: int | None = option(None, group=_DATA)
+    max_train_examples: int | None = option(None, "the first N training pairs", group=_DATA)
     max_dev_examples: int | None = option(None, "dev pairs to score", group=_DATA)
     max_length: int = option(128, "tokens per sentence (cut)", group=_DATA)
     vocab_size: int = option(8000, "joint BPE vocabulary size", group=_DATA)
@@ -47,32 +47,35 @@ class TranslatorConfig:
         "optimiser and schedule)", group=_DATA,
     )  # fmt: skip
 
-    arch: str = option("transformer", choices=("transformer", "gru-attention"), group=_MODEL)
+    arch: str = option(
+        "transformer", "the baseline is gru-attention", choices=("transformer", "gru-attention"),
+        group=_MODEL,
+    )  # fmt: skip
     d_model: int | None = option(None, "transformer width", group=_MODEL)
     heads: int | None = option(None, "transformer attention heads", group=_MODEL)
     ffn: int | None = option(None, "transformer feed-forward width", group=_MODEL)
     layers: int | None = option(None, "encoder and decoder layers", group=_MODEL)
-    dropout: float | None = option(None, group=_MODEL)
+    dropout: float | None = option(None, "dropout (and attention dropout)", group=_MODEL)
     norm_first: bool = option(False, "pre-LN transformer", group=_MODEL)
     attention: str | None = option(None, choices=("sdpa", "eager"), group=_MODEL)
     embed_dim: int | None = option(None, "GRU embedding size", group=_MODEL)
     hidden_size: int | None = option(None, "GRU hidden size", group=_MODEL)
 
-    epochs: int = option(30, group=_OPT)
+    epochs: int = option(30, "passes over the training pairs", group=_OPT)
     time_budget_minutes: float | None = option(None, "stop after this", group=_OPT)
     max_tokens: int = option(4096, "padded tokens per batch", group=_OPT)
     lr: float | None = option(None, "peak learning rate (default: the arch's)", group=_OPT)
     warmup: int | None = option(None, "warm-up steps (default: the arch's)", group=_OPT)
-    weight_decay: float = option(0.0, group=_OPT)
-    label_smoothing: float = option(0.1, group=_OPT)
-    clip_norm: float = option(1.0, group=_OPT)
-    seed: int = option(0, group=_OPT)
+    weight_decay: float = option(0.0, "AdamW decay of weight matrices", group=_OPT)
+    label_smoothing: float = option(0.1, "the Transformer paper's 0.1", group=_OPT)
+    clip_norm: float = option(1.0, "global gradient-norm clip; <= 0: off", group=_OPT)
+    seed: int = option(0, "init, batch order and dropout", group=_OPT)
     no_amp: bool = option(False, "no bf16 autocast on CUDA", group=_OPT)
     threads: int = option(0, "torch CPU threads (0 = default)", group=_OPT)
 
     eval_every: int = option(0, "steps; 0 = after every epoch", group=_EVAL)
     dev_beam: int = option(1, "beam for dev BLEU (1 = greedy)", group=_EVAL)
-    decode_batch_size: int = option(128, group=_EVAL)
+    decode_batch_size: int = option(128, "dev sentences decoded at once", group=_EVAL)
     log_every: int = option(50, "steps between train records", group=_EVAL)
     no_progress: bool = option(False, "no progress bar", group=_EVAL)
     run: RunControl = option(default_factory=RunControl)  # device, resume, step cap
