@@ -27,49 +27,24 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from service.clock import Clock, LoopClock
 from service.errors import ErrorKind, ServiceError
 from service.limits import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_BATCH_TOKENS,
     DEFAULT_MAX_QUEUE_DELAY_MS,
 )
+from service.run_split import split_runs
 
 logger = logging.getLogger(__name__)
 
 P = TypeVar("P")  # what one sequence hands the engine (e.g. its token ids)
 R = TypeVar("R")  # what the engine returns for one sequence
-
-
-class Clock(Protocol):
-    def now(self) -> float:
-        """Monotonic seconds."""
-        ...
-
-    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
-        """Wait until `event` is set (True) or `timeout` seconds passed (False)."""
-        ...
-
-
-class LoopClock:
-    """The monotonic clock, with the event loop's timers for waiting."""
-
-    def now(self) -> float:
-        return time.monotonic()  # uvloop's loop.time() only has millisecond resolution
-
-    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
-        if event.is_set():
-            return True
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
 
 
 @dataclass(frozen=True)
@@ -114,34 +89,6 @@ class BatchObserver(Protocol):
 
 
 RunBatch = Callable[[list[Any], Hashable], Awaitable[Sequence[Any]]]
-
-
-def split_runs(lengths: Sequence[int], overhead_tokens: int) -> list[tuple[int, int]]:
-    """Cut ascending `lengths` into runs [start, end) minimising padded tokens + per-run overhead.
-
-    A run pads to its last (longest) sequence, so it costs `(end - start) * lengths[end - 1] +
-    overhead_tokens`. Exact dynamic programme over the positions where the length changes
-    (cutting between equal lengths never helps), so O(distinct lengths^2).
-    """
-    n = len(lengths)
-    if n == 0:
-        return []
-    ends = [i + 1 for i in range(n) if i + 1 == n or lengths[i + 1] != lengths[i]]
-    starts = [0, *ends[:-1]]  # candidate run starts; starts[j] is where run j would begin
-    best = [0.0] + [math.inf] * len(ends)  # best[j]: cost of covering [0, starts[j] or ends[j-1])
-    back = [0] * (len(ends) + 1)
-    for j, end in enumerate(ends, start=1):
-        for i in range(j):  # run from starts[i] to end
-            cost = best[i] + (end - starts[i]) * lengths[end - 1] + overhead_tokens
-            if cost < best[j]:
-                best[j], back[j] = cost, i
-    runs = []
-    j = len(ends)
-    while j > 0:
-        i = back[j]
-        runs.append((starts[i], ends[j - 1]))
-        j = i
-    return runs[::-1]
 
 
 def _resolve(item: WorkItem[Any, Any], result: Any) -> None:
