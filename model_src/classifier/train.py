@@ -43,34 +43,10 @@ from model_src.classifier.distill import (
     teacher_probabilities,
 )
 from model_src.classifier.evaluate import evaluate_dataset
+from model_src.common import resume, training
 from model_src.common.batching import chunked
 from model_src.common.checkpoint import jsonable, load_checkpoint_config
 from model_src.common.options import add_options, from_args
-from model_src.common.resume import (
-    Position,
-    SaveClock,
-    load_resume_state,
-    nothing_to_resume,
-    save_resume_state,
-    step_cap_reached,
-)
-from model_src.common.training import (
-    DistContext,
-    MetricsLogger,
-    autocast,
-    barrier,
-    build_adamw,
-    cleanup_distributed,
-    init_distributed,
-    linear_warmup_decay,
-    log_to_file,
-    optimizer_update,
-    plot_training_curves,
-    progress_bar,
-    seed_everything,
-    unwrap,
-    wrap_ddp,
-)
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +80,7 @@ def train_step(
         if isinstance(model, DistributedDataParallel) and not last:
             sync = model.no_sync()
         with sync:
-            with autocast(device):
+            with training.autocast(device):
                 out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
             # float(): under bf16 autocast the loss is still reduced in fp32.
             loss = F.cross_entropy(out.logits.float(), batch["labels"], reduction="sum") / total
@@ -113,7 +89,7 @@ def train_step(
                 loss = (1.0 - distill_weight) * loss + distill_weight * soft / total
             loss.backward()
         loss_value += float(loss.detach())
-    return loss_value, optimizer_update(model, optimizer, scheduler, max_grad_norm)
+    return loss_value, training.optimizer_update(model, optimizer, scheduler, max_grad_norm)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -170,7 +146,7 @@ class _Best:
 class Trainer:
     """One fine-tuning run: builds data, model and optimiser; `fit` is the loop."""
 
-    def __init__(self, cfg: FinetuneConfig, ctx: DistContext) -> None:
+    def __init__(self, cfg: FinetuneConfig, ctx: training.DistContext) -> None:
         self.cfg, self.ctx, self.device = cfg, ctx, ctx.device
         reader = replace(cfg.reader, task=cfg.task)
         train_parts = [read_labelled(path, reader) for path in cfg.train]
@@ -190,7 +166,8 @@ class Trainer:
 
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        seed_everything(cfg.seed)  # same seed on every rank: identical head init (DDP checks it)
+        # The same seed on every rank: an identical head init (DDP checks it).
+        training.seed_everything(cfg.seed)
         self.model, self.init_dir = build_classifier(cfg.init, len(self.labels), cfg.dropout)
         if cfg.freeze_embeddings:
             self.model.encoder.embeddings.word.weight.requires_grad_(False)
@@ -213,31 +190,33 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         warmup_steps = round(cfg.warmup_ratio * self.total_steps)
         self.model.to(self.device)
-        self.optimizer = build_adamw(self.model, cfg.lr, cfg.weight_decay)
-        self.scheduler = linear_warmup_decay(self.optimizer, warmup_steps, self.total_steps)
-        self.ddp_model = wrap_ddp(self.model, ctx)
+        self.optimizer = training.build_adamw(self.model, cfg.lr, cfg.weight_decay)
+        self.scheduler = training.linear_warmup_decay(
+            self.optimizer, warmup_steps, self.total_steps
+        )
+        self.ddp_model = training.wrap_ddp(self.model, ctx)
         log.info(
             "%d optimizer steps (%d/epoch, %d warm-up), %d examples per step on %s x%d",
             self.total_steps, self.steps_per_epoch, warmup_steps,
             cfg.batch_size * cfg.grad_accum * ctx.world_size, self.device, ctx.world_size,
         )  # fmt: skip
         self.train_args = {k: jsonable(v) for k, v in asdict(cfg).items()}
-        self.position, self.best = Position(), _Best()
+        self.position, self.best = resume.Position(), _Best()
         self.examples_seen, self.eval_seconds = 0, 0.0  # eval time stays out of the throughput
-        resumed = load_resume_state(cfg.out) if cfg.run.resume else None
+        resumed = resume.load_resume_state(cfg.out) if cfg.run.resume else None
         if resumed is not None:
             self.position, self.best = resumed.position, _Best(**resumed.extra["best"])
             self.examples_seen = resumed.extra["examples_seen"]
             resumed.restore(self.model, self.optimizer, self.scheduler)
-        self.metrics = MetricsLogger(
+        self.metrics = training.MetricsLogger(
             cfg.out / "metrics.jsonl", enabled=ctx.is_main, append=resumed is not None
         )
-        self.save_clock = SaveClock(cfg.run.save_every_minutes)
+        self.save_clock = resume.SaveClock(cfg.run.save_every_minutes)
 
     def save_resume(self) -> None:
         if self.ctx.is_main:
             extra = {"best": asdict(self.best), "examples_seen": self.examples_seen}
-            save_resume_state(self.cfg.out, self.model, self.optimizer, self.scheduler,
+            resume.save_resume_state(self.cfg.out, self.model, self.optimizer, self.scheduler,
                               self.position, extra)  # fmt: skip
         self.save_clock.saved()
 
@@ -246,8 +225,8 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         eval_started = time.monotonic()
         result = evaluate_dataset(
-            unwrap(self.ddp_model), self.dev_set, self.labels, cfg.eval_batch_size, self.device,
-            ctx, self.pad_id,
+            training.unwrap(self.ddp_model), self.dev_set, self.labels, cfg.eval_batch_size,
+            self.device, ctx, self.pad_id,
         )  # fmt: skip
         self.metrics.log(
             split="dev", step=step, epoch=round(epoch, 3), loss=result["loss"],
@@ -267,8 +246,8 @@ class Trainer:
                     init=str(self.init_dir), train_args=self.train_args, best=asdict(self.best),
                 )  # fmt: skip
         if ctx.is_main:  # a curve to look at while a long run goes on
-            plot_training_curves(cfg.out / "metrics.jsonl", cfg.out / "training_curve.png")
-        barrier(ctx)  # no rank runs ahead while the main one writes
+            training.plot_training_curves(cfg.out / "metrics.jsonl", cfg.out / "training_curve.png")
+        training.barrier(ctx)  # no rank runs ahead while the main one writes
         self.eval_seconds += time.monotonic() - eval_started
 
     def _train_one_step(self, group: list[dict[str, torch.Tensor]], bar: Any) -> None:
@@ -297,7 +276,7 @@ class Trainer:
         """Train to the end (or --max-steps); returns the run's summary."""
         cfg, pos = self.cfg, self.position
         self.started = time.monotonic()
-        bar = progress_bar(self.total_steps, f"train {cfg.task}", enabled=self.ctx.is_main)
+        bar = training.progress_bar(self.total_steps, f"train {cfg.task}", enabled=self.ctx.is_main)
         bar.update(pos.step)
         self.ddp_model.train()
         stopped = False
@@ -306,7 +285,7 @@ class Trainer:
             # Micro-batches of this epoch not yet consumed (all of them unless resuming).
             batches = list(self.sampler)[pos.batches_in_epoch :]
             for indices in chunked(batches, cfg.grad_accum):
-                if step_cap_reached(pos.step, cfg.run):
+                if resume.step_cap_reached(pos.step, cfg.run):
                     stopped = True
                     break
                 group = [self.collate([self.train_set[i] for i in batch]) for batch in indices]
@@ -347,7 +326,7 @@ class Trainer:
         return summary
 
 
-def finetune(cfg: FinetuneConfig, ctx: DistContext) -> dict[str, Any]:
+def finetune(cfg: FinetuneConfig, ctx: training.DistContext) -> dict[str, Any]:
     """Train, evaluating and keeping the best checkpoint in cfg.out; returns the best record."""
     return Trainer(cfg, ctx).fit()
 
@@ -362,24 +341,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = from_args(FinetuneConfig, args)
-        ctx = init_distributed(cfg.run.device)
+        ctx = training.init_distributed(cfg.run.device)
     except (DataError, ValueError) as e:  # bad options, --device cuda without a GPU
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if nothing_to_resume(cfg.run, cfg.out):
-        cleanup_distributed(ctx)
+    if resume.nothing_to_resume(cfg.run, cfg.out):
+        training.cleanup_distributed(ctx)
         return 0
     if not ctx.is_main:  # one copy of the progress messages is enough
         logging.getLogger("model_src").setLevel(logging.WARNING)
     try:
         log_file = cfg.out / "train_log.txt"
-        with log_to_file(log_file, enabled=ctx.is_main, append=cfg.run.resume):
+        with training.log_to_file(log_file, enabled=ctx.is_main, append=cfg.run.resume):
             summary = finetune(cfg, ctx)
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        cleanup_distributed(ctx)
+        training.cleanup_distributed(ctx)
     if ctx.is_main:
         print(
             f"best dev accuracy {summary['dev_accuracy']:.4f} (macro-F1 "

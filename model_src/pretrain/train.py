@@ -39,32 +39,9 @@ from model_src.bert.hf_checkpoint import (
 )
 from model_src.bert.model import BertConfig
 from model_src.bert.tokenization import CLS, MASK, PAD, SEP, UNK, load_tokenizer, special_token_id
+from model_src.common import resume, training
 from model_src.common.checkpoint import jsonable
 from model_src.common.options import add_options, from_args, option
-from model_src.common.resume import (
-    Position,
-    RunControl,
-    SaveClock,
-    load_resume_state,
-    nothing_to_resume,
-    save_resume_state,
-    step_cap_reached,
-)
-from model_src.common.training import (
-    DistContext,
-    MetricsLogger,
-    autocast,
-    build_adamw,
-    cleanup_distributed,
-    init_distributed,
-    linear_warmup_decay,
-    log_to_file,
-    optimizer_update,
-    plot_training_curves,
-    progress_bar,
-    seed_everything,
-    wrap_ddp,
-)
 from model_src.pretrain.data import (
     PretrainingCollator,
     build_nsp_pairs,
@@ -112,7 +89,7 @@ class PretrainConfig:
     num_heads: int = option(4, group=_SCRATCH)
     intermediate_size: int = option(1024, group=_SCRATCH)
     dropout: float = option(0.1, group=_SCRATCH)
-    run: RunControl = option(default_factory=RunControl)  # device, resume, step cap
+    run: resume.RunControl = option(default_factory=resume.RunControl)  # device, resume, step cap
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mlm_probability < 1.0:
@@ -205,7 +182,7 @@ def evaluate(
     totals = _Totals()
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast(device):
+        with training.autocast(device):
             out = model(**batch)
         totals.add(out, batch)
     model.train(was_training)
@@ -218,12 +195,14 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     Under torchrun each rank trains on its share of every epoch (DDP); rank 0 logs its own
     train metrics, evaluates dev and writes the checkpoint.
     """
-    ctx = init_distributed(cfg.run.device)
+    ctx = training.init_distributed(cfg.run.device)
     try:
-        with log_to_file(cfg.out / "train_log.txt", enabled=ctx.is_main, append=cfg.run.resume):
+        with training.log_to_file(
+            cfg.out / "train_log.txt", enabled=ctx.is_main, append=cfg.run.resume
+        ):
             return Trainer(cfg, ctx).fit()
     finally:
-        cleanup_distributed(ctx)
+        training.cleanup_distributed(ctx)
 
 
 def _tokenizer_source(cfg: PretrainConfig) -> Path:
@@ -237,9 +216,9 @@ def _tokenizer_source(cfg: PretrainConfig) -> Path:
 class Trainer:
     """One pretraining run: builds data, model and optimiser; `fit` is the loop."""
 
-    def __init__(self, cfg: PretrainConfig, ctx: DistContext) -> None:
+    def __init__(self, cfg: PretrainConfig, ctx: training.DistContext) -> None:
         self.cfg, self.ctx, self.device = cfg, ctx, ctx.device
-        seed_everything(cfg.seed + ctx.rank)
+        training.seed_everything(cfg.seed + ctx.rank)
         self.tokenizer = load_tokenizer(_tokenizer_source(cfg))
         for token in (PAD, UNK, CLS, SEP, MASK):
             special_token_id(self.tokenizer, token)  # fail before training, not mid-way
@@ -271,25 +250,25 @@ class Trainer:
                 dev_collate(dev_pairs[i : i + cfg.batch_size])
                 for i in range(0, len(dev_pairs), cfg.batch_size)
             ]
-        self.ddp_model = wrap_ddp(self.model, ctx)
-        self.optimizer = build_adamw(self.model, cfg.lr, cfg.weight_decay)
-        self.scheduler = linear_warmup_decay(
+        self.ddp_model = training.wrap_ddp(self.model, ctx)
+        self.optimizer = training.build_adamw(self.model, cfg.lr, cfg.weight_decay)
+        self.scheduler = training.linear_warmup_decay(
             self.optimizer, round(cfg.warmup_ratio * cfg.steps), cfg.steps
         )
-        self.position, self.last = Position(), {}
-        resumed = load_resume_state(cfg.out) if cfg.run.resume else None
+        self.position, self.last = resume.Position(), {}
+        resumed = resume.load_resume_state(cfg.out) if cfg.run.resume else None
         if resumed is not None:
             self.position, self.last = resumed.position, resumed.extra["last"]
             resumed.restore(self.model, self.optimizer, self.scheduler,
                             {"masks": self.mask_generator})  # fmt: skip
-        self.metrics = MetricsLogger(
+        self.metrics = training.MetricsLogger(
             cfg.out / "metrics.jsonl", enabled=ctx.is_main, append=resumed is not None
         )
-        self.save_clock = SaveClock(cfg.run.save_every_minutes)
+        self.save_clock = resume.SaveClock(cfg.run.save_every_minutes)
 
     def save_resume(self) -> None:
         if self.ctx.is_main:
-            save_resume_state(
+            resume.save_resume_state(
                 self.cfg.out, self.model, self.optimizer, self.scheduler, self.position,
                 {"last": self.last}, {"masks": self.mask_generator},
             )  # fmt: skip
@@ -300,18 +279,18 @@ class Trainer:
         batches = pair_batches(self.train_docs, cfg.batch_size, cfg.seed, ctx)
         for _ in range(pos.step):  # the data position: batches the resumed run already used
             next(batches)
-        bar = progress_bar(cfg.steps, "pretrain", enabled=ctx.is_main)
+        bar = training.progress_bar(cfg.steps, "pretrain", enabled=ctx.is_main)
         bar.update(pos.step)
         totals, window_start, examples = _Totals(), time.monotonic(), 0
-        while pos.step < cfg.steps and not step_cap_reached(pos.step, cfg.run):
+        while pos.step < cfg.steps and not resume.step_cap_reached(pos.step, cfg.run):
             batch = {
                 k: v.to(device, non_blocking=True) for k, v in self.collate(next(batches)).items()
             }
-            with autocast(device):
+            with training.autocast(device):
                 out = self.ddp_model(**batch)
             assert out.loss is not None
             out.loss.backward()
-            grad_norm = optimizer_update(self.model, self.optimizer, self.scheduler,
+            grad_norm = training.optimizer_update(self.model, self.optimizer, self.scheduler,
                                          cfg.max_grad_norm)  # fmt: skip
             pos.step += 1
             step = pos.step
@@ -349,7 +328,7 @@ class Trainer:
             save_hf_bert(self.model.to("cpu").eval(), self.model.config, cfg.out, self.tokenizer)
             args_record = {k: jsonable(v) for k, v in asdict(cfg).items()}
             (cfg.out / "pretrain_args.json").write_text(json.dumps(args_record, indent=2) + "\n")
-            plot_training_curves(cfg.out / "metrics.jsonl", cfg.out / "training_curve.png")
+            training.plot_training_curves(cfg.out / "metrics.jsonl", cfg.out / "training_curve.png")
             logger.info("wrote %s", cfg.out)
         return self.last
 
@@ -375,7 +354,7 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.corpus.is_file():
         print(f"error: corpus file not found: {cfg.corpus}")
         return 2
-    if nothing_to_resume(cfg.run, cfg.out):
+    if resume.nothing_to_resume(cfg.run, cfg.out):
         return 0
     try:
         last = train(cfg)

@@ -29,17 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from model_src.common import training
+from model_src.common import resume, training
 from model_src.common.checkpoint import jsonable
 from model_src.common.options import add_options, from_args
-from model_src.common.resume import (
-    Position,
-    SaveClock,
-    load_resume_state,
-    nothing_to_resume,
-    save_resume_state,
-    step_cap_reached,
-)
 from model_src.translator import tokenizer as tok
 from model_src.translator.checkpoint import (
     Translator,
@@ -102,11 +94,11 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss(
             ignore_index=tok.PAD_ID, label_smoothing=cfg.label_smoothing
         )
-        self.position = Position()
+        self.position = resume.Position()
         self.best: dict[str, Any] = {"dev_bleu": -1.0}
         self.last_eval_step = -1
         self.grad_norm = float("nan")
-        resumed = load_resume_state(self.out) if cfg.run.resume else None
+        resumed = resume.load_resume_state(self.out) if cfg.run.resume else None
         if resumed is not None:
             self.position = resumed.position
             self.best, self.last_eval_step = resumed.extra["best"], resumed.extra["last_eval_step"]
@@ -114,7 +106,7 @@ class Trainer:
         self.metrics = training.MetricsLogger(
             self.out / "metrics.jsonl", enabled=ctx.is_main, append=resumed is not None
         )
-        self.save_clock = SaveClock(cfg.run.save_every_minutes)
+        self.save_clock = resume.SaveClock(cfg.run.save_every_minutes)
 
     @property
     def step(self) -> int:
@@ -123,7 +115,7 @@ class Trainer:
     def save_resume(self) -> None:
         if self.ctx.is_main:
             extra = {"best": self.best, "last_eval_step": self.last_eval_step}
-            save_resume_state(self.out, training.unwrap(self.model), self.optimizer,
+            resume.save_resume_state(self.out, training.unwrap(self.model), self.optimizer,
                               self.scheduler, self.position, extra)  # fmt: skip
         self.save_clock.saved()
 
@@ -172,7 +164,7 @@ class Trainer:
 
     def should_stop(self) -> bool:
         """Step cap or time budget; agreed across ranks so they leave the loop together."""
-        stop = step_cap_reached(self.step, self.cfg.run)
+        stop = resume.step_cap_reached(self.step, self.cfg.run)
         budget = self.cfg.time_budget_minutes
         if budget is not None and time.monotonic() - self.start_time > budget * 60:
             stop = True
@@ -182,7 +174,7 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg, pos = self.cfg, self.position
-        stop = pos.finished or step_cap_reached(pos.step, cfg.run)
+        stop = pos.finished or resume.step_cap_reached(pos.step, cfg.run)
         while pos.epoch < cfg.epochs and not stop:
             epoch = pos.epoch + 1  # 1-based in the records
             batches = bucket_batches(
@@ -365,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.tokenizer is not None and not cfg.tokenizer.is_file():
         print(f"error: --tokenizer {cfg.tokenizer}: no such file")
         return 2
-    if nothing_to_resume(cfg.run, cfg.out):
+    if resume.nothing_to_resume(cfg.run, cfg.out):
         return 0
     try:
         ctx = training.init_distributed(cfg.run.device)
