@@ -153,8 +153,8 @@ class Trainer:
         dev_data = read_labelled(cfg.dev, reader)
         self.labels = train_parts[0].labels  # one reader config: the same names in every file
         for part in train_parts:
-            log.info("train file %s: %d examples %s", part.path, len(part.examples),
-                     part.label_counts())  # fmt: skip
+            counts = part.label_counts()
+            log.info("train file %s: %d examples %s", part.path, len(part.examples), counts)
         all_train = [example for part in train_parts for example in part.examples]
         train_examples = _subsample(all_train, cfg.max_train_examples, cfg.seed)
         log.info(
@@ -202,11 +202,11 @@ class Trainer:
         )  # fmt: skip
         self.train_args = {k: jsonable(v) for k, v in asdict(cfg).items()}
         self.position, self.best = resume.Position(), _Best()
-        self.examples_seen, self.eval_seconds = 0, 0.0  # eval time stays out of the throughput
+        # Throughput of this invocation (a resumed run counts from its restart); eval excluded.
+        self.examples_seen, self.eval_seconds = 0, 0.0
         resumed = resume.load_resume_state(cfg.out) if cfg.run.resume else None
         if resumed is not None:
             self.position, self.best = resumed.position, _Best(**resumed.extra["best"])
-            self.examples_seen = resumed.extra["examples_seen"]
             resumed.restore(self.model, self.optimizer, self.scheduler)
         self.metrics = training.MetricsLogger(
             cfg.out / "metrics.jsonl", enabled=ctx.is_main, append=resumed is not None
@@ -215,9 +215,10 @@ class Trainer:
 
     def save_resume(self) -> None:
         if self.ctx.is_main:
-            extra = {"best": asdict(self.best), "examples_seen": self.examples_seen}
-            resume.save_resume_state(self.cfg.out, self.model, self.optimizer, self.scheduler,
-                              self.position, extra)  # fmt: skip
+            resume.save_resume_state(
+                self.cfg.out, self.model, self.optimizer, self.scheduler, self.position,
+                {"best": asdict(self.best)},
+            )  # fmt: skip
         self.save_clock.saved()
 
     def evaluate_and_keep(self, step: int, epoch: float) -> None:
@@ -259,8 +260,8 @@ class Trainer:
         pos.step += 1
         pos.batches_in_epoch += len(group)
         self.examples_seen += sum(int(b["labels"].numel()) for b in group) * self.ctx.world_size
-        ex_per_s = self.examples_seen / max(time.monotonic() - self.started - self.eval_seconds,
-                                            1e-9)  # fmt: skip
+        elapsed = time.monotonic() - self.started - self.eval_seconds
+        ex_per_s = self.examples_seen / max(elapsed, 1e-9)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", ex_per_s=f"{ex_per_s:.1f}")
         if pos.step % cfg.log_every == 0 or pos.step == 1:

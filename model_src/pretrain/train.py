@@ -259,8 +259,8 @@ class Trainer:
         resumed = resume.load_resume_state(cfg.out) if cfg.run.resume else None
         if resumed is not None:
             self.position, self.last = resumed.position, resumed.extra["last"]
-            resumed.restore(self.model, self.optimizer, self.scheduler,
-                            {"masks": self.mask_generator})  # fmt: skip
+            generators = {"masks": self.mask_generator}
+            resumed.restore(self.model, self.optimizer, self.scheduler, generators)
         self.metrics = training.MetricsLogger(
             cfg.out / "metrics.jsonl", enabled=ctx.is_main, append=resumed is not None
         )

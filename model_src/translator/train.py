@@ -80,8 +80,8 @@ class Trainer:
             init_model, init_config, _ = self.init
             self.model_config = init_config["model"]
             model = init_model.to(self.device)
-            log.info("continuing from %s (its step %s)", cfg.init,
-                     init_config.get("best", {}).get("step"))  # fmt: skip
+            init_step = init_config.get("best", {}).get("step")
+            log.info("continuing from %s (its step %s)", cfg.init, init_step)
         else:
             self.model_config = model_config(cfg, self.tokenizer.get_vocab_size())
             model = build_model(cfg.arch, self.model_config).to(self.device)
@@ -115,8 +115,10 @@ class Trainer:
     def save_resume(self) -> None:
         if self.ctx.is_main:
             extra = {"best": self.best, "last_eval_step": self.last_eval_step}
-            resume.save_resume_state(self.out, training.unwrap(self.model), self.optimizer,
-                              self.scheduler, self.position, extra)  # fmt: skip
+            resume.save_resume_state(
+                self.out, training.unwrap(self.model), self.optimizer, self.scheduler,
+                self.position, extra,
+            )  # fmt: skip
         self.save_clock.saved()
 
     def _init_checkpoint(self) -> tuple[Translator, dict[str, Any], Any] | None:
