@@ -26,12 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from service.admission import Admission
 from service.clock import Clock, LoopClock
 from service.errors import ErrorKind, ServiceError
 from service.limits import (
@@ -130,7 +130,8 @@ class Batcher(Generic[P, R]):
         self._arrival = asyncio.Event()
         self._stopping = False
         self._running = 0  # items taken from the queue and not resolved yet
-        self._seconds_per_item = 0.01  # moving average of one run's seconds per item
+        self._running_tokens = 0  # tokens of the items counted in _running
+        self._admission = Admission(name, policy.max_batch_tokens, policy.max_concurrent_runs)
         self._tasks: set[asyncio.Task[None]] = set()  # the batching loop
         self._in_flight: set[asyncio.Task[None]] = set()  # engine runs
 
@@ -167,8 +168,9 @@ class Batcher(Generic[P, R]):
                 ErrorKind.OVERLOADED,
                 f"model {self.name!r} is overloaded: {len(self._queue)} sequences queued, "
                 f"max_queue_size is {self.policy.max_queue_size}; retry later",
-                retry_after=self.retry_after_s(len(payloads)),
+                retry_after=self.retry_after_s(),
             )
+        self._admission.check(self._tokens_ahead(), sum(tokens), timeout_s)
         loop = asyncio.get_running_loop()
         now = self._clock.now()
         items = [
@@ -179,11 +181,17 @@ class Batcher(Generic[P, R]):
         self._arrival.set()
         return items
 
-    def retry_after_s(self, extra: int = 0) -> int:
-        """Seconds until the queue (plus `extra` items) has likely drained, at least 1."""
-        items = len(self._queue) + self._running + extra
-        estimate = items * self._seconds_per_item / self.policy.max_concurrent_runs
-        return max(1, min(60, math.ceil(estimate)))
+    def predicted_wait_s(self, extra_tokens: int = 0) -> float | None:
+        """Seconds until the queued and running work, plus `extra_tokens`, is likely done
+        (None before the first run was measured)."""
+        return self._admission.predicted_wait_s(self._tokens_ahead() + extra_tokens)
+
+    def retry_after_s(self) -> int:
+        """Whole seconds until the work already accepted has likely drained (Retry-After)."""
+        return self._admission.retry_after_s(self._tokens_ahead(), len(self._queue) + self._running)
+
+    def _tokens_ahead(self) -> int:
+        return sum(item.tokens for item in self._queue) + self._running_tokens
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Refuse new work, let queued and running work finish (up to `timeout_s`), then fail
@@ -266,6 +274,7 @@ class Batcher(Generic[P, R]):
         batch.sort(key=lambda item: item.tokens)  # stable: FIFO among equal lengths
         runs = split_runs([item.tokens for item in batch], self.policy.run_overhead_tokens)
         self._running += len(batch)
+        self._running_tokens += sum(item.tokens for item in batch)
         started = 0
         try:
             for index, (start, end) in enumerate(runs):
@@ -274,11 +283,11 @@ class Batcher(Generic[P, R]):
                 started = end
                 group = self._alive(batch[start:end])
                 if not group:
-                    self._running -= end - start
+                    self._release(batch[start:end])
                     slots.release()
                     continue
                 task = asyncio.get_running_loop().create_task(
-                    self._run_in_slot(group, end - start, slots)
+                    self._run_in_slot(group, batch[start:end], slots)
                 )
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
@@ -287,17 +296,25 @@ class Batcher(Generic[P, R]):
             error = ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down")
             for item in batch[started:]:
                 _fail(item, error)
-            self._running -= len(batch) - started
+            self._release(batch[started:])
             raise
 
     async def _run_in_slot(
-        self, group: list[WorkItem[P, R]], taken: int, slots: asyncio.Semaphore
+        self,
+        group: list[WorkItem[P, R]],
+        taken: Sequence[WorkItem[P, R]],
+        slots: asyncio.Semaphore,
     ) -> None:
         try:
             await self._run_group(group)
         finally:
-            self._running -= taken
+            self._release(taken)
             slots.release()
+
+    def _release(self, items: Sequence[WorkItem[P, R]]) -> None:
+        """Items taken from the queue that are done (run, failed or skipped)."""
+        self._running -= len(items)
+        self._running_tokens -= sum(item.tokens for item in items)
 
     async def _run_group(self, group: list[WorkItem[P, R]]) -> None:
         started = self._clock.now()
@@ -323,9 +340,11 @@ class Batcher(Generic[P, R]):
             for item, result in zip(group, results, strict=True):
                 _resolve(item, result)
         finally:
-            seconds = self._clock.now() - started
-            self._seconds_per_item = 0.8 * self._seconds_per_item + 0.2 * seconds / len(group)
+            now = self._clock.now()
+            seconds = now - started
             lengths = [item.tokens for item in group]
+            if not failed and sum(lengths) > 0:
+                self._admission.observe_run(now, seconds, sum(lengths), bool(self._queue))
             self._observer.on_run(
                 RunStats(
                     size=len(group),
