@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from service.context import RequestInfo
 from service.engines import ClassifierEngine, DecodingParams, Encoded, TranslatorEngine
 from service.errors import ErrorKind, ServiceError, shorten
 from service.lifecycle import Lifecycle
+from service.limits import MAX_BEAM_SIZE, MAX_NEW_TOKENS
 from service.metrics import ServiceMetrics
 from service.registry import ModelRegistry, ModelState, ServedModel
 from service.repository import Task
+from service.request_info import RequestInfo
 from service.settings import Settings
 from service.text_checks import unencodable
 
@@ -31,8 +32,6 @@ logger = logging.getLogger(__name__)
 
 Disconnected = Callable[[], Awaitable[None]]  # completes when the client has gone away
 
-MAX_BEAM_SIZE = 16
-MAX_NEW_TOKENS = 1024
 TOKENIZE_INLINE_CHARS = 20_000  # ~1 ms of tokenization; above it, tokenize in a thread
 
 
