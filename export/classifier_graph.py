@@ -21,7 +21,9 @@ from torch import nn
 from export import torchscript
 from export.text_inputs import Batch
 from export.torchscript import EXPORTER, OPSET
-from model_src.bert import BertModel
+from model_src.bert.model import BertModel
+from model_src.classifier.checkpoint import load_classifier as load_checkpoint
+from model_src.classifier.hf import is_hf_directory, load_hf_classifier
 
 __all__ = ["EXPORTER", "OPSET", "export_onnx", "load_classifier", "torch_logits"]
 
@@ -35,17 +37,14 @@ def load_classifier(
 ) -> tuple[nn.Module, dict[str, Any], Tokenizer]:
     """The fine-tuned classifier (model, checkpoint config, tokenizer), in eval mode.
 
-    A Hugging Face BertForSequenceClassification directory loads too (model_src.hf_classifier);
+    A Hugging Face BertForSequenceClassification directory loads too (model_src.classifier.hf);
     `task` says whether its inputs are single texts or pairs (its config does not).
     """
-    from model_src.finetune import load_classifier as load
-    from model_src.hf_classifier import is_hf_directory, load_hf_classifier
-
     if not (Path(checkpoint_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{checkpoint_dir}: not a checkpoint directory (no config.json)")
     if is_hf_directory(checkpoint_dir):
         return load_hf_classifier(checkpoint_dir, task)
-    model, config, tokenizer = load(checkpoint_dir)
+    model, config, tokenizer = load_checkpoint(checkpoint_dir)
     return model.eval(), config, tokenizer
 
 

@@ -1,4 +1,4 @@
-"""Export-side helpers for Hugging Face classifier directories (loading is model_src.hf_classifier).
+"""Export-side helpers for Hugging Face classifier directories (loading: model_src.classifier.hf).
 
 The tokenizer that goes into the model version, and a parity check of our PyTorch loading of an
 HF directory against `transformers` itself, run when `transformers` is installed (a development
@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from export.parity import ReferenceLogits, compare_logits, require
 from export.text_inputs import Batch
-from model_src.hf_classifier import HF_FORMAT
+from model_src.classifier.hf import HF_FORMAT
 
 __all__ = ["HF_FORMAT", "check_against_transformers", "tokenizer_json"]
 

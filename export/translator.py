@@ -30,7 +30,7 @@ from export import publish, samples, torchscript
 from export.parity import ParityError, require
 from export.runtime import make_session
 from export.torchscript import EXPORTER, OPSET
-from model_src.model_card import numeric, recorded_run_card, write_model_card
+from model_src.common.model_card import numeric, recorded_run_card, write_model_card
 from model_src.translator.transformer import Transformer
 from service.generation import (
     DECODER_INPUTS,
@@ -38,6 +38,11 @@ from service.generation import (
     ENCODER_INPUTS,
     ENCODER_OUTPUTS,
     OnnxGenerator,
+)
+from service.limits import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_QUEUE_DELAY_MS,
 )
 from service.repository import ModelConfig
 
@@ -254,9 +259,9 @@ class TranslatorExport:
     beam_size: int = 4  # generation defaults written to the model's config.json
     max_new_tokens: int = 128
     length_penalty: float = 1.0
-    max_batch_size: int = 32
-    max_batch_tokens: int = 8192
-    max_queue_delay_ms: float = 0.0  # batch what is queued once the engine is free (CPU)
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_queue_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS
     max_bleu_diff: float = 0.5
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 logger = logging.getLogger("nlpserve")
 
 CACHE_ENV = "NLPSERVE_CACHE_DIR"
+# model_src.classifier.tasks.TASKS says the same; the serving image has no model_src to ask.
 TASK_OF_KIND = {"classifier": "text-classification", "nli": "text-pair-classification"}
 KIND_OF_TASK = {v: k for k, v in TASK_OF_KIND.items()}
 TRANSLATOR_FORMAT = "nlpserve-translator"

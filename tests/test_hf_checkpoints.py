@@ -34,7 +34,7 @@ NLI_LABELS = ["entailment", "neutral", "contradiction"]
 def save_hf_classifier(out: Path, labels: list[str], seed: int, vocab_only: bool = False) -> Path:
     """A tiny random BertForSequenceClassification with the MiniLM tokenizer, as transformers
     writes it (save_pretrained); `vocab_only` keeps vocab.txt and drops tokenizer.json."""
-    from model_src.hf_checkpoint import default_checkpoint_dir
+    from model_src.bert.hf_checkpoint import default_checkpoint_dir
 
     torch.manual_seed(seed)
     config = transformers.BertConfig(
@@ -164,11 +164,11 @@ def test_other_architectures_are_refused_by_name(
 def test_finetuned_checkpoint_loads_in_transformers_with_the_same_logits(
     task: str, tmp_path: Path
 ) -> None:
-    from model_src.bert import BertConfig, BertModel
-    from model_src.finetune import load_classifier, save_classifier
-    from model_src.heads import SequenceClassifier
-    from model_src.hf_checkpoint import default_checkpoint_dir
-    from model_src.tokenization import load_tokenizer
+    from model_src.bert.heads import SequenceClassifier
+    from model_src.bert.hf_checkpoint import default_checkpoint_dir
+    from model_src.bert.model import BertConfig, BertModel
+    from model_src.bert.tokenization import load_tokenizer
+    from model_src.classifier.checkpoint import load_classifier, save_classifier
 
     labels = SENTIMENT_LABELS if task == "classifier" else NLI_LABELS
     torch.manual_seed(3)

@@ -60,7 +60,7 @@ def test_task_options_show_defaults_and_only_on_their_task(
         model_src_main(["train", "classifier", "--train", "t", "--dev", "d", "--out", "o",
                         "--pair-column", "hypothesis"])  # fmt: skip
     assert refused.value.code == 2
-    assert "--epochs EPOCHS       (default: 3)" in classifier
+    assert "passes over the train files (default: 3)" in classifier
     assert "(default: 5e-05)" in classifier
     export = help_of(["export", "classifier", "--help"], capsys)
     assert (

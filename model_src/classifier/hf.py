@@ -5,7 +5,7 @@ In: `load_hf_classifier` reads a fine-tuned HF BERT-family sequence-classificati
 into a `PooledClassifier`, which is HF's head on our encoder: [CLS] -> dense -> tanh (the pooler)
 -> dropout -> linear. What loads: architecture `BertForSequenceClassification` with model_type
 "bert" and absolute positions, i.e. every checkpoint whose weights map through
-`hf_checkpoint`'s BERT name map (BERT, MiniLM, TinyBERT, BioBERT, a Korean BERT, ...). Anything
+`bert.hf_checkpoint`'s BERT name map (BERT, MiniLM, TinyBERT, BioBERT, a Korean BERT, ...). Anything
 else (RoBERTa, DistilBERT, ELECTRA, DeBERTa, ...) is refused with its architecture named: their
 embeddings or heads differ, so the name map would load them silently wrong.
 
@@ -31,15 +31,15 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from model_src.bert import BertConfig, BertModel
-from model_src.heads import ClassifierOutput, SequenceClassifier
-from model_src.hf_checkpoint import (
+from model_src.bert.heads import ClassifierOutput, SequenceClassifier
+from model_src.bert.hf_checkpoint import (
     _encoder_name_map,
     encoder_state_from_hf,
     load_bert_config,
     load_hf_state_dict,
 )
-from model_src.tokenization import load_tokenizer
+from model_src.bert.model import BertConfig, BertModel
+from model_src.bert.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
