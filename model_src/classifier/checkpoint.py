@@ -4,7 +4,9 @@
 reads it (evaluation, distillation teachers, export, the PyTorch baseline server), and
 `build_classifier` starts a run from it or from a pretrained BERT. config.json keys: format,
 format_version, task (tasks.TASKS' checkpoint_task), labels, max_length, encoder (BertConfig),
-classifier_dropout, and what the run adds (init, train_args, best, training).
+classifier_dropout, and what the run adds (init, train_args, best, training); beside them the
+Hugging Face keys (model_type, architectures, id2label, ...), so that `transformers` loads the
+directory too (model_src.classifier.hf), and a model card in README.md.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from model_src.common.checkpoint import (
 from model_src.common.model_card import checkpoint_card, write_model_card
 
 CHECKPOINT_FORMAT = "nlpserve-classifier"
-CHECKPOINT_FORMAT_VERSION = 1
+# 2: weights under HF BertForSequenceClassification names, so the directory is also a Hugging Face
+# one (classifier.hf); 1: our own parameter names. load_classifier reads both.
+CHECKPOINT_FORMAT_VERSION = 2
 
 
 def is_classifier_checkpoint(directory: Path) -> bool:
