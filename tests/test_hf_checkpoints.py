@@ -213,3 +213,26 @@ def test_finetuned_checkpoint_loads_in_transformers_with_the_same_logits(
     manifest = json.loads((version / "manifest.json").read_text())
     assert "pytorch_vs_transformers" not in manifest["parity"]  # read natively, not as HF
     assert manifest["parity"]["fp32_vs_pytorch"]["max_abs_diff"] <= 1e-4
+
+
+def test_format_1_checkpoints_with_our_own_weight_names_still_load(tmp_path: Path) -> None:
+    """Checkpoints written before the HF layout (runs/, make models) keep loading."""
+    from dataclasses import asdict
+
+    from model_src.bert.heads import SequenceClassifier
+    from model_src.bert.hf_checkpoint import default_checkpoint_dir
+    from model_src.bert.model import BertConfig, BertModel
+    from model_src.classifier.checkpoint import load_classifier
+    from model_src.common.checkpoint import save_checkpoint
+
+    torch.manual_seed(5)
+    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    model = SequenceClassifier(BertModel(config), 2)
+    old = {"format": "nlpserve-classifier", "format_version": 1, "task": "text-classification",
+           "labels": SENTIMENT_LABELS, "max_length": 32, "encoder": asdict(config)}  # fmt: skip
+    tokenizer = default_checkpoint_dir() / "tokenizer.json"
+    save_checkpoint(tmp_path, model, old, {"tokenizer.json": tokenizer})
+    loaded, _, _ = load_classifier(tmp_path)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
