@@ -37,13 +37,19 @@ class Point:
 class ServerRun:
     key: str
     label: str
-    kind: str  # "batching" | "unbatched" | "baseline"
+    kind: str  # "batching" | "unbatched" | "baseline" | "peer"
     version: int | None
     precision: str
     points: list[Point]
     engine_only: dict[int, float] = field(default_factory=dict)  # batch size -> sequences/s
     variant: str = ""  # bench_serving --variant name ('' = the model's own batching config)
     batching: dict[str, Any] | None = None  # nlpserve's effective policy, from /v1/models
+    labels: list[str] = field(default_factory=list)  # its labels for the probe texts
+    label_agreement: float | None = None  # with the first (a) run's labels
+
+    @property
+    def nlpserve(self) -> bool:
+        return self.kind in ("batching", "unbatched")
 
     def at(self, users: int) -> Point | None:
         return next((p for p in self.points if p.users == users), None)
@@ -142,7 +148,7 @@ def _ms(value: float | None) -> str:
 
 
 def _table(run: ServerRun) -> list[str]:
-    nlpserve = run.kind != "baseline"
+    nlpserve = run.nlpserve
     head = (
         "| users | req/s | p50 ms | p95 ms | p99 ms | errors | server CPU | req/s per server core "
         "| Locust CPU |"
@@ -155,6 +161,11 @@ def _table(run: ServerRun) -> list[str]:
     if run.batching:
         policy = ", ".join(f"{k} {v:g}" for k, v in run.batching.items())
         lines += [f"Batching policy served (from /v1/models): {policy}.", ""]
+    if run.label_agreement is not None:
+        lines += [
+            f"Labels agree with (a) on {run.label_agreement:.1%} of {len(run.labels)} texts.",
+            "",
+        ]
     lines += [head, rule]
     window_s = None
     for p in run.points:
@@ -275,7 +286,7 @@ def write_report(result: BenchResult, report: Path) -> Path:
     )
     sources = {v["source_checkpoint"] for v in result.versions}
     lines = [
-        "# Serving benchmark: nlpserve vs. the FastAPI + PyTorch app users write today",
+        "# Serving benchmark: nlpserve vs. serving frameworks and the FastAPI + PyTorch app",
         "",
         f"Command: `{result.command}` ({result.duration_s / 60:.1f} min)",
         "",
@@ -298,11 +309,14 @@ def write_report(result: BenchResult, report: Path) -> Path:
         "| goal | measured | met |",
         "|---|---|---|",
     ]
-    for goal, measured, met in goals(result):
+    from loadtests.bench_peers import peer_goals, peer_table  # it imports this module
+
+    for goal, measured, met in goals(result) + peer_goals(result):
         lines.append(
             f"| {goal} | {measured} | {'yes' if met else 'NO' if met is False else 'n/a'} |"
         )
-    lines += ["", "## Results", "", f"![throughput and latency vs users]({png.name})", ""]
+    lines += ["", *peer_table(result)]
+    lines += ["## Results", "", f"![throughput and latency vs users]({png.name})", ""]
     for run in result.runs:
         lines += _table(run)
     lines += _export_benchmark_table(result.export_benchmark)
