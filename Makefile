@@ -157,6 +157,7 @@ bench-serving: install
 # they pin fastapi/starlette/pydantic versions of their own. Same onnxruntime/tokenizers/numpy as
 # nlpserve's venv, so every server runs the same kernels.
 PEER_VENVS ?= /work/venvs
+export PEER_VENVS  # tests/test_bench_peers.py runs the peers from there
 PEER_PINS = $(shell $(PY) -c "import onnxruntime, tokenizers, numpy; print(f'onnxruntime=={onnxruntime.__version__} tokenizers=={tokenizers.__version__} numpy=={numpy.__version__}')")
 peers: $(PEER_VENVS)/bentoml/.installed $(PEER_VENVS)/ray/.installed
 
