@@ -31,21 +31,30 @@ def int8_version(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     dev = root / "dev.tsv"
     rows = zip(samples.SENTENCE_LABELS, samples.SENTENCES, strict=True)
     dev.write_text("label\tsentence\n" + "".join(f"{y}\t{x}\n" for y, x in rows))
-    version = export_classifier(ckpt, root / "repo", optimize=True, quantize="int8", dev=dev)
+    # A static and two dynamic candidates (every candidate is built and scored: all eleven would
+    # take minutes here; tests/test_export_int8_static.py covers the choice itself).
+    candidates = ("static-minmax", "per-channel-ffn-down-fp32", "attention-only")
+    version = export_classifier(
+        ckpt, root / "repo", optimize=True, quantize="int8", dev=dev, int8_candidates=candidates
+    )
     return ckpt, version
 
 
 def test_int8_export_keeps_labels_and_dev_accuracy(int8_version: tuple[Path, Path]) -> None:
-    """The chosen int8 settings agree with fp32 on >= 99% of the dev set and lose <= 1 point."""
+    """The chosen int8 settings agree with fp32 on >= 99% of the dev set and lose <= 0.3 points;
+    of the candidates inside that gate, the fastest measured was chosen."""
     _, version = int8_version
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["precision"] == "int8"
     int8 = manifest["parity"]["int8"]
     assert int8["label_agreement"] >= 0.99
-    assert int8["accuracy_drop_points"] <= 1.0
+    assert int8["accuracy_drop_points"] <= 0.3
     quantization = manifest["quantization"]
-    assert quantization["chosen"] == quantization["attempts"][-1]["settings"]["name"]
-    assert all(not a["passed"] for a in quantization["attempts"][:-1])  # first passing one wins
+    passed = {
+        a["settings"]["name"]: a["seq_per_s"] for a in quantization["attempts"] if a["passed"]
+    }
+    assert quantization["chosen"] == max(passed, key=lambda name: passed[name])
+    assert all(a["seq_per_s"] is None for a in quantization["attempts"] if not a["passed"])
 
 
 def test_int8_graph_uses_integer_kernels_on_fused_minilm(int8_version: tuple[Path, Path]) -> None:
