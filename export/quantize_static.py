@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +42,9 @@ class StaticSettings:
     quantize_outputs: bool = False  # also quantise MatMul outputs (QLinearMatMul): more error
     exclude_patterns: tuple[str, ...] = ()  # node-name substrings kept fp32
     fp32_last_layers: int = 0  # MatMuls of the encoder's last N layers stay fp32
+    # The N MatMuls whose int8 input loses most (lowest signal-to-quantisation-noise ratio on
+    # the calibration texts, measured on the fully quantised graph) stay fp32.
+    fp32_most_sensitive: int = 0
     notes: str = ""
 
 
@@ -61,6 +64,17 @@ STATIC_CANDIDATES: tuple[StaticSettings, ...] = (
         "static-minmax-ffn-down-fp32",
         exclude_patterns=("ffn/down",),
         notes="the feed-forward output projections (input: GELU output, long-tailed) stay fp32",
+    ),
+    StaticSettings(
+        "static-minmax-3-most-sensitive-fp32",
+        fp32_most_sensitive=3,
+        notes="the 3 MatMuls with the noisiest int8 input (measured) stay fp32",
+    ),
+    StaticSettings(
+        "static-percentile-6-most-sensitive-fp32",
+        calibration="percentile",
+        fp32_most_sensitive=6,
+        notes="the 6 MatMuls with the noisiest int8 input (measured) stay fp32",
     ),
     StaticSettings(
         "static-percentile-ffn-down-and-last-layer-fp32",
@@ -127,6 +141,13 @@ def quantize_static_int8(
     names = [node.name for node in model.graph.node]
     patterns = settings.exclude_patterns + last_layer_patterns(names, settings.fp32_last_layers)
     exclude = [name for name in names if any(p in name for p in patterns)]
+    if settings.fp32_most_sensitive:
+        probe = work_dir / "int8-static-sensitivity.onnx"
+        everything = replace(settings, fp32_most_sensitive=0)
+        quantize_static_int8(src, probe, everything, calibration, work_dir)
+        ranked = sorted(input_sqnr(probe, calibration).items(), key=lambda kv: kv[1])
+        exclude += [name for name, _ in ranked[: settings.fp32_most_sensitive]]
+        logger.info("most sensitive MatMuls (input SQNR dB): %s", ranked[:8])
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "percentile": CalibrationMethod.Percentile,
@@ -154,6 +175,41 @@ def quantize_static_int8(
         extra_options=extra,
     )
     return qdq_counts(onnx.load(str(dst)))
+
+
+def input_sqnr(qdq_model: Path, calibration: Sequence[Feeds]) -> dict[str, float]:
+    """Signal-to-quantisation-noise ratio (dB) of each QDQ MatMul's activation input over the
+    calibration feeds: the tensor before QuantizeLinear against it after DequantizeLinear."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(qdq_model))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    pairs: dict[str, tuple[str, str]] = {}  # MatMul name -> (float input, dequantised input)
+    for node in model.graph.node:
+        dq = producer.get(node.input[0]) if node.op_type == "MatMul" else None
+        q = (
+            producer.get(dq.input[0])
+            if dq is not None and dq.op_type == "DequantizeLinear"
+            else None
+        )
+        if q is not None and q.op_type == "QuantizeLinear":
+            pairs[node.name] = (q.input[0], dq.output[0])  # type: ignore[union-attr]
+    existing = {o.name for o in model.graph.output}
+    for tensor in {t for pair in pairs.values() for t in pair} - existing:
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep Q/DQ
+    session = ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs()]
+    signal = dict.fromkeys(pairs, 0.0)
+    noise = dict.fromkeys(pairs, 0.0)
+    for feeds in calibration:
+        values = dict(zip(outputs, session.run(outputs, feeds), strict=True))
+        for name, (before, after) in pairs.items():
+            x, y = values[before].astype(np.float64), values[after].astype(np.float64)
+            signal[name] += float((x * x).sum())
+            noise[name] += float(((x - y) ** 2).sum())
+    return {n: 10 * np.log10(signal[n] / max(noise[n], 1e-30)) for n in pairs}
 
 
 def qdq_counts(model: onnx.ModelProto) -> dict[str, int]:

@@ -182,3 +182,21 @@ def test_int8_export_records_calibration_speed_and_batch_invariance(tmp_path: Pa
     assert q["speed"]["speedup"] == pytest.approx(rates[q["chosen"]] / q["speed"]["fp32_seq_per_s"])
     assert manifest["parity"]["int8"]["batch_composition_max_abs_diff"] >= 0.0
     assert manifest["precision"] == "int8"
+
+
+def test_sensitive_candidate_keeps_the_noisiest_matmuls_fp32(
+    tiny_fp32: Path, tmp_path: Path
+) -> None:
+    """`fp32_most_sensitive=N` measures each MatMul's int8 input noise on the fully quantised
+    graph and keeps the N worst fp32; the others stay integer."""
+    from export.quantize_static import input_sqnr
+
+    _static(tiny_fp32, tmp_path, "static-minmax")
+    sqnr = input_sqnr(tmp_path / "static-minmax.onnx", _calibration(tiny_fp32))
+    assert len(sqnr) == 6 and all(np.isfinite(v) for v in sqnr.values())
+    worst = sorted(sqnr, key=lambda name: sqnr[name])[:3]
+    model, counts = _static(tiny_fp32, tmp_path, "static-minmax-3-most-sensitive-fp32")
+    dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    fp32 = {n.name for n in model.graph.node
+            if n.op_type == "MatMul" and not any(i in dq for i in n.input)}  # fmt: skip
+    assert fp32 == set(worst) and counts["QDQMatMul"] == 3
