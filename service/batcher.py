@@ -13,7 +13,8 @@ is full, none) and awaits their futures. The loop forms a batch from the head of
 - only items with the head's `key` join (the translator keys by decoding parameters);
 - inside the batch items are sorted by length and cut into runs of similar length when that saves
   more padding than a run costs (`split_runs`), so short texts are not padded to a long one; each
-  run takes a slot of its own, so with several slots the runs of one batch go side by side.
+  run takes a slot of its own, so with several slots the runs of one batch go side by side; runs
+  start oldest item first, so the request that waited longest is not also served last.
 
 Every future is resolved exactly once on every path: result, the engine's exception, timeout,
 shutdown. Items whose future is already done (the client gave up) are skipped before they run.
@@ -313,13 +314,17 @@ class Batcher(Generic[P, R]):
         one slot (used by the first run); waits for a slot for each further run."""
         batch.sort(key=lambda item: item.tokens)  # stable: FIFO among equal lengths
         runs = split_runs([item.tokens for item in batch], self.policy.run_overhead_tokens)
+        # Oldest first: the run holding the item that has waited longest goes first (shortest
+        # first among ties). Ascending length would put a long text that waited through the
+        # previous batch behind every shorter run of this one, on top of its own longer run.
+        runs.sort(key=lambda run: min(item.enqueued_at for item in batch[run[0] : run[1]]))
         self._running += len(batch)
-        started = 0
+        started = 0  # runs that got a slot
         try:
             for index, (start, end) in enumerate(runs):
                 if index:
                     await slots.acquire()
-                started = end
+                started = index + 1
                 group = self._alive(batch[start:end])
                 if not group:
                     self._running -= end - start
@@ -333,9 +338,10 @@ class Batcher(Generic[P, R]):
         except asyncio.CancelledError:
             # Shutdown while waiting for a slot: the runs not started never will be.
             error = ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down")
-            for item in batch[started:]:
-                _fail(item, error)
-            self._running -= len(batch) - started
+            for start, end in runs[started:]:
+                for item in batch[start:end]:
+                    _fail(item, error)
+                self._running -= end - start
             raise
 
     async def _run_in_slot(

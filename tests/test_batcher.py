@@ -192,6 +192,21 @@ def test_mixed_lengths_split_into_runs() -> None:
     run(body, run_overhead_tokens=32)
 
 
+def test_run_holding_the_oldest_item_goes_first() -> None:
+    """A long text that arrived first is not served after the shorter runs of its batch: runs
+    start in order of their oldest item (here the long run, then the short one)."""
+
+    async def body(batcher: Any, engine: Recorder, clock: FakeClock, _: Any) -> None:
+        old = batcher.submit([1], [100], timeout_s=60)
+        await clock.advance(0.001)
+        young = batcher.submit([2, 3], [5, 6], timeout_s=60)
+        await clock.advance(0.004)
+        assert engine.runs == [[1], [2, 3]]
+        assert [i.future.result() for i in old + young] == [10, 20, 30]
+
+    run(body, run_overhead_tokens=32)
+
+
 def test_split_runs_minimises_padding_plus_overhead() -> None:
     """split_runs cuts only where it pays: never for equal lengths, always for a big jump."""
     assert split_runs([], 10) == []
