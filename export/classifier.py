@@ -314,6 +314,7 @@ def _quantize(
             {
                 "min_agreement": tol.int8_min_agreement,
                 "max_drop_points": tol.int8_max_drop_points,
+                "fp32_seq_per_s": fp32_rate,
                 "attempts": tried,
             },
         )

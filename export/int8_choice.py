@@ -3,8 +3,9 @@
 Candidates are static (calibrated QDQ, export.quantize_static) and dynamic (export.quantize)
 settings. Each is built and scored on the dev sample (label agreement with fp32, accuracy drop);
 of those inside the gate, the fastest on this CPU wins (sequences/s at batch 16 x 32 tokens and
-32 x 64 tokens, the batches the server forms; geometric mean). Every attempt, with its speed, goes
-into the manifest, so the table of settings tried is the export's own record.
+32 x 64 tokens, the batches the server forms; geometric mean). Every attempt is timed, inside the
+gate or not, and goes into the manifest with its speed, so the table of settings tried (what the
+gate cost) is the export's own record.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class Int8Attempt:
     metrics: dict[str, Any]
     passed: bool
     quantized_nodes: dict[str, int] = field(default_factory=dict)
-    seq_per_s: float | None = None  # measured only for candidates inside the gate
+    seq_per_s: float | None = None  # measured after every candidate was scored
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -135,12 +136,12 @@ def choose_int8(
     accept: Callable[[dict[str, Any]], bool],
     speeds: Callable[[Sequence[Path]], list[float]],
 ) -> tuple[Int8Attempt | None, list[Int8Attempt], float | None]:
-    """Build and score every candidate; move the fastest accepted one to `dst`.
+    """Build, score and time every candidate; move the fastest accepted one to `dst`.
 
-    Returns (chosen attempt or None, every attempt, fp32 `src` sequences/s or None when none
-    passed). Candidates that quantise nothing in this graph are skipped."""
-    attempts: list[Int8Attempt] = []
-    passing: list[tuple[Int8Attempt, Path]] = []
+    Every candidate is timed, in the gate or not, so the record shows what the gate cost.
+    Returns (chosen attempt or None, every attempt, fp32 `src` sequences/s; None when no
+    candidate quantised anything). Candidates that quantise nothing in this graph are skipped."""
+    attempts: list[tuple[Int8Attempt, Path]] = []
     for i, candidate in enumerate(candidates):
         path = work_dir / f"int8-candidate-{i}.onnx"
         counts = build(candidate, src, path, work_dir, calibration)
@@ -150,22 +151,20 @@ def choose_int8(
             continue
         metrics = evaluate(path)
         attempt = Int8Attempt(candidate, metrics, accept(metrics), counts)
-        attempts.append(attempt)
+        attempts.append((attempt, path))
         logger.info("int8 candidate %s: %s -> %s", candidate.name, metrics, attempt.passed)
-        if attempt.passed:
-            passing.append((attempt, path))
-        else:
-            path.unlink(missing_ok=True)
-    if not passing:
-        return None, attempts, None
-    fp32_rate, *rates = speeds([src, *(path for _, path in passing)])
-    for (attempt, _), rate in zip(passing, rates, strict=True):
+    if not attempts:
+        return None, [], None
+    fp32_rate, *rates = speeds([src, *(path for _, path in attempts)])
+    for (attempt, _), rate in zip(attempts, rates, strict=True):
         attempt.seq_per_s = rate
-    chosen, chosen_path = max(passing, key=lambda ap: ap[0].seq_per_s or 0.0)
-    chosen_path.replace(dst)
-    for _, path in passing:
+    passing = [(a, p) for a, p in attempts if a.passed]
+    chosen = max(passing, key=lambda ap: ap[0].seq_per_s or 0.0, default=None)
+    if chosen is not None:
+        chosen[1].replace(dst)
+    for _, path in attempts:
         path.unlink(missing_ok=True)
-    return chosen, attempts, fp32_rate
+    return (chosen[0] if chosen else None), [a for a, _ in attempts], fp32_rate
 
 
 def batch_composition_diff(
@@ -179,3 +178,30 @@ def batch_composition_diff(
     alone = np.concatenate([logits_fn(encode(tokenizer, [t])) for t in texts])
     mixed = np.concatenate([logits_fn(encode(tokenizer, b)) for b in varied_batches(texts)])
     return float(np.abs(alone - mixed).max())
+
+
+def attempts_table(attempts: list[dict[str, Any]], speed: dict[str, Any] | None) -> list[str]:
+    """Markdown: every int8 setting the exporter tried (manifest attempts), with its gate
+    metrics, sequences/s and the speed-up over fp32."""
+    fp32 = (speed or {}).get("fp32_seq_per_s")
+    shapes = ", ".join(f"B{b} T{t}" for b, t in (speed or {}).get("shapes", SPEED_SHAPES))
+    lines = [
+        f"int8 settings tried by the exporter (speed: geometric mean over {shapes}, measured "
+        "only for settings inside the gate" + (f"; fp32 {fp32:.1f} seq/s" if fp32 else "") + "):",
+        "",
+        "| setting | method | quantised nodes | agreement | accuracy drop (points) | in gate "
+        "| seq/s | x fp32 |",
+        "|---|---|---|---:|---:|---|---:|---:|",
+    ]
+    for a in attempts:
+        m = a["metrics"]
+        drop = m.get("accuracy_drop_points")
+        rate = a.get("seq_per_s")
+        nodes = ", ".join(f"{k} {v}" for k, v in a.get("quantized_nodes", {}).items())
+        lines.append(
+            f"| {a['settings']['name']} | {a.get('method', 'dynamic')} | {nodes} "
+            f"| {m['label_agreement']:.4f} | {'n/a' if drop is None else f'{drop:.2f}'} "
+            f"| {'yes' if a['passed'] else 'no'} | {f'{rate:.1f}' if rate else '-'} "
+            f"| {f'{rate / fp32:.2f}x' if rate and fp32 else '-'} |"
+        )
+    return [*lines, ""]

@@ -42,7 +42,7 @@ def int8_version(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_int8_export_keeps_labels_and_dev_accuracy(int8_version: tuple[Path, Path]) -> None:
     """The chosen int8 settings agree with fp32 on >= 99% of the dev set and lose <= 0.3 points;
-    of the candidates inside that gate, the fastest measured was chosen."""
+    of the candidates inside that gate, the fastest measured was chosen (every one is timed)."""
     _, version = int8_version
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["precision"] == "int8"
@@ -54,7 +54,7 @@ def test_int8_export_keeps_labels_and_dev_accuracy(int8_version: tuple[Path, Pat
         a["settings"]["name"]: a["seq_per_s"] for a in quantization["attempts"] if a["passed"]
     }
     assert quantization["chosen"] == max(passed, key=lambda name: passed[name])
-    assert all(a["seq_per_s"] is None for a in quantization["attempts"] if not a["passed"])
+    assert all(a["seq_per_s"] > 0 for a in quantization["attempts"])  # every one timed
 
 
 def test_int8_graph_uses_integer_kernels_on_fused_minilm(int8_version: tuple[Path, Path]) -> None:
