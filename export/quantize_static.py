@@ -164,7 +164,7 @@ def quantize_static_int8(
     quantize_static(
         str(prepared),
         str(dst),
-        _FeedsReader(calibration),  # type: ignore[arg-type]
+        _FeedsReader(calibration),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["MatMul"],
         per_channel=settings.per_channel,

@@ -58,8 +58,9 @@ def _define_service() -> Any:
         def classify(self, texts: list[str]) -> list[dict[str, Any]]:
             return self.model.classify(texts)
 
-    Classifier.add_asgi_middleware(NlpserveShape, model=config.model, version=str(config.version))
-    return Classifier
+    service: Any = Classifier  # a bentoml.Service (mypy runs without bentoml installed)
+    service.add_asgi_middleware(NlpserveShape, model=config.model, version=str(config.version))
+    return service
 
 
 class NlpserveShape:

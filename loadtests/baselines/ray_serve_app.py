@@ -88,7 +88,8 @@ def build_app(config: PeerConfig) -> Any:
         async def ready(self) -> dict[str, bool]:
             return {"ready": True}
 
-    return Classifier.bind()
+    deployment: Any = Classifier  # a ray.serve Deployment (mypy runs without ray installed)
+    return deployment.bind()
 
 
 def serve_forever(config: PeerConfig, host: str, port: int) -> None:
