@@ -71,6 +71,11 @@ STATIC_CANDIDATES: tuple[StaticSettings, ...] = (
         notes="the 3 MatMuls with the noisiest int8 input (measured) stay fp32",
     ),
     StaticSettings(
+        "static-minmax-6-most-sensitive-fp32",
+        fp32_most_sensitive=6,
+        notes="the 6 MatMuls with the noisiest int8 input (measured) stay fp32",
+    ),
+    StaticSettings(
         "static-percentile-6-most-sensitive-fp32",
         calibration="percentile",
         fp32_most_sensitive=6,
