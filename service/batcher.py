@@ -80,6 +80,10 @@ class BatchPolicy:
     max_queue_size: int = 1024  # queued sequences; beyond it submit() answers OVERLOADED
     run_overhead_tokens: int = 16  # fixed cost of one engine run, in padded-token equivalents
     max_concurrent_runs: int = 1  # engine runs in flight at once (one per engine worker thread)
+    # After a run of N items, a smaller batch waits up to this long past the run's end for more:
+    # closed-loop clients whose answers just went out come back a moment later, and the first
+    # one back would otherwise run alone while the others wait a whole run (0: off).
+    regroup_wait_s: float = 0.0
 
 
 @dataclass(eq=False)
@@ -189,6 +193,8 @@ class Batcher(Generic[P, R]):
         self._seconds_per_token: float | None = None
         self._last_done: float | None = None  # when the last run finished...
         self._backlog_at_last_done = False  # ...and whether work was waiting then
+        self._last_run_size = 0  # items in the last run that finished, and when (for
+        self._last_run_end = -math.inf  # regroup_wait_s)
         self._tasks: set[asyncio.Task[None]] = set()  # the batching loop
         self._in_flight: set[asyncio.Task[None]] = set()  # engine runs
 
@@ -327,7 +333,10 @@ class Batcher(Generic[P, R]):
                 return []
             head = self._queue[0]
             batch, full = self._plan(head.key)
-            remaining = head.enqueued_at + self.policy.max_queue_delay_s - self._clock.now()
+            now = self._clock.now()
+            remaining = head.enqueued_at + self.policy.max_queue_delay_s - now
+            if not full and len(batch) < self._last_run_size:
+                remaining = max(remaining, self._last_run_end + self.policy.regroup_wait_s - now)
             if full or remaining <= 0 or self._stopping:
                 taken = {id(item) for item in batch}
                 self._queue = deque(i for i in self._queue if id(i) not in taken)
@@ -430,6 +439,7 @@ class Batcher(Generic[P, R]):
         finally:
             now = self._clock.now()
             seconds = now - started
+            self._last_run_size, self._last_run_end = len(group), now
             lengths = [item.tokens for item in group]
             if not failed and sum(lengths) > 0:
                 self._measure_drain(now, seconds, sum(lengths))
