@@ -110,8 +110,9 @@ class NlpserveShape:
 
         await self.app(scope, inner_receive, capture)
         answer = b"".join(chunks)
-        if start.get("status") != 200:
-            await _send_json(send, start.get("status", 500), json.loads(answer or b"{}"))
+        if start.get("status") != 200:  # BentoML's own error answer, passed on as it is
+            await send(start)
+            await send({"type": "http.response.body", "body": answer})
             return
         await _send_json(send, 200, response_body(self.model, self.version, json.loads(answer)))
 
