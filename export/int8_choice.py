@@ -25,7 +25,7 @@ from export.runtime import input_names, make_session
 
 logger = logging.getLogger(__name__)
 
-# (batch, tokens): the target range, batch 8-32 at 16-64 tokens.
+# (batch, tokens): batches a loaded server forms (8-32 sequences of 16-64 tokens).
 SPEED_SHAPES: tuple[tuple[int, int], ...] = ((16, 32), (32, 64))
 
 

@@ -32,7 +32,7 @@ class QuantSettings:
     notes: str = ""
 
 
-# Ordered from most aggressive (fastest, least accurate) to most conservative.
+# From most aggressive (fastest, least accurate) to most conservative; every one is tried.
 CANDIDATES: tuple[QuantSettings, ...] = (
     QuantSettings("per-tensor", notes="every MatMul/Attention, one scale per weight"),
     QuantSettings("per-channel", per_channel=True),

@@ -67,7 +67,8 @@ def peer_table(result: BenchResult) -> list[str]:
 
 
 def peer_goals(result: BenchResult) -> list[tuple[str, str, bool | None]]:
-    """The issue's goals against the peers, and agreement of every server's labels."""
+    """The goals against the peers (req/s and p95 at every user count, throughput kept from 32
+    to the highest user count), and agreement of every server's labels with (a)."""
     rows: list[tuple[str, str, bool | None]] = []
     a = served_run(result)
     if a is None:
