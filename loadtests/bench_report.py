@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -274,8 +275,14 @@ def _contention_warning(machine: dict[str, Any]) -> list[str]:
     ]
 
 
-def write_report(result: BenchResult, report: Path) -> Path:
-    """report (markdown) and report.png (throughput and latency vs users, every server)."""
+def write_report(
+    result: BenchResult,
+    report: Path,
+    extra_goals: Sequence[tuple[str, str, bool | None]] = (),
+    extra_section: Sequence[str] = (),
+) -> Path:
+    """report (markdown) and report.png (throughput and latency vs users, every server);
+    `extra_goals` join the goals table and `extra_section` (lines) follows it."""
     png = report.with_suffix(".png")
     series = {run.label: [(p.users, p.stats) for p in run.points] for run in result.runs}
     plot_load_curves(series, png, title="serving benchmark: sentiment model, 1 text/request")
@@ -309,13 +316,11 @@ def write_report(result: BenchResult, report: Path) -> Path:
         "| goal | measured | met |",
         "|---|---|---|",
     ]
-    from loadtests.bench_peers import peer_goals, peer_table  # it imports this module
-
-    for goal, measured, met in goals(result) + peer_goals(result):
+    for goal, measured, met in [*goals(result), *extra_goals]:
         lines.append(
             f"| {goal} | {measured} | {'yes' if met else 'NO' if met is False else 'n/a'} |"
         )
-    lines += ["", *peer_table(result)]
+    lines += ["", *extra_section]
     lines += ["## Results", "", f"![throughput and latency vs users]({png.name})", ""]
     for run in result.runs:
         lines += _table(run)

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import psutil
 
+from loadtests.bench_peers import peer_goals, peer_table
 from loadtests.bench_report import BenchResult, Point, ServerRun, write_report
 from loadtests.engine_only import engine_only_rates
 from loadtests.payloads import load_payloads, resolve_data_dir
@@ -49,7 +50,7 @@ from loadtests.run import parse_duration, run_once
 from loadtests.server_metrics import scrape_batch_counters
 from loadtests.servers import nlpserve_command, running_server
 from loadtests.stats import aggregated, read_stats
-from service.engines.session import SessionSettings
+from service.ort_session import SessionSettings
 from service.repository import ModelVersion, RepositoryError, list_versions, read_model
 from service.settings import Settings
 
@@ -487,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     result.duration_s = time.monotonic() - started
     config.work_dir.mkdir(parents=True, exist_ok=True)
     (config.work_dir / "results.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    write_report(result, config.report)
+    write_report(result, config.report, peer_goals(result), peer_table(result))
     print(
         f"wrote {config.report}, {config.report.with_suffix('.png')}, "
         f"{config.work_dir / 'results.json'}"

@@ -12,7 +12,9 @@ import onnx
 import pytest
 import torch
 
-from model_src import finetune, shrink
+from model_src.classifier import shrink
+from model_src.classifier import train as finetune
+from model_src.classifier.checkpoint import load_classifier
 from model_src.cli import main as cli_main
 
 
@@ -51,8 +53,8 @@ def test_student_from_alternate_layers_distils_and_exports_as_another_version(
     config = json.loads((init / "config.json").read_text())
     assert config["encoder"]["num_hidden_layers"] == 1
     assert config["shrunk_from"]["layers"] == [1] and "best" not in config
-    big, _, _ = finetune.load_classifier(teacher)
-    small, _, _ = finetune.load_classifier(init)
+    big, _, _ = load_classifier(teacher)
+    small, _, _ = load_classifier(init)
     for (name, a), (_, b) in zip(
         big.encoder.encoder.layers[1].state_dict().items(),
         small.encoder.encoder.layers[0].state_dict().items(),

@@ -7,9 +7,9 @@
 Serving cost grows with depth: a 3-layer student of the 6-layer model runs about twice as fast.
 Starting the student from alternate teacher layers (DistilBERT's recipe: Sanh et al., 2019) keeps
 the embeddings, the head and half the layers' fine-tuned weights, so distillation from the
-teacher (`--teacher`, model_src.distill) only has to repair the gaps, not learn from scratch. The
-output is an ordinary fine-tuned checkpoint (fewer layers in its encoder config), which
-`train --init` continues with its head, and which `evaluate` and `export` take unchanged.
+teacher (`--teacher`, model_src.classifier.distill) only has to repair the gaps, not learn from
+scratch. The output is an ordinary fine-tuned checkpoint (fewer layers in its encoder config),
+which `train --init` continues with its head, and which `evaluate` and `export` take unchanged.
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ from typing import Any
 
 import torch
 
-from model_src.checkpoint import load_checkpoint_config, load_state_dict, save_state_checkpoint
-from model_src.finetune import CHECKPOINT_FORMAT
+from model_src.classifier.checkpoint import CHECKPOINT_FORMAT
+from model_src.common.checkpoint import (
+    load_checkpoint_config,
+    load_state_dict,
+    save_state_checkpoint,
+)
 
 _LAYER_KEY = re.compile(r"^(encoder\.encoder\.layers\.)(\d+)(\..*)$")
 
