@@ -150,3 +150,27 @@ def test_peer_serves_nlpserves_route_and_labels(
             )
         error.value.close()  # its response holds the connection
         assert error.value.code == 404
+
+
+def test_benchmark_runs_a_peer_in_the_same_run(model_repository: Path, tmp_path: Path) -> None:
+    """bench_serving with --peer-venvs: the peer is measured after nlpserve under the same load,
+    labels the probe texts like nlpserve, and gets its rows in the peer table and goals."""
+    venvs = _peer_venvs_or_skip("bentoml")
+    report = tmp_path / "report.md"
+    argv = ["--repository", str(model_repository), "--users", "2", "--run-time", "1s",
+            "--servers", "batching", "bentoml", "--peer-venvs", str(venvs), "--threads", "1",
+            "--engine-seconds", "0.1", "--data-dir", "bundled", "--work-dir", str(tmp_path / "w"),
+            "--engine-json", str(tmp_path / "none.json"), "--report", str(report)]  # fmt: skip
+    assert bench_serving.main(argv) == 0
+    results = json.loads((tmp_path / "w" / "results.json").read_text())
+    runs = {r["kind"]: r for r in results["runs"]}
+    assert set(runs) == {"batching", "peer"}
+    peer = runs["peer"]
+    assert peer["label_agreement"] == 1.0 and len(peer["labels"]) == 64
+    assert (
+        peer["points"][0]["stats"]["requests"] > 0 and peer["points"][0]["stats"]["failures"] == 0
+    )
+    text = report.read_text()
+    assert "## nlpserve vs. the serving frameworks" in text
+    assert "| 2 | (d) BentoML 1.4 adaptive batching |" in text
+    assert "the best peer's req/s at 2 users" in text
