@@ -161,7 +161,7 @@ bench-serving: install
 # The serving frameworks bench-serving compares with (loadtests/baselines/), each in its own venv:
 # they pin fastapi/starlette/pydantic versions of their own. Same onnxruntime/tokenizers/numpy as
 # nlpserve's venv, so every server runs the same kernels.
-PEER_VENVS ?= /work/venvs
+PEER_VENVS ?= $(CURDIR)/.venv-peers
 export PEER_VENVS  # tests/test_bench_peers.py runs the peers from there
 PEER_PINS = $(shell $(PY) -c "import onnxruntime, tokenizers, numpy; print(f'onnxruntime=={onnxruntime.__version__} tokenizers=={tokenizers.__version__} numpy=={numpy.__version__}')")
 peers: $(PEER_VENVS)/bentoml/.installed $(PEER_VENVS)/ray/.installed

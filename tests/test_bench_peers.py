@@ -23,7 +23,7 @@ from service.repository import read_model
 from service.schemas import ClassifyResponse
 
 # Where `make peers` put the venvs (the Makefile's PEER_VENVS).
-PEER_VENVS = Path(os.environ.get("PEER_VENVS", "/work/venvs"))
+PEER_VENVS = Path(os.environ.get("PEER_VENVS", Path(__file__).resolve().parents[1] / ".venv-peers"))
 
 
 def _fake_venvs(root: Path, *names: str) -> Path:
