@@ -77,6 +77,12 @@ class TranslateRequest(BaseModel):
     max_new_tokens: int | None = Field(
         default=None, ge=1, le=1024, description="default: the model's generation.max_new_tokens"
     )
+    stream: bool = Field(
+        default=False,
+        description="answer Server-Sent Events as the translation decodes: `piece` events "
+        "(whole words), then `done` with the whole translation and its token count; one text, "
+        "greedy search only (beam_size left out or 1)",
+    )
 
 
 class ClassResult(BaseModel):
