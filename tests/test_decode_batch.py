@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.engines.decode_batch import DecodeBatch, Join
+from service.engines.decode_batch import TRIM_SLACK_COLUMNS, DecodeBatch, Join
 from service.generation import OnnxGenerator
 
 
@@ -86,7 +86,7 @@ def test_finished_sequences_leave_the_same_step(generator: OnnxGenerator) -> Non
     assert batch.rows == 1
     for _ in range(14):
         batch.step([], [])
-    assert batch.rows == 0 and batch.cache_tokens == 0
+    assert batch.rows == 0 and batch.slots == 0 and batch.cache_tokens == 0
 
 
 def test_leaving_frees_rows_and_leaves_others_unchanged(generator: OnnxGenerator) -> None:
@@ -101,18 +101,42 @@ def test_leaving_frees_rows_and_leaves_others_unchanged(generator: OnnxGenerator
         assert results[join.seq_id] == alone(generator, join)
 
 
-def test_cache_is_trimmed_when_the_longest_sequence_leaves(generator: OnnxGenerator) -> None:
-    """Caches hold rows x (longest source + longest decoded prefix); when the longest sequence
-    leaves, its padding goes with it."""
+def test_a_joiner_reuses_a_free_row_in_place(generator: OnnxGenerator) -> None:
+    """One of four sequences leaves and another joins: the joiner takes the free row (the
+    arrays keep 4 rows, nothing is rebuilt) and still decodes to its alone ids."""
+    joins = [Join(i, src, 1, 16) for i, src in enumerate(random_sources(5, 11))]
+    batch = DecodeBatch(generator)
+    batch.step(joins[:4], [])
+    batch.step([], [])
+    row_of_1 = int(batch.sequences[1].rows[0])
+    outcomes = batch.step([joins[4]], [1])
+    while not any(o.seq_id == 4 and o.result is not None for o in outcomes):
+        outcomes = batch.step([], [])
+    assert next(o.result for o in outcomes if o.seq_id == 4) == alone(generator, joins[4])
+    batch2 = DecodeBatch(generator)
+    batch2.step(joins[:4], [])
+    outcomes = batch2.step([joins[4]], [1])
+    assert batch2.slots == 4  # no row added
+    if 4 in batch2.sequences:  # (unless it already finished: a random model may stop at once)
+        assert int(batch2.sequences[4].rows[0]) == row_of_1
+    else:
+        assert any(o.seq_id == 4 and o.result is not None for o in outcomes)
+
+
+def test_free_rows_and_unneeded_columns_are_compacted(generator: OnnxGenerator) -> None:
+    """When the sequence with the longest source leaves, half the rows are free: the next step
+    drops its row and its source columns; cache columns no live row needs are cut."""
     short, long = [5, 2], [5] * 30 + [2]
     batch = DecodeBatch(generator)
     batch.step([Join(0, long, 1, 16)], [])
-    for _ in range(5):
+    for _ in range(10):
         batch.step([], [])
     batch.step([Join(1, short, 1, 16)], [])
-    assert batch.cache_tokens == 2 * (31 + 7)
+    assert batch.slots == 2 and batch.state is not None and batch.state.cross_k.shape[3] == 31
     batch.step([], [0])
-    assert batch.cache_tokens == 1 * (2 + 2)
+    assert batch.slots == 1 and batch.state.cross_k.shape[3] == 2
+    assert batch.state.self_k.shape[3] < 2 + TRIM_SLACK_COLUMNS
+    assert batch.cache_tokens == 1 * (2 + batch.state.self_k.shape[3])
 
 
 def test_graphs_without_self_mask_are_refused(generator: OnnxGenerator) -> None:

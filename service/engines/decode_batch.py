@@ -1,30 +1,37 @@
 """The running decode batch of the step scheduler: tensors only (the mechanism; who joins and
 leaves is `service.decode_scheduler`'s policy).
 
-Sequences at different steps share one decoder run:
+Sequences at different steps share one decoder run. The batch axis holds slots (rows):
 
-- rows: a sequence holds `beam_size` consecutive rows (greedy: one), in join order;
-- self-attention cache [L, B, H, T, hd] with T = the longest cache among the rows. A row that has
-  decoded t positions keeps them in the last t columns (left-padded with zeros) and the decoder's
-  `self_mask` hides the padding. The graph appends the new position at column T, so every row stays
-  right-aligned and the graph's output is the next step's input as it is: no copy per step beyond
-  the one the graph makes anyway. Columns nobody needs any more are cut off the left edge when the
-  longest sequence leaves;
+- a sequence holds `beam_size` rows (greedy: one), anywhere in the batch;
+- self-attention cache [L, B, H, T, hd], T = the longest cache among the rows. A row that has
+  decoded t positions keeps them in the last t columns and the decoder's `self_mask` hides the
+  columns before them. The graph appends the new position at column T, so every row stays
+  right-aligned and the graph's output is the next step's input as it is;
 - cross-attention keys/values [L, B, H, S, hd] and memory_mask [B, S], S = the longest source,
-  right-padded like a padded batch; rebuilt only in steps where rows join or leave.
+  right-padded like a padded batch;
+- a row whose sequence left is free: the next joiner is written into it in place (its source
+  keys/values and mask; its old self-attention columns are simply masked), so a step where one
+  sequence leaves and another joins copies one row, not the batch. Free rows still run until
+  reused; when more than a quarter of the rows are free they are compacted away, and columns no
+  live row needs are cut off the left edge of the self-attention cache.
 
 Why this layout (measured, reports/translation-benchmark.md): one decoder run per step whatever
 the mix of steps, where grouping rows by cache length needs one run per distinct length, and a
 cache preallocated to the maximum length attends over (and copies) every column at every step.
+Rebuilding the batch arrays at every join and leave (the first version) spent more time copying
+than decoding under a closed loop of 32 users.
 
-Every rule of the search (argmax; beam ranking, frozen finished beams, the best beam as answer)
-is `service.generation`'s, so a sequence decodes to the same ids as it does alone.
+A masked column gets exactly zero attention weight, so every rule of the search (argmax; beam
+ranking, frozen finished beams, the best beam as answer) is `service.generation`'s and a sequence
+decodes to the same ids as it does alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -62,10 +69,15 @@ class _Sequence:
     lengths: np.ndarray | None = None  # (K,) int64, generated tokens incl. <eos>
     finished: np.ndarray | None = None  # (K,) bool
     history: np.ndarray | None = None  # (K, steps) int64
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # its batch rows
+
+
+COMPACT_FREE_FRACTION = 0.25  # compact when more than this share of the rows is free
+TRIM_SLACK_COLUMNS = 8  # cut unneeded cache columns once there are this many (amortised copy)
 
 
 class DecodeBatch:
-    """Not thread-safe: one thread (the model's worker) calls `step` at a time."""
+    """Not thread-safe: one thread (the scheduler's) calls `step` at a time."""
 
     def __init__(self, generator: OnnxGenerator, length_penalty: float = 1.0) -> None:
         if not generator.has_self_mask:
@@ -75,80 +87,97 @@ class DecodeBatch:
             )
         self.generator = generator
         self.length_penalty = length_penalty
-        self.sequences: list[_Sequence] = []  # in row order
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every sequence (also after a failed step, whose state cannot be trusted)."""
+        self.sequences: dict[int, _Sequence] = {}
         self.state: DecoderState | None = None
         self.tokens = np.zeros(0, np.int64)  # next input token per row
+        self.owner: list[int | None] = []  # seq_id of each row; None: free
+        self.src_len = np.zeros(0, np.int64)  # source tokens of each row (0: free)
 
     # ------------------------------------------------------------------ views
 
     @property
     def rows(self) -> int:
-        return sum(s.beams for s in self.sequences)
+        """Rows of live sequences (free rows not counted)."""
+        return sum(s.beams for s in self.sequences.values())
+
+    @property
+    def slots(self) -> int:
+        """Rows in the arrays, free ones included."""
+        return len(self.owner)
 
     @property
     def cache_tokens(self) -> int:
-        """Padded positions the caches hold: rows x (source columns + self-attention columns)."""
+        """Padded positions the caches hold: slots x (source columns + self-attention columns)."""
         if self.state is None:
             return 0
-        return self.rows * (self.state.cross_k.shape[3] + self.state.self_k.shape[3])
+        return self.slots * (self.state.cross_k.shape[3] + self.state.self_k.shape[3])
 
     # ------------------------------------------------------------------ the step
 
     def step(self, joins: Sequence[Join], leaves: Iterable[int]) -> list[Outcome]:
-        """Drop `leaves` (seq ids), add `joins` (their encoder runs once, batched), run one
-        decoder step for every row, advance every search; finished sequences leave at once."""
-        self._remove(set(leaves))
+        """Free the rows of `leaves` (seq ids), write `joins` into free rows (their encoder runs
+        once, batched), run one decoder step for every row, advance every search; finished
+        sequences leave at once."""
+        self._free(set(leaves))
         if joins:
             self._join(joins)
-        if self.state is None or not self.sequences:
+        if not self.sequences:
+            self.reset()
             return []
+        self._maybe_compact()
+        assert self.state is not None
         state = self.state
         T = state.self_k.shape[3]
-        steps = np.repeat([s.steps for s in self.sequences], [s.beams for s in self.sequences])
+        steps = state.position  # positions decoded = cached columns of each row (free rows: 0)
         self_mask = np.arange(T + 1)[None, :] >= (T - steps)[:, None]  # (B, T+1)
         logits, state = self.generator.step(state, self.tokens, self_mask)
-        next_tokens = np.empty_like(self.tokens)
+        next_tokens = np.full_like(self.tokens, self.generator.eos_id)
         order = np.arange(self.tokens.size)  # beam reordering of the rows (within sequences)
-        outcomes, done = [], set()
-        starts = np.cumsum([0] + [s.beams for s in self.sequences])
-        greedy = [i for i, s in enumerate(self.sequences) if s.beams == 1]
+        outcomes: list[Outcome] = []
+        done: set[int] = set()
+        greedy = [s for s in self.sequences.values() if s.beams == 1]
         if greedy:
-            rows = starts[greedy]
+            rows = np.concatenate([s.rows for s in greedy])
             chosen = logits[rows].argmax(-1)
             next_tokens[rows] = chosen
-            for i, token in zip(greedy, chosen.tolist(), strict=True):
-                seq = self.sequences[i]
+            for seq, token in zip(greedy, chosen.tolist(), strict=True):
                 seq.steps += 1
                 seq.greedy_ids.append(token)
                 finished = token == self.generator.eos_id or seq.steps >= seq.max_steps
                 outcomes.append(Outcome(seq.seq_id, token, seq.greedy_ids if finished else None))
                 if finished:
                     done.add(seq.seq_id)
-        for K in sorted({s.beams for s in self.sequences} - {1}):
-            group = [i for i, s in enumerate(self.sequences) if s.beams == K]
-            rows = (starts[group][:, None] + np.arange(K)).reshape(-1)
-            self._advance_beams(group, rows, logits, next_tokens, order, outcomes, done)
-        state = (
-            state.select(order, cross=False) if (order != np.arange(order.size)).any() else state
-        )
+        for K in sorted({s.beams for s in self.sequences.values()} - {1}):
+            group = [s for s in self.sequences.values() if s.beams == K]
+            self._advance_beams(group, logits, next_tokens, order, outcomes, done)
+        if (order != np.arange(order.size)).any():
+            state = state.select(order, cross=False)
+        free = np.asarray([o is None for o in self.owner])
+        state.position[free] = 0  # free rows stay at position 0: always a valid table row
         self.state, self.tokens = state, next_tokens
-        self._remove(done)
+        self._free(done)
+        if not self.sequences:
+            self.reset()
+        self._trim_columns()
         return outcomes
 
     def _advance_beams(
         self,
-        group: list[int],
-        rows: np.ndarray,
+        seqs: list[_Sequence],
         logits: np.ndarray,
         next_tokens: np.ndarray,
         order: np.ndarray,
         outcomes: list[Outcome],
         done: set[int],
     ) -> None:
-        """One beam step for the sequences `group` (all with the same beam size)."""
-        seqs = [self.sequences[i] for i in group]
+        """One beam step for the sequences `seqs` (all with the same beam size)."""
         n, K, V = len(seqs), seqs[0].beams, logits.shape[-1]
-        logp = _log_softmax(logits[rows]).reshape(n, K, V)
+        rows = np.stack([s.rows for s in seqs])  # (n, K)
+        logp = _log_softmax(logits[rows.reshape(-1)]).reshape(n, K, V)
         beam, token, scores, lengths, finished = self.generator.beam_advance(
             logp,
             np.stack([s.scores for s in seqs]),  # type: ignore[misc]
@@ -156,8 +185,8 @@ class DecodeBatch:
             np.stack([s.finished for s in seqs]),  # type: ignore[misc]
             self.length_penalty,
         )
-        order[rows] = (rows.reshape(n, K)[:, :1] + beam).reshape(-1)
-        next_tokens[rows] = token.reshape(-1)
+        order[rows.reshape(-1)] = np.take_along_axis(rows, beam, 1).reshape(-1)
+        next_tokens[rows.reshape(-1)] = token.reshape(-1)
         for j, seq in enumerate(seqs):
             assert seq.history is not None
             seq.history = np.concatenate([seq.history[beam[j]], token[j][:, None]], axis=1)
@@ -173,77 +202,143 @@ class DecodeBatch:
     def _join(self, joins: Sequence[Join]) -> None:
         g = self.generator
         fresh = g.start(g.pad([j.src_ids for j in joins]))
-        fresh = fresh.select(np.repeat(np.arange(len(joins)), [j.beam_size for j in joins]))
+        beams = [j.beam_size for j in joins]
+        fresh = fresh.select(np.repeat(np.arange(len(joins)), beams))
+        needed = sum(beams)
+        free_rows = [r for r, o in enumerate(self.owner) if o is None]
+        if len(free_rows) < needed:
+            self._grow(needed - len(free_rows), fresh)
+            free_rows = [r for r, o in enumerate(self.owner) if o is None]
+        rows = np.asarray(free_rows[:needed])
+        self._write_rows(rows, fresh)
+        lengths = np.repeat([len(j.src_ids) for j in joins], beams)
+        self.src_len[rows] = lengths
+        start = 0
         for j in joins:
             K = j.beam_size
             seq = _Sequence(j.seq_id, K, len(j.src_ids), g.max_steps(j.max_new_tokens))
+            seq.rows = rows[start : start + K]
+            start += K
             if K > 1:
                 seq.scores = np.full(K, -np.inf, np.float32)
                 seq.scores[0] = 0.0  # all beams start identical: let only the first one propose
                 seq.lengths = np.zeros(K, np.int64)
                 seq.finished = np.zeros(K, bool)
                 seq.history = np.zeros((K, 0), np.int64)
-            self.sequences.append(seq)
-        tokens = np.full(fresh.position.size, g.sos_id, np.int64)
-        if self.state is None:
-            self.state, self.tokens = fresh, tokens
-            return
-        old = self.state
-        S = max(old.cross_k.shape[3], fresh.cross_k.shape[3])
-        T = old.self_k.shape[3]  # new rows have no cache yet: all T columns are padding
-        L, B, H, _, hd = fresh.self_k.shape
-        empty = np.zeros((L, B, H, T, hd), old.self_k.dtype)
-        self.state = DecoderState(
-            memory_mask=np.concatenate(
-                [_pad_axis(old.memory_mask, 1, S), _pad_axis(fresh.memory_mask, 1, S)]
-            ),
-            cross_k=np.concatenate(
-                [_pad_axis(old.cross_k, 3, S), _pad_axis(fresh.cross_k, 3, S)], 1
-            ),
-            cross_v=np.concatenate(
-                [_pad_axis(old.cross_v, 3, S), _pad_axis(fresh.cross_v, 3, S)], 1
-            ),
-            self_k=np.concatenate([old.self_k, empty], 1),
-            self_v=np.concatenate([old.self_v, empty], 1),
-            position=np.concatenate([old.position, fresh.position]),
-        )
-        self.tokens = np.concatenate([self.tokens, tokens])
+            for r in seq.rows.tolist():
+                self.owner[r] = seq.seq_id
+            self.sequences[seq.seq_id] = seq
 
-    def _remove(self, seq_ids: set[int]) -> None:
-        """Drop the rows of `seq_ids`; trim padding nobody needs any more."""
-        if not seq_ids or self.state is None:
-            return
-        keep_rows: list[int] = []
-        kept: list[_Sequence] = []
-        row = 0
-        for seq in self.sequences:
-            if seq.seq_id not in seq_ids:
-                keep_rows.extend(range(row, row + seq.beams))
-                kept.append(seq)
-            row += seq.beams
-        self.sequences = kept
-        if not kept:
-            self.state, self.tokens = None, np.zeros(0, np.int64)
-            return
-        index = np.asarray(keep_rows)
-        state = self.state.select(index)
-        S = max(s.src_len for s in kept)  # sources are right-padded: cut the tail
-        T = max(s.steps for s in kept)  # caches are right-aligned: cut the head
-        first = state.self_k.shape[3] - T
-        contiguous = np.ascontiguousarray  # ORT copies strided inputs anyway; do it once here
+    def _grow(self, extra: int, like: DecoderState) -> None:
+        """Append `extra` free rows (zeros) to every array."""
+        L, _, H, S_new, hd = like.cross_k.shape
+        if self.state is None:
+            S, T = S_new, 0
+            old = None
+        else:
+            old = self.state
+            S, T = max(old.cross_k.shape[3], S_new), old.self_k.shape[3]
+        B = len(self.owner)
+        dtype = like.cross_k.dtype
+
+        def grown(shape: tuple[int, ...], prev: np.ndarray | None, fill_dtype: Any) -> np.ndarray:
+            out = np.zeros(shape, fill_dtype)
+            if prev is not None and B:
+                if prev.ndim == 5:
+                    out[:, :B, :, : prev.shape[3]] = prev
+                else:
+                    out[:B, : prev.shape[1]] = prev
+            return out
+
         self.state = DecoderState(
-            memory_mask=contiguous(state.memory_mask[:, :S]),
-            cross_k=contiguous(state.cross_k[:, :, :, :S]),
-            cross_v=contiguous(state.cross_v[:, :, :, :S]),
-            self_k=contiguous(state.self_k[:, :, :, first:]),
-            self_v=contiguous(state.self_v[:, :, :, first:]),
+            memory_mask=grown((B + extra, S), old.memory_mask if old else None, bool),
+            cross_k=grown((L, B + extra, H, S, hd), old.cross_k if old else None, dtype),
+            cross_v=grown((L, B + extra, H, S, hd), old.cross_v if old else None, dtype),
+            self_k=grown((L, B + extra, H, T, hd), old.self_k if old else None, dtype),
+            self_v=grown((L, B + extra, H, T, hd), old.self_v if old else None, dtype),
+            position=np.concatenate([old.position if old else np.zeros(0, np.int64),
+                                     np.zeros(extra, np.int64)]),
+        )  # fmt: skip
+        self.tokens = np.concatenate([self.tokens, np.zeros(extra, np.int64)])
+        self.owner.extend([None] * extra)
+        self.src_len = np.concatenate([self.src_len, np.zeros(extra, np.int64)])
+
+    def _write_rows(self, rows: np.ndarray, fresh: DecoderState) -> None:
+        """Put the joiners' encoder outputs into free `rows`, in place (the source axis grows
+        for everyone only when a joiner's source is longer than every other)."""
+        assert self.state is not None
+        state = self.state
+        S_new = fresh.cross_k.shape[3]
+        if S_new > state.cross_k.shape[3]:
+            state = self.state = DecoderState(
+                memory_mask=_pad_axis(state.memory_mask, 1, S_new),
+                cross_k=_pad_axis(state.cross_k, 3, S_new),
+                cross_v=_pad_axis(state.cross_v, 3, S_new),
+                self_k=state.self_k,
+                self_v=state.self_v,
+                position=state.position,
+            )
+        state.memory_mask[rows] = False
+        state.memory_mask[rows, :S_new] = fresh.memory_mask
+        state.cross_k[:, rows] = 0.0
+        state.cross_k[:, rows, :, :S_new] = fresh.cross_k
+        state.cross_v[:, rows] = 0.0
+        state.cross_v[:, rows, :, :S_new] = fresh.cross_v
+        state.position[rows] = 0  # no column is theirs yet: the mask hides whatever is there
+        self.tokens[rows] = self.generator.sos_id
+
+    def _free(self, seq_ids: set[int]) -> None:
+        for seq_id in seq_ids:
+            seq = self.sequences.pop(seq_id, None)
+            if seq is None:
+                continue
+            for r in seq.rows.tolist():
+                self.owner[r] = None
+            self.src_len[seq.rows] = 0
+            if self.state is not None:
+                self.state.position[seq.rows] = 0
+
+    def _maybe_compact(self) -> None:
+        """Drop free rows when they are more than COMPACT_FREE_FRACTION of the batch, and the
+        source columns no live row needs."""
+        free = sum(o is None for o in self.owner)
+        if self.state is None or free <= COMPACT_FREE_FRACTION * len(self.owner):
+            return
+        keep = np.asarray([r for r, o in enumerate(self.owner) if o is not None])
+        remap = {int(r): i for i, r in enumerate(keep)}
+        S = int(self.src_len[keep].max())  # sources are right-padded: cut the tail
+        state = self.state
+        self.state = DecoderState(
+            memory_mask=state.memory_mask[keep, :S],
+            cross_k=state.cross_k[:, keep, :, :S],
+            cross_v=state.cross_v[:, keep, :, :S],
+            self_k=state.self_k[:, keep],
+            self_v=state.self_v[:, keep],
+            position=state.position[keep],
+        )  # fancy indexing: one contiguous copy each
+        self.tokens = self.tokens[keep]
+        self.owner = [self.owner[r] for r in keep.tolist()]
+        self.src_len = self.src_len[keep]
+        for seq in self.sequences.values():
+            seq.rows = np.asarray([remap[int(r)] for r in seq.rows], np.int64)
+
+    def _trim_columns(self) -> None:
+        """Cut self-attention columns no live row needs (caches are right-aligned: the head)."""
+        if self.state is None or not self.sequences:
+            return
+        T = self.state.self_k.shape[3]
+        needed = int(self.state.position.max())
+        if T - needed < TRIM_SLACK_COLUMNS:
+            return
+        state = self.state
+        self.state = DecoderState(
+            memory_mask=state.memory_mask,
+            cross_k=state.cross_k,
+            cross_v=state.cross_v,
+            self_k=np.ascontiguousarray(state.self_k[:, :, :, T - needed :]),
+            self_v=np.ascontiguousarray(state.self_v[:, :, :, T - needed :]),
             position=state.position,
         )
-        self.tokens = self.tokens[index]
-
-    def reset(self) -> None:
-        """Forget every sequence (after a failed step, whose state cannot be trusted)."""
-        self.sequences, self.state, self.tokens = [], None, np.zeros(0, np.int64)
 
 
 def _pad_axis(x: np.ndarray, axis: int, size: int) -> np.ndarray:
