@@ -46,7 +46,9 @@ def identity(
         for join in joins:  # 0 to 3 sentences join per step, in order
             step += rng.choice([0, 0, 1, 2])
             arrivals.setdefault(step, []).append(join)
-        batch, results, rows = DecodeBatch(generator), {}, []
+        batch = DecodeBatch(generator)
+        results: dict[int, list[int]] = {}
+        rows: list[int] = []
         t0 = time.perf_counter()
         step = 0
         while len(results) < len(joins):

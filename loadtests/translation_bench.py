@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tokenizers import Tokenizer
 
 from loadtests.servers import nlpserve_command, running_server
+from service.engines.translator import DecodingParams
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,14 @@ async def closed_loop(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sentences = [s for s in Path(args.sentences).read_text().splitlines() if s.strip()]
     sentences = sentences[: args.limit]
+    if args.in_process:
+        from loadtests.translation_inprocess import compare
+
+        params = DecodingParams(args.beam_size, args.max_new_tokens)
+        rows = asyncio.run(
+            compare(args.repository, sentences, args.users, args.duration, params, args.threads)
+        )
+        return {**describe(args, sentences), "in_process": True, "results": rows}
     tokenizer = Tokenizer.from_file(
         str(max((args.repository / "translator").glob("*/tokenizer.json")))
     )
@@ -164,6 +173,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     logger.info("%s", row)
                     results.append(row)
+    return {**describe(args, sentences), "in_process": False, "results": results}
+
+
+def describe(args: argparse.Namespace, sentences: Sequence[str]) -> dict[str, Any]:
     return {
         "command": " ".join(sys.argv),
         "machine": f"{platform.machine()}, {args.cpus} (stated by the caller)",
@@ -173,7 +186,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "max_new_tokens": args.max_new_tokens,
         "duration_s": args.duration,
         "intra_op_threads": args.threads,
-        "results": results,
     }
 
 
@@ -185,6 +197,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["results"]:
         first = r["first_piece_ms"]["p50"] if r["first_piece_ms"] else "-"
+        first = "-" if first is None else first
         lines.append(
             f"| {r['mode']} | {'yes' if r['stream'] else 'no'} | {r['users']} | {r['req_per_s']} "
             f"| {r['latency_ms']['p50']} | {r['latency_ms']['p95']} | {r['latency_ms']['p99']} "
@@ -208,8 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cpus", default="unspecified CPU", help="machine, for the report")
     parser.add_argument("--out", type=Path, help="JSON report")
     parser.add_argument("--log-dir", type=Path, help="server logs")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="no HTTP: users submit straight to the scheduler / batcher (engine-side effect)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     report = run(args)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -169,7 +169,7 @@ class DecodeScheduler:
         payloads: Sequence[Encoded],
         tokens: Sequence[int] | None = None,
         *,
-        key: DecodingParams,
+        key: Hashable,
         timeout_s: float,
         on_token: Callable[[int], None] | None = None,
     ) -> list[DecodeItem]:
@@ -180,6 +180,8 @@ class DecodeScheduler:
             raise ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down")
         if self._thread is None:
             raise ServiceError(ErrorKind.NOT_READY, f"model {self.name!r} is not running")
+        if not isinstance(key, DecodingParams):
+            raise TypeError(f"the decoding parameters are the key, not {key!r}")
         steps = self._max_steps(key.max_new_tokens)
         for payload in payloads:
             self._check_fits(key.beam_size, len(payload.ids), steps)
