@@ -192,8 +192,8 @@ def describe(args: argparse.Namespace, sentences: Sequence[str]) -> dict[str, An
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "| batching | stream | users | req/s | p50 ms | p95 ms | p99 ms | first piece p50 ms "
-        "| gen tok/s | rows/step | seq/run | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| gen tok/s | rows/step | seq/run | CPU ms/req | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         first = r["first_piece_ms"]["p50"] if r["first_piece_ms"] else "-"
@@ -202,7 +202,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['mode']} | {'yes' if r['stream'] else 'no'} | {r['users']} | {r['req_per_s']} "
             f"| {r['latency_ms']['p50']} | {r['latency_ms']['p95']} | {r['latency_ms']['p99']} "
             f"| {first} | {r['generated_tokens_per_s']} | {r['mean_rows_per_step'] or '-'} "
-            f"| {r['mean_sequences_per_run'] or '-'} | {r['errors'] or '-'} |"
+            f"| {r['mean_sequences_per_run'] or '-'} | {r.get('cpu_ms_per_request', '-')} "
+            f"| {r['errors'] or '-'} |"
         )
     return "\n".join(lines)
 

@@ -2,9 +2,10 @@
 step scheduler or to its request-level batcher, as `service.inference` does, in one process.
 
 It separates what scheduling does for the engine from the cost of HTTP and of the load
-generator, which on a small shared CPU dominate an HTTP run (see
-reports/translation-benchmark.md). Time to the first token is when the scheduler hands the first
-decoded token over (streams detokenise it into a piece right after).
+generator, which on a small shared CPU dominate an HTTP run (reports/translation-benchmark.md).
+Besides req/s it reports the process's CPU time per request, which other jobs sharing the cores
+disturb less than wall-clock throughput. Time to the first token is when the scheduler hands the
+first decoded token over (a stream detokenises it into a piece right after).
 """
 
 from __future__ import annotations
@@ -75,10 +76,11 @@ async def closed_loop(
                 first.append(seen[0] - started)
             tokens += count_tokens(text)
 
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     await asyncio.gather(*(user(u) for u in range(users)))
     return {
         "elapsed": time.monotonic() - started,
+        "cpu_s": time.process_time() - cpu,  # every thread of this process
         "latencies": latencies,
         "first": first,
         "tokens": tokens,
@@ -146,6 +148,10 @@ async def compare(
                     "first_piece_ms": percentiles(run["first"]) if mode == "step" else None,
                     "errors": {},
                     "generated_tokens_per_s": round(run["tokens"] / run["elapsed"], 1),
+                    # CPU time per request: less sensitive than req/s to other jobs on the cores
+                    "cpu_ms_per_request": round(
+                        run["cpu_s"] * 1000 / max(1, len(run["latencies"])), 2
+                    ),
                     "mean_rows_per_step": round(rows / steps, 2) if steps else None,
                     "mean_sequences_per_run": round(seqs / runs, 2) if runs else None,
                 }
