@@ -129,3 +129,19 @@ def test_openapi_documents_the_event_stream(server: ServerProcess) -> None:
     ok = spec["paths"]["/v1/translate"]["post"]["responses"]["200"]["content"]
     assert "text/event-stream" in ok
     assert "stream" in spec["components"]["schemas"]["TranslateRequest"]["properties"]
+
+
+def test_scheduler_metrics_are_exported(server: ServerProcess) -> None:
+    """/metrics has the step scheduler's families for the translator after some decoding:
+    rows per step, joins per step, step time, cache tokens, finished sequences."""
+    httpx.post(server.url + "/v1/translate", json={"texts": [TEXT, "A cat."]}, timeout=30)
+    name = "nlpserve_decode_"
+    for sample in (
+        "running_sequences_count",
+        "joins_per_step_sum",
+        "step_seconds_count",
+        "finished_sequences_total",
+    ):
+        assert metric(server, name + sample, model="translator") > 0, sample
+    text = httpx.get(server.url + "/metrics").text
+    assert 'nlpserve_decode_cache_tokens{model="translator"}' in text
