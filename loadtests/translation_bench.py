@@ -136,7 +136,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         params = DecodingParams(args.beam_size, args.max_new_tokens)
         rows = asyncio.run(
-            compare(args.repository, sentences, args.users, args.duration, params, args.threads)
+            compare(
+                args.repository,
+                sentences,
+                args.users,
+                args.duration,
+                params,
+                args.threads,
+                args.rates,
+            )
         )
         return {**describe(args, sentences), "in_process": True, "results": rows}
     tokenizer = Tokenizer.from_file(
@@ -222,6 +230,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cpus", default="unspecified CPU", help="machine, for the report")
     parser.add_argument("--out", type=Path, help="JSON report")
     parser.add_argument("--log-dir", type=Path, help="server logs")
+    parser.add_argument(
+        "--rates",
+        type=float,
+        nargs="*",
+        default=[],
+        help="--in-process: open-loop runs at these requests/s (Poisson arrivals) as well",
+    )
     parser.add_argument(
         "--in-process",
         action="store_true",

@@ -11,6 +11,7 @@ first decoded token over (a stream detokenises it into a piece right after).
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from pathlib import Path
@@ -87,6 +88,53 @@ async def closed_loop(
     }
 
 
+async def open_loop(
+    submit: Submit,
+    sources: Sequence[Encoded],
+    rate: float,
+    duration_s: float,
+    count_tokens: Callable[[str], int],
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Requests arriving at `rate` per second (Poisson, seeded) for `duration_s`, whatever the
+    answers: the latency a sentence sees at a load the engine can carry."""
+    rng = random.Random(seed)
+    latencies: list[float] = []
+    first: list[float] = []
+    tokens = 0
+
+    async def one(source: Encoded) -> None:
+        nonlocal tokens
+        started = time.monotonic()
+        seen: list[float] = []
+
+        def on_token(_: int) -> None:
+            if not seen:
+                seen.append(time.monotonic())
+
+        text = await submit(source, on_token)
+        latencies.append(time.monotonic() - started)
+        if seen:
+            first.append(seen[0] - started)
+        tokens += count_tokens(text)
+
+    started, cpu = time.monotonic(), time.process_time()
+    tasks, i, at = [], 0, started
+    while at < started + duration_s:
+        at += rng.expovariate(rate)
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        tasks.append(asyncio.ensure_future(one(sources[i % len(sources)])))
+        i += 1
+    await asyncio.gather(*tasks)
+    return {
+        "elapsed": time.monotonic() - started,
+        "cpu_s": time.process_time() - cpu,
+        "latencies": latencies,
+        "first": first,
+        "tokens": tokens,
+    }
+
+
 async def compare(
     repository: Path,
     sentences: Sequence[str],
@@ -94,6 +142,7 @@ async def compare(
     duration_s: float,
     params: DecodingParams,
     threads: int,
+    rates: Sequence[float] = (),
 ) -> list[dict[str, Any]]:
     """Rows of the benchmark table for both modes (see translation_bench.row)."""
     from loadtests.translation_bench import percentiles
@@ -130,9 +179,13 @@ async def compare(
             )
             batcher.start()
             submit = _batcher_submit(batcher, params)
-        for n in users:
+        loads = [("users", n) for n in users] + [("rate", r) for r in rates]
+        for kind, n in loads:
             before = (counts.rows, counts.steps, counts.sequences, counts.runs)
-            run = await closed_loop(submit, sources, n, duration_s, count_tokens)
+            if kind == "users":
+                run = await closed_loop(submit, sources, int(n), duration_s, count_tokens)
+            else:
+                run = await open_loop(submit, sources, float(n), duration_s, count_tokens)
             rows, steps = counts.rows - before[0], counts.steps - before[1]
             seqs, runs = counts.sequences - before[2], counts.runs - before[3]
             results.append(
@@ -140,7 +193,7 @@ async def compare(
                     "mode": mode,
                     "in_process": True,
                     "stream": False,
-                    "users": n,
+                    "users": n if kind == "users" else f"{n:g}/s open",
                     "requests": len(run["latencies"]),
                     "seconds": round(run["elapsed"], 2),
                     "req_per_s": round(len(run["latencies"]) / run["elapsed"], 2),

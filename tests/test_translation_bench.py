@@ -44,20 +44,24 @@ def test_benchmark_compares_step_and_request_batching(
 def test_in_process_benchmark_reports_cpu_per_request(
     copy_repository: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """--in-process drives the scheduler and the batcher without HTTP: both modes, rows per
-    step / sequences per run, first tokens for the scheduler, CPU ms per request."""
+    """--in-process drives the scheduler and the batcher without HTTP, closed loop and open
+    loop (--rates): both modes, rows per step / sequences per run, first tokens for the
+    scheduler, CPU ms per request."""
     sentences = tmp_path / "val.en"
     sentences.write_text("A dog runs.\nTwo men play football in a park.\n")
     out = tmp_path / "report.json"
     argv = [
         "--repository", str(copy_repository("translator")), "--sentences", str(sentences),
-        "--users", "2", "--duration", "0.5", "--max-new-tokens", "6", "--in-process",
+        "--users", "2", "--rates", "20", "--duration", "0.5", "--max-new-tokens", "6",
+        "--in-process",
         "--out", str(out),
     ]  # fmt: skip
     assert main(argv) == 0
     rows = json.loads(out.read_text())["results"]
-    assert [r["mode"] for r in rows] == ["step", "request"]
-    step, request = rows
+    assert [(r["mode"], r["users"]) for r in rows] == [
+        ("step", 2), ("step", "20/s open"), ("request", 2), ("request", "20/s open"),
+    ]  # fmt: skip
+    step, request = rows[0], rows[2]
     assert step["requests"] > 0 and request["requests"] > 0
     assert step["mean_rows_per_step"] >= 1 and request["mean_sequences_per_run"] >= 1
     assert step["first_piece_ms"]["p50"] is not None and request["first_piece_ms"] is None
