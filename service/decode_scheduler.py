@@ -43,9 +43,8 @@ from typing import Any, Protocol
 
 from service.engines.decode_batch import Join, Outcome
 from service.engines.tokenization import Encoded
-from service.engines.translator import DecodingParams, TranslatorEngine
+from service.engines.translator import DecodingParams
 from service.errors import ErrorKind, ServiceError
-from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -441,22 +440,3 @@ class DecodeScheduler:
         if left:
             self._observer.on_dropped("shutdown", len(left))
             self._deliver([(item, None, error) for item in left])
-
-
-def decode_scheduler(
-    name: str, engine: TranslatorEngine, settings: Settings, metrics: Any
-) -> DecodeScheduler:
-    """The scheduler of a served translator, with the service's settings and metrics."""
-    policy = DecodePolicy(
-        max_running_sequences=settings.decode_max_running_sequences,
-        max_cache_tokens=settings.decode_max_cache_tokens,
-        max_queue_size=settings.max_queue_size,
-    )
-    return DecodeScheduler(
-        name,
-        engine.decode_batch(),
-        policy,
-        finish=engine.finish,
-        max_steps=engine.generator.max_steps,
-        observer=metrics.decode_observer(name),
-    )

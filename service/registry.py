@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.batcher import Batcher, BatchPolicy
-from service.decode_scheduler import DecodeScheduler, decode_scheduler
+from service.decode_scheduler import DecodePolicy, DecodeScheduler
 from service.engines import Engine, ModelWorker, SessionSettings, TranslatorEngine, load_engine
 from service.errors import ErrorKind, ServiceError, shorten
 from service.metrics import ServiceMetrics
@@ -218,3 +218,22 @@ class ModelRegistry:
         for model in self._models.values():
             if model.worker:
                 model.worker.shutdown()
+
+
+def decode_scheduler(
+    name: str, engine: TranslatorEngine, settings: Settings, metrics: ServiceMetrics
+) -> DecodeScheduler:
+    """The scheduler of a served translator, with the service's settings and metrics."""
+    policy = DecodePolicy(
+        max_running_sequences=settings.decode_max_running_sequences,
+        max_cache_tokens=settings.decode_max_cache_tokens,
+        max_queue_size=settings.max_queue_size,
+    )
+    return DecodeScheduler(
+        name,
+        engine.decode_batch(),
+        policy,
+        finish=engine.finish,
+        max_steps=engine.generator.max_steps,
+        observer=metrics.decode_observer(name),
+    )
