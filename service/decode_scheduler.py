@@ -177,7 +177,7 @@ class DecodeScheduler:
         del tokens  # the source ids give the lengths (kept for Batcher.submit's signature)
         if self._stopping:
             raise ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down")
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():
             raise ServiceError(ErrorKind.NOT_READY, f"model {self.name!r} is not running")
         if not isinstance(key, DecodingParams):
             raise TypeError(f"the decoding parameters are the key, not {key!r}")

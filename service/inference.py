@@ -228,6 +228,9 @@ class InferenceService:
             stream.attach(item)
             info.batch_size = item.batch_size
             stream.closer = stack.pop_all()
+            # Released when the sequence ends, even if the stream is never iterated (a client
+            # gone before the response started); the stream's own end releases it too.
+            item.future.add_done_callback(lambda _: stream.closer.close())
             return stream
         raise AssertionError("unreachable")  # mypy: the with block returns or raises
 
