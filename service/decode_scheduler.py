@@ -41,6 +41,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from service.batcher import ADMISSION_MARGIN
 from service.engines.decode_batch import Join, Outcome
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams
@@ -145,7 +146,8 @@ class DecodeScheduler:
         self._abort = False  # stop() timed out: fail what is left instead of finishing it
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._recent: deque[tuple[float, int]] = deque(maxlen=THROUGHPUT_WINDOW_STEPS)
+        # (seconds, sequences finished, rows freed) of recent steps, for admission and Retry-After
+        self._recent: deque[tuple[float, int, int]] = deque(maxlen=THROUGHPUT_WINDOW_STEPS)
 
     # ------------------------------------------------------------------ public API (as Batcher)
 
@@ -195,6 +197,7 @@ class DecodeScheduler:
                     f"max_queue_size is {self.policy.max_queue_size}; retry later",
                     retry_after=self.retry_after_s(len(payloads)),
                 )
+            self._admit_within_deadline(key.beam_size * len(payloads), timeout_s)
             now = self._clock()
             items = []
             for payload in payloads:
@@ -215,14 +218,48 @@ class DecodeScheduler:
             self._wake.notify()
         return items
 
-    def retry_after_s(self, extra: int = 0) -> int:
-        """Seconds until the waiting sequences (plus `extra`) have likely finished, at least 1."""
+    def _admit_within_deadline(self, rows: int, timeout_s: float) -> None:
+        """Refuse (OVERLOADED) sequences that would likely still wait for a place in the running
+        batch at their deadline, as the batcher does (same margin). Before any sequence finished
+        there is no throughput to predict from: then at most one full batch may wait beyond the
+        free rows."""
+        predicted = self.predicted_wait_s(rows)
+        if predicted is None:
+            waiting_rows = sum(item.beam_size for item in self.waiting)
+            room = 2 * self.policy.max_running_sequences - self._rows
+            if waiting_rows and waiting_rows + rows > room:
+                raise ServiceError(
+                    ErrorKind.OVERLOADED,
+                    f"model {self.name!r} is warming up under load; retry later",
+                    retry_after=1,
+                )
+        elif predicted > timeout_s * ADMISSION_MARGIN:
+            raise ServiceError(
+                ErrorKind.OVERLOADED,
+                f"model {self.name!r} is overloaded: the waiting sequences would take about "
+                f"{predicted:.1f} s to get a place, past this request's deadline; retry later",
+                retry_after=self.retry_after_s(),
+            )
+
+    def predicted_wait_s(self, rows: int = 0) -> float | None:
+        """Seconds until `rows` more decoder rows would get a place in the running batch: the
+        rows waiting ahead beyond the free ones, over the measured rate at which rows are
+        freed (None before any sequence finished)."""
         recent = list(self._recent)
-        seconds = sum(s for s, _ in recent)
-        finished = sum(n for _, n in recent)
-        per_second = finished / seconds if seconds > 0 and finished else 1.0
-        estimate = (len(self.waiting) + len(self.running) + extra) / per_second
-        return max(1, min(60, math.ceil(estimate)))
+        seconds = sum(s for s, _, _ in recent)
+        freed = sum(r for _, _, r in recent)
+        if not freed or seconds <= 0:
+            return None
+        waiting_rows = sum(item.beam_size for item in self.waiting)
+        free = self.policy.max_running_sequences - self._rows
+        return max(0, waiting_rows + rows - free) * seconds / freed
+
+    def retry_after_s(self, extra: int = 0) -> int:
+        """Whole seconds until the waiting sequences (plus `extra` rows) likely have a place."""
+        predicted = self.predicted_wait_s(extra)
+        if predicted is None:  # nothing measured yet
+            predicted = 0.01 * (len(self.waiting) + extra)
+        return max(1, min(60, math.ceil(round(predicted, 3))))
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Refuse new work, let waiting and running sequences finish (up to `timeout_s`), then
@@ -279,9 +316,10 @@ class DecodeScheduler:
             self._rows = 0
             self._engine.reset()
             return
+        rows_before = self._rows
         finished = self._retire(outcomes)
         seconds = self._clock() - started
-        self._recent.append((seconds, finished))
+        self._recent.append((seconds, finished, rows_before - self._rows))
         self._observer.on_step(
             StepStats(rows, sequences, len(joins), finished, cache_tokens, seconds)
         )

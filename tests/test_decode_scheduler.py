@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -92,7 +94,9 @@ def src(length: int, tokens: int = 3) -> Encoded:
 GREEDY = DecodingParams(beam_size=1, max_new_tokens=32)
 
 
-def make(**policy: int) -> tuple[DecodeScheduler, FakeRunner, Recorder]:
+def make(
+    clock: Callable[[], float] = time.monotonic, **policy: int
+) -> tuple[DecodeScheduler, FakeRunner, Recorder]:
     runner, recorder = FakeRunner(), Recorder()
     scheduler = DecodeScheduler(
         "translator",
@@ -100,6 +104,7 @@ def make(**policy: int) -> tuple[DecodeScheduler, FakeRunner, Recorder]:
         DecodePolicy(**policy),
         finish=lambda ids: " ".join(map(str, ids)),
         max_steps=lambda n: min(n, 20),  # a positional table of 20
+        clock=clock,
         observer=recorder,
     )
     return scheduler, runner, recorder
@@ -315,5 +320,38 @@ def test_stop_drains_waiting_and_running_then_refuses() -> None:
         with pytest.raises(ServiceError) as error:
             scheduler.submit([src(1)], key=GREEDY, timeout_s=10)
         assert error.value.kind is ErrorKind.SHUTTING_DOWN
+
+    asyncio.run(main())
+
+
+def test_work_that_would_wait_past_its_deadline_is_refused_with_retry_after() -> None:
+    """With the measured rate at which rows free up (one 2-step sequence per 0.2 s of steps on
+    a fake clock, one row), a request behind 10 waiting sequences would get a place after about
+    2.2 s: refused (429) with a 1 s timeout, accepted with a 100 s one."""
+
+    async def main() -> None:
+        now = [0.0]
+        scheduler, runner, _ = make(clock=lambda: now[0], max_running_sequences=1)
+        original = runner.step
+
+        def slow_step(joins: list[Join], leaves: list[int]) -> list[Outcome]:
+            now[0] += 0.1  # every step takes 0.1 s on the fake clock
+            return original(joins, leaves)
+
+        runner.step = slow_step  # type: ignore[method-assign]
+        scheduler.start()
+        first = scheduler.submit([src(2)] * 3, key=GREEDY, timeout_s=100)
+        await asyncio.gather(*(i.future for i in first))  # measured: 1 row freed per 0.2 s
+        runner.permits = threading.Semaphore(0)  # now the engine stalls
+        scheduler.submit([src(2)] * 11, key=GREEDY, timeout_s=100)  # 1 joins, 10 wait
+        await asyncio.sleep(0.01)
+        with pytest.raises(ServiceError) as refused:
+            scheduler.submit([src(2)], key=GREEDY, timeout_s=1)
+        accepted = scheduler.submit([src(2)], key=GREEDY, timeout_s=100)
+        unleash(runner)
+        await accepted[0].future
+        await scheduler.stop(5)
+        assert refused.value.kind is ErrorKind.OVERLOADED
+        assert "deadline" in refused.value.message and refused.value.retry_after == 2  # 10 ahead
 
     asyncio.run(main())
