@@ -11,6 +11,8 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -355,3 +357,26 @@ def test_work_that_would_wait_past_its_deadline_is_refused_with_retry_after() ->
         assert "deadline" in refused.value.message and refused.value.retry_after == 2  # 10 ahead
 
     asyncio.run(main())
+
+
+def test_translators_are_step_scheduled_unless_told_or_exported_before(
+    model_repository: Path,
+    service_settings: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The registry schedules a translator step by step by default; translation_batching=request
+    or a decoder without self_mask (an older export, logged) keeps request-level batching."""
+    from service.engines import SessionSettings, TranslatorEngine
+    from service.metrics import ServiceMetrics
+    from service.registry import ModelRegistry
+    from service.repository import scan
+
+    versions, _ = scan(model_repository, {})
+    version = next(v for v in versions if v.name == "translator")
+    engine = TranslatorEngine(version, SessionSettings(providers="cpu", allow_spinning=False))
+    step = ModelRegistry(service_settings(), ServiceMetrics())
+    request = ModelRegistry(service_settings(translation_batching="request"), ServiceMetrics())
+    assert step._steps_decoding(engine) and not request._steps_decoding(engine)
+    engine.generator.has_self_mask = False
+    assert not step._steps_decoding(engine)
+    assert "re-export" in caplog.text
