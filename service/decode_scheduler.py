@@ -49,7 +49,7 @@ from service.errors import ErrorKind, ServiceError
 
 logger = logging.getLogger(__name__)
 
-THROUGHPUT_WINDOW_STEPS = 256  # steps the Retry-After estimate averages over
+THROUGHPUT_WINDOW_STEPS = 256  # steps the admission and Retry-After estimates average over
 
 
 @dataclass(frozen=True)
