@@ -200,10 +200,10 @@ class DecodeBatch:
     # ------------------------------------------------------------------ membership
 
     def _join(self, joins: Sequence[Join]) -> None:
-        """Encode the joiners, one encoder run per source length, into free rows. Unpadded runs:
-        ONNX Runtime ran the demo encoder on 8 padded sources 7x slower than on 8 of one length
-        (6.1 vs 0.8 ms, busy 2-core VM); in a closed loop of 32 users padded joins spent 0.47 s
-        in the encoder against 0.47 s in every decoder step, unpadded ones 0.33-0.37 s."""
+        """Encode the joiners, one encoder run per source length, into free rows: a padded run
+        costs as if every source were as long as the longest (8 Multi30k sentences of 19 to 64
+        tokens: 3.0 ms padded, 2.7 ms one run each, 1.4 ms for 8 of one 27-token sentence;
+        busy 2-core VM), so equal lengths share a run and nothing is padded."""
         by_length: dict[int, list[Join]] = {}
         for join in joins:
             by_length.setdefault(len(join.src_ids), []).append(join)
