@@ -21,7 +21,7 @@ def test_benchmark_compares_step_and_request_batching(
     out = tmp_path / "report.json"
     argv = [
         "--repository", str(copy_repository("translator")), "--sentences", str(sentences),
-        "--users", "1", "4", "--duration", "1", "--max-new-tokens", "8", "--out", str(out),
+        "--users", "1", "4", "--duration", "0.5", "--max-new-tokens", "8", "--out", str(out),
     ]  # fmt: skip
     assert main(argv) == 0
     rows = json.loads(out.read_text())["results"]
