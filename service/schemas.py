@@ -125,6 +125,11 @@ class BatchingInfo(BaseModel):
     max_batch_tokens: int
     max_queue_delay_ms: float
     workers: int = Field(description="engine runs in flight at once (NLPSERVE_WORKERS_PER_MODEL)")
+    scheduling: Literal["request", "step"] = Field(
+        default="request",
+        description="step: a translator's sequences join and leave the running decode batch at "
+        "every step (the batch limits above do not apply; NLPSERVE_DECODE_* do)",
+    )
 
 
 class ModelInfo(BaseModel):

@@ -145,3 +145,10 @@ def test_scheduler_metrics_are_exported(server: ServerProcess) -> None:
         assert metric(server, name + sample, model="translator") > 0, sample
     text = httpx.get(server.url + "/metrics").text
     assert 'nlpserve_decode_cache_tokens{model="translator"}' in text
+
+
+def test_models_list_says_the_translator_is_step_scheduled(server: ServerProcess) -> None:
+    """/v1/models reports scheduling "step" for the translator."""
+    models = httpx.get(server.url + "/v1/models").json()["models"]
+    (translator,) = [m for m in models if m["name"] == "translator"]
+    assert translator["batching"]["scheduling"] == "step"
