@@ -32,6 +32,7 @@ from tokenizers import Tokenizer
 
 from service.engines.decode_batch import DecodeBatch, Join
 from service.generation import DecoderState, OnnxGenerator
+from service.ort_session import SessionSettings
 
 
 def identity(
@@ -149,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    generator = OnnxGenerator.from_directory(args.version_dir, threads=args.threads)
+    settings = SessionSettings(providers="cpu", intra_op_threads=args.threads, allow_spinning=False)
+    generator = OnnxGenerator.from_directory(args.version_dir, settings)
     if args.check == "identity":
         if args.sentences is None:
             parser.error("identity needs --sentences")

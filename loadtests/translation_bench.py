@@ -29,23 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 from tokenizers import Tokenizer
 
 from loadtests.servers import nlpserve_command, running_server
+from loadtests.translation_inprocess import compare, percentiles
 from service.engines.translator import DecodingParams
 
 logger = logging.getLogger(__name__)
 
 MODES = ("step", "request")
-
-
-def percentiles(values: Sequence[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None}
-    p50, p95, p99 = np.percentile(np.asarray(values) * 1000, [50, 95, 99])
-    return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "p99": round(float(p99), 1)}
 
 
 def read_metrics(host: str) -> dict[str, float]:
@@ -132,8 +125,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sentences = [s for s in Path(args.sentences).read_text().splitlines() if s.strip()]
     sentences = sentences[: args.limit]
     if args.in_process:
-        from loadtests.translation_inprocess import compare
-
         params = DecodingParams(args.beam_size, args.max_new_tokens)
         rows = asyncio.run(
             compare(

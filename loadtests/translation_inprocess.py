@@ -17,12 +17,21 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from service.batcher import Batcher, BatchPolicy, RunStats
 from service.decode_scheduler import DecodePolicy, DecodeScheduler, StepStats
 from service.engines import ModelWorker, SessionSettings, TranslatorEngine
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams
 from service.repository import scan
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    p50, p95, p99 = np.percentile(np.asarray(values) * 1000, [50, 95, 99])
+    return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "p99": round(float(p99), 1)}
 
 
 class Counts:
@@ -145,8 +154,6 @@ async def compare(
     rates: Sequence[float] = (),
 ) -> list[dict[str, Any]]:
     """Rows of the benchmark table for both modes (see translation_bench.row)."""
-    from loadtests.translation_bench import percentiles
-
     versions, _ = scan(repository, {})
     version = next(v for v in versions if v.name == "translator")
     settings = SessionSettings(providers="cpu", intra_op_threads=threads, allow_spinning=False)

@@ -43,7 +43,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.batcher import ADMISSION_MARGIN
+from service.admission import ADMISSION_MARGIN
 from service.engines.decode_batch import Join, Outcome
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams
