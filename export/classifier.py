@@ -212,7 +212,7 @@ def run_export(job: ClassifierExport) -> Path:
         if dev is not None:  # the served graph's own dev scores, for the release's model card
             provider = "cuda" if job.fp16 and cuda_available() else "cpu"
             logits = predict(ort_fn(current, provider), tokenizer, dev.texts)
-            dev_metrics = provenance.classification_scores(logits, dev.labels, labels, job.dev)
+            dev_metrics = provenance.classification_scores(logits, dev.labels, labels, str(job.dev))
 
         stage = work / "version"
         stage.mkdir()

@@ -64,7 +64,7 @@ def record(checkpoint: Path, checkpoint_config: dict[str, Any]) -> dict[str, Any
 
 
 def classification_scores(
-    logits: np.ndarray, gold: list[int], labels: list[str], data: Path
+    logits: np.ndarray, gold: list[int], labels: list[str], data: str
 ) -> dict[str, Any]:
     """Accuracy, macro-F1 and confusion matrix (rows gold, columns predicted) of (N, C) logits."""
     predicted = logits.argmax(-1)
@@ -78,7 +78,7 @@ def classification_scores(
         denominator = confusion[k, :].sum() + confusion[:, k].sum()
         f1.append(2 * tp / denominator if denominator else 0.0)
     return {
-        "data": str(data),
+        "data": data,
         "rows": len(gold),
         "accuracy": round(float((predicted == gold_arr).mean()), 4),
         "macro_f1": round(float(np.mean(f1)), 4),

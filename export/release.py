@@ -195,12 +195,12 @@ def build_release(repo: Path, out: Path, names: list[str] | None = None) -> dict
     }
     bundle.ReleaseManifest.model_validate(release)  # what the reader will accept
     release_bytes = (json.dumps(release, indent=2) + "\n").encode("utf-8")
-    mode = "w:gz" if out.name.endswith(("gz", "tgz")) else "w"
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     mtime = int(time.time())
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(partial, mode) as tar:
+        gz = out.name.endswith(("gz", "tgz"))
+        with tarfile.open(partial, "w:gz") if gz else tarfile.open(partial, "w") as tar:
             _add(tar, f"{top}/{bundle.RELEASE_FILE}", release_bytes, mtime)
             for name, src in contents:
                 _add(tar, f"{top}/{name}", src, mtime)
