@@ -67,12 +67,11 @@ def dev_scores(manifest: dict[str, Any]) -> list[dict[str, Any]]:
                 }
             )
     beam = best.get("dev_beam", 1)
-    for metric in ("dev_bleu", "dev_chrf"):
+    for metric, label in (("dev_bleu", "BLEU"), ("dev_chrf", "chrF")):
         if best.get(metric) is not None:
             scores.append(
                 {
-                    "metric": f"{metric.removeprefix('dev_').replace('bleu', 'BLEU')} "
-                    f"({'greedy' if beam == 1 else f'beam {beam}'})",
+                    "metric": f"{label} ({'greedy' if beam == 1 else f'beam {beam}'})",
                     "value": best[metric],
                     "data": args.get("dev_tgt"),
                     "measured_by": during_training,

@@ -144,6 +144,8 @@ def _members(tar: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, PurePosixP
         if path.parts[0] != top:
             raise BundleError(f"member {member.name!r} is outside the top directory {top!r}")
         inner = PurePosixPath(*path.parts[1:])
+        if member.isfile() and not inner.parts:
+            raise BundleError(f"member {member.name!r} is a file where the top directory belongs")
         if inner in seen:
             raise BundleError(f"member {member.name!r} appears twice")
         seen.add(inner)
@@ -169,7 +171,7 @@ def _extract(archive: Path, into: Path) -> None:
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         if isinstance(e, FileNotFoundError) and not Path(archive).exists():
             raise BundleError(f"{archive} does not exist") from None
-        raise BundleError(f"{archive} is truncated or not a tar archive ({e})") from None
+        raise BundleError(f"cannot read {archive}: truncated or not a tar archive ({e})") from None
 
 
 @contextlib.contextmanager

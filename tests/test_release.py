@@ -205,3 +205,27 @@ def test_model_card_names_the_data_and_its_license() -> None:
     assert "CC BY-SA 4.0" in card and "MultiNLI" in card
     assert "| accuracy | 0.83 | snli/dev.tsv |" in card
     assert "Distilled from the averaged predictions of runs/a, runs/b" in card
+
+
+def test_dev_scores_say_what_measured_them() -> None:
+    """Training's best dev evaluation and the export's reference-scored BLEU both become scores,
+    each naming its data and how it was measured; BLEU against PyTorch's own output does not."""
+    from export.release import dev_scores
+
+    parity = {"beam_size": 4, "beam_bleu_ort": 38.68, "sentences": 200, "evaluated_on": "val.en"}
+    manifest = {
+        "parity": {"fp32_vs_pytorch": parity},
+        "provenance": {
+            "checkpoint": {
+                "best": {"step": 1666, "dev_bleu": 35.66, "dev_chrf": 58.73, "dev_beam": 1},
+                "train_args": {"dev_tgt": "val.de"},
+            }
+        },
+    }
+    scores = {s["metric"]: s for s in dev_scores(manifest)}
+    assert scores["BLEU (greedy)"]["value"] == 35.66
+    assert "step 1666" in scores["BLEU (greedy)"]["measured_by"]
+    assert scores["chrF (greedy)"]["data"] == "val.de"
+    assert scores["BLEU (beam 4)"]["rows"] == 200
+    parity["bleu_references"] = "PyTorch greedy output (no reference file given)"
+    assert "BLEU (beam 4)" not in {s["metric"] for s in dev_scores(manifest)}
