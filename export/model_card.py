@@ -110,6 +110,13 @@ def _confusion(entry: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _best_of(best: dict[str, Any] | None) -> str:
+    """' (best dev accuracy 0.8945)' for an averaged run's own record, '' if none."""
+    if best and best.get("dev_accuracy") is not None:
+        return f" (best dev accuracy {best['dev_accuracy']:.4f})"
+    return ""
+
+
 def render(name: str, entry: dict[str, Any]) -> str:
     """MODEL_CARD.md for model `name` from its release entry (see export.release)."""
     labels = ", ".join(entry.get("labels") or [])
@@ -149,15 +156,17 @@ def render(name: str, entry: dict[str, Any]) -> str:
         f"- Export command: `{built.get('export_command') or 'not recorded'}`",
         f"- Checkpoint: `{built.get('checkpoint') or 'not recorded'}`",
     ]
-    if training.get("averaged_from"):
-        sources = ", ".join(f"`{a['checkpoint']}`" for a in training["averaged_from"])
-        lines.append(f"- Weights: the average of {sources}")
+    averaged = training.get("averaged_from")
+    if averaged:
+        sources = ", ".join(f"`{a['checkpoint']}`{_best_of(a.get('best'))}" for a in averaged)
+        lines.append(f"- Weights: the uniform average of {sources}")
     teachers = (training.get("train_args") or {}).get("teachers")
     if teachers:
         lines.append(f"- Distilled from the averaged predictions of {', '.join(teachers)}")
     if training.get("train_args"):
         args = ", ".join(f"{k}={v}" for k, v in sorted(training["train_args"].items()))
-        lines.append(f"- Training arguments (as the checkpoint recorded them): {args}")
+        whose = "of the first averaged run" if averaged else "as the checkpoint recorded them"
+        lines.append(f"- Training arguments ({whose}): {args}")
     lines += ["", "## Intended use", "", INTENDED_USE, "", "## Limits", ""]
     lines += [f"- {d.limits}" for d in datasets]
     lines += [

@@ -55,6 +55,7 @@ def dev_scores(manifest: dict[str, Any]) -> list[dict[str, Any]]:
             )
     checkpoint = (manifest.get("provenance") or {}).get("checkpoint") or {}
     best, args = checkpoint.get("best") or {}, checkpoint.get("train_args") or {}
+    dev_rows = (checkpoint.get("data") or {}).get("dev_pairs")  # the translator records it
     during_training = f"PyTorch, best dev evaluation during training (step {best.get('step')})"
     for metric in ("dev_accuracy", "dev_macro_f1"):
         if best.get(metric) is not None:
@@ -74,6 +75,7 @@ def dev_scores(manifest: dict[str, Any]) -> list[dict[str, Any]]:
                     "metric": f"{label} ({'greedy' if beam == 1 else f'beam {beam}'})",
                     "value": best[metric],
                     "data": args.get("dev_tgt"),
+                    "rows": dev_rows,
                     "measured_by": during_training,
                 }
             )

@@ -199,6 +199,7 @@ def unpack(archive: Path, out: Path) -> ReleaseManifest:
         if out.exists():
             out.rmdir()
         os.rename(staging, out)
+        out.chmod(0o755)  # mkdtemp made it private; a server may run as another user
     return manifest
 
 

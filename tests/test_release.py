@@ -196,7 +196,12 @@ def test_model_card_names_the_data_and_its_license() -> None:
         "labels": ["entailment", "neutral", "contradiction"],
         "max_length": 128,
         "train_files": ["../shared/data/snli/train.tsv.gz", "../shared/data/mnli/dev_matched.tsv"],
-        "built_by": {"training": {"train_args": {"teachers": ["runs/a", "runs/b"]}}},
+        "built_by": {
+            "training": {
+                "train_args": {"teachers": ["runs/a", "runs/b"]},
+                "averaged_from": [{"checkpoint": "runs/x", "best": {"dev_accuracy": 0.8945}}],
+            }
+        },
         "dev_scores": [
             {"metric": "accuracy", "value": 0.83, "data": "snli/dev.tsv", "measured_by": "x"}
         ],
@@ -205,6 +210,8 @@ def test_model_card_names_the_data_and_its_license() -> None:
     assert "CC BY-SA 4.0" in card and "MultiNLI" in card
     assert "| accuracy | 0.83 | snli/dev.tsv |" in card
     assert "Distilled from the averaged predictions of runs/a, runs/b" in card
+    assert "average of `runs/x` (best dev accuracy 0.8945)" in card
+    assert "Training arguments (of the first averaged run)" in card
 
 
 def test_dev_scores_say_what_measured_them() -> None:
