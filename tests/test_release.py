@@ -236,3 +236,17 @@ def test_dev_scores_say_what_measured_them() -> None:
     assert scores["BLEU (beam 4)"]["rows"] == 200
     parity["bleu_references"] = "PyTorch greedy output (no reference file given)"
     assert "BLEU (beam 4)" not in {s["metric"] for s in dev_scores(manifest)}
+
+
+def test_release_of_chosen_models_only(
+    release_repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "one.tar"
+    args = ["release", "--repository", str(release_repository), "--out", str(out)]
+    assert export_main([*args, "--models", "translator"]) == 0
+    with tarfile.open(out) as tar:
+        member = tar.extractfile("one/release.json")
+        assert member is not None
+        assert list(json.load(member)["models"]) == ["translator"]
+    assert export_main([*args, "--models", "nope"]) == 2
+    assert "no model 'nope'" in capsys.readouterr().err
