@@ -125,6 +125,7 @@ def servable_models(repo: Path, names: list[str] | None) -> list[repository.Mode
         found, problems = repository.scan(repo)
     except repository.RepositoryError as e:
         raise ReleaseError(str(e)) from None
+    problems = [p for p in problems if not names or p.name in names]
     if problems:
         raise ReleaseError(
             "; ".join(f"model {p.name} is not servable: {p.reason}" for p in problems)
