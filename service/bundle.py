@@ -16,8 +16,8 @@ serving image ships `service/` alone and must be able to check a bundle it is ha
 
 An archive is refused, with a message naming the member, when a member is not a plain file or
 directory (links, devices), when its path leaves the top directory (absolute, `..`), when it is
-truncated or not a tar, or when a file is missing, unlisted or differs from its sha256 in
-release.json. Nothing is written outside a staging directory until every check has passed.
+truncated or not a tar, when it would not fit on the disk, or when a file is missing, unlisted
+or differs from its sha256 in release.json. Nothing is written outside a staging directory until every check has passed.
 """
 
 from __future__ import annotations
@@ -155,6 +155,8 @@ def _members(tar: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, PurePosixP
 def _extract(archive: Path, into: Path) -> None:
     """Write the archive's files below `into` (the top directory stripped), checking each
     member before anything of it is written."""
+    # A small archive can inflate to anything: stop before the disk is full, not after.
+    room = shutil.disk_usage(into).free
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member, inner in _members(tar):
@@ -162,6 +164,9 @@ def _extract(archive: Path, into: Path) -> None:
                 if member.isdir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
+                room -= member.size
+                if room < 0:
+                    raise BundleError(f"unpacking {member.name!r} would fill the disk of {into}")
                 source = tar.extractfile(member)
                 if source is None:  # isfile() members always have data; kept for the types
                     raise BundleError(f"member {member.name!r} has no data")

@@ -250,3 +250,12 @@ def test_release_of_chosen_models_only(
         assert list(json.load(member)["models"]) == ["translator"]
     assert export_main([*args, "--models", "nope"]) == 2
     assert "no model 'nope'" in capsys.readouterr().err
+
+
+def test_archive_larger_than_the_free_disk_is_refused(
+    archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    """A bundle that would fill the disk stops at the member that would not fit."""
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(bundle.shutil, "disk_usage", lambda _: usage._replace(free=10_000))
+    assert "would fill the disk" in refused(archive, tmp_path / "models", capsys)
