@@ -226,7 +226,9 @@ def _summary(manifest: ReleaseManifest) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.bundle", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m service.bundle", description=(__doc__ or "").splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("unpack", help="verify an archive and unpack it into a new directory")
     p.add_argument("archive", type=Path)
