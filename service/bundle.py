@@ -17,7 +17,8 @@ serving image ships `service/` alone and must be able to check a bundle it is ha
 An archive is refused, with a message naming the member, when a member is not a plain file or
 directory (links, devices), when its path leaves the top directory (absolute, `..`), when it is
 truncated or not a tar, when it would not fit on the disk, or when a file is missing, unlisted
-or differs from its sha256 in release.json. Nothing is written outside a staging directory until every check has passed.
+or differs from its sha256 in release.json. Nothing is written outside a staging directory
+until every check has passed.
 """
 
 from __future__ import annotations
