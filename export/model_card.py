@@ -156,6 +156,8 @@ def render(name: str, entry: dict[str, Any]) -> str:
         f"- Export command: `{built.get('export_command') or 'not recorded'}`",
         f"- Checkpoint: `{built.get('checkpoint') or 'not recorded'}`",
     ]
+    if entry.get("export_card"):
+        lines.append(f"- The export's own card (Hugging Face layout): `{entry['export_card']}`")
     averaged = training.get("averaged_from")
     if averaged:
         sources = ", ".join(f"`{a['checkpoint']}`{_best_of(a.get('best'))}" for a in averaged)

@@ -103,6 +103,10 @@ def release_entry(model: repository.ModelVersion) -> dict[str, Any]:
         "version": model.version,
         "task": model.config.task,
         "card": f"{model.name}/{bundle.CARD_FILE}",
+        # The export's own card (Hugging Face layout), when that export wrote one.
+        "export_card": f"{model.name}/{model.version}/README.md"
+        if "README.md" in model.manifest.files
+        else None,
         "labels": model.config.labels,
         "max_length": model.config.max_length,
         "precision": manifest["precision"],

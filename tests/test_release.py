@@ -98,6 +98,7 @@ def test_round_trip_unpacked_bundle_serves(
     card = (out / "sentiment" / "MODEL_CARD.md").read_text()
     assert "# sentiment (version 2)" in card and "Confusion matrix" in card
     assert "Intended use" in (out / "translator" / "MODEL_CARD.md").read_text()
+    assert "`sentiment/2/README.md`" in card  # the export's own card travels with the version
     server = launch_server(out)
     response = httpx.post(f"{server.url}/v1/classify", json={"texts": ["a gem"]}, timeout=30)
     assert response.status_code == 200
