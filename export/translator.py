@@ -26,7 +26,7 @@ import onnx
 import torch
 from torch import nn
 
-from export import publish, samples, torchscript
+from export import provenance, publish, samples, torchscript
 from export.parity import ParityError, require
 from export.runtime import make_session
 from export.torchscript import EXPORTER, OPSET
@@ -387,6 +387,7 @@ def run_export(job: TranslatorExport) -> Path:
                 "quantization": None,
                 "optimizations": None,
                 "parity": {"fp32_vs_pytorch": report},
+                "provenance": provenance.record(job.checkpoint, ckpt),
                 "export_seconds": round(export_s, 2),
                 "graphs": {
                     "encoder.onnx": {
