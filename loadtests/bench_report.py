@@ -160,7 +160,10 @@ def _table(run: ServerRun) -> list[str]:
         rule += "---:|---:|---:|---:|"
     lines = [f"### {run.label}" + (f" (version {run.version})" if run.version else ""), ""]
     if run.batching:
-        policy = ", ".join(f"{k} {v:g}" for k, v in run.batching.items())
+        policy = ", ".join(  # numbers, and words such as the translator's scheduling
+            f"{k} {v:g}" if isinstance(v, int | float) else f"{k} {v}"
+            for k, v in run.batching.items()
+        )
         lines += [f"Batching policy served (from /v1/models): {policy}.", ""]
     if run.label_agreement is not None:
         lines += [

@@ -151,7 +151,8 @@ def test_serving_benchmark_end_to_end_on_a_tiny_model(
     assert variant["variant"] == "w2" and variant["points"][0]["stats"]["failures"] == 0
     # The variant's server really ran with its settings (recorded from its /v1/models).
     assert variant["batching"] == {
-        "max_batch_size": 32, "max_batch_tokens": 8192, "max_queue_delay_ms": 0.0, "workers": 2
+        "max_batch_size": 32, "max_batch_tokens": 8192, "max_queue_delay_ms": 0.0, "workers": 2,
+        "scheduling": "request",  # a classifier's batches are formed per request
     }  # fmt: skip
     assert results["runs"][0]["batching"]["workers"] == 1
     assert results["checkpoint"] == str(sentiment_checkpoint)  # the manifest's source
