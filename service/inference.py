@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -121,7 +122,7 @@ class InferenceService:
         with self._counted(model, info):
             engine = self._admit(model, ClassifierEngine)
             self._check_limits(texts)
-            encoded = await _off_loop_if_large(engine.encoder.encode, texts)
+            encoded = await self._tokenize(model, engine.encoder.encode, texts)
             probabilities = await self._run(model, encoded, None, info, disconnected)
             return ClassificationResult(
                 model.name,
@@ -141,7 +142,7 @@ class InferenceService:
         with self._counted(model, info):
             engine = self._admit(model, ClassifierEngine)
             self._check_limits([text for pair in pairs for text in pair], items=len(pairs))
-            encoded = await _off_loop_if_large(engine.encoder.encode_pairs, pairs)
+            encoded = await self._tokenize(model, engine.encoder.encode_pairs, pairs)
             probabilities = await self._run(model, encoded, None, info, disconnected)
             return ClassificationResult(
                 model.name,
@@ -165,7 +166,7 @@ class InferenceService:
             engine = self._admit(model, TranslatorEngine)
             params = decoding_params(engine.default_params(), beam_size, max_new_tokens)
             self._check_limits(texts)
-            encoded = await _off_loop_if_large(engine.encoder.encode, texts)
+            encoded = await self._tokenize(model, engine.encoder.encode, texts)
             translations = await self._run(model, encoded, params, info, disconnected)
             return TranslationResult(
                 model.name, model.version_str, translations, self._truncated(model, encoded)
@@ -220,6 +221,15 @@ class InferenceService:
                     f"text {i if items is None else i // 2} has {len(text)} characters; "
                     f"max_text_chars is {max_chars}",
                 )
+
+    async def _tokenize(
+        self, model: ServedModel, encode: Callable[[Any], list[Encoded]], inputs: Any
+    ) -> list[Encoded]:
+        started = time.perf_counter()
+        encoded = await _off_loop_if_large(encode, inputs)
+        self.metrics.tokenization_seconds.labels(model.name).observe(time.perf_counter() - started)
+        self.metrics.tokens.labels(model.name).inc(sum(e.tokens for e in encoded))
+        return encoded
 
     def _truncated(self, model: ServedModel, encoded: Sequence[Encoded]) -> list[int]:
         cut = [i for i, e in enumerate(encoded) if e.truncated]

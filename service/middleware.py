@@ -62,6 +62,8 @@ class RequestMiddleware:
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                if info.batch_size is not None:  # the playground shows it per request
+                    message["headers"].append((b"x-batch-size", str(info.batch_size).encode()))
             await send(message)
 
         received = 0
