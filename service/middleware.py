@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.context import RequestInfo
 from service.errors import ErrorKind
 from service.http_errors import error_body
+from service.logs import access_level
 
 if TYPE_CHECKING:
     from service.dependencies import ServiceState
@@ -90,7 +91,8 @@ class RequestMiddleware:
             self.state.metrics.request_seconds.labels(
                 route_path, info.model or "", str(status)
             ).observe(seconds)
-            access_log.info(
+            access_log.log(
+                access_level(route_path),
                 "%s %s %d",
                 scope["method"],
                 route_path,
