@@ -37,6 +37,7 @@ from service.routers import (
     v2,
 )
 from service.settings import Settings, get_settings
+from service.tracing import Tracing, install_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(stats.router)
     app.include_router(playground.router)
+    if settings.otlp_endpoint:
+        install_tracing(app, Tracing.otlp(settings.otlp_endpoint))
     return app
 
 

@@ -26,6 +26,7 @@ from service.metrics import ServiceMetrics
 from service.registry import ModelRegistry, ModelState, ServedModel
 from service.repository import Task
 from service.settings import Settings
+from service.tracing import mark_admission, mark_batches, mark_tokenization
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ class InferenceService:
     def _counted(self, model: ServedModel, info: RequestInfo) -> Iterator[None]:
         """Count refusals by reason, and hold the drain open while accepted work runs."""
         info.model = model.name
+        mark_admission()
         accepted = False
         try:
             if self.lifecycle.draining:
@@ -225,9 +227,11 @@ class InferenceService:
     async def _tokenize(
         self, model: ServedModel, encode: Callable[[Any], list[Encoded]], inputs: Any
     ) -> list[Encoded]:
-        started = time.perf_counter()
+        started = time.monotonic()  # the batcher's clock too: one time line for the trace
         encoded = await _off_loop_if_large(encode, inputs)
-        self.metrics.tokenization_seconds.labels(model.name).observe(time.perf_counter() - started)
+        ended = time.monotonic()
+        self.metrics.tokenization_seconds.labels(model.name).observe(ended - started)
+        mark_tokenization(started, ended)
         self.metrics.tokens.labels(model.name).inc(sum(e.tokens for e in encoded))
         return encoded
 
@@ -266,6 +270,7 @@ class InferenceService:
         )
         results = await wait_all([item.future for item in items], remaining, disconnected, timeout)
         info.batch_size = max(item.batch_size for item in items)
+        mark_batches(items)
         return results
 
 

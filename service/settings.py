@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         "json otherwise",
     )
 
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OpenTelemetry traces to this OTLP/HTTP endpoint, e.g. "
+        "http://collector:4318/v1/traces (off when unset; needs the otel extra)",
+    )
+
     # --- ONNX Runtime
     providers: Literal["cpu", "cuda", "auto"] = Field(
         default="auto",
