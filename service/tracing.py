@@ -113,10 +113,11 @@ class Tracing:
             raise RuntimeError(OTEL_MISSING) from e
         import service
 
-        # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES still apply: Resource.create reads them
-        resource = Resource.create(
-            {"service.name": "nlpserve", "service.version": service.__version__}
-        )
+        # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES apply (Resource.create reads them);
+        # without them the service is "nlpserve", not the SDK's "unknown_service"
+        resource = Resource.create({"service.version": service.__version__})
+        if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+            resource = resource.merge(Resource({"service.name": "nlpserve"}))
         self.provider: TracerProvider = TracerProvider(resource=resource)
         # Batch: spans leave on a background thread, never on the request path. Simple: at once
         # (tests read an in-memory exporter right after the response).

@@ -118,3 +118,16 @@ def test_tracing_is_off_by_default(
 def test_an_endpoint_turns_on_otlp_export(service_settings: Callable[..., Any]) -> None:
     app = create_app(service_settings(otlp_endpoint="http://127.0.0.1:4318/v1/traces"))
     assert TracingMiddleware in {m.cls for m in app.user_middleware}
+
+
+def test_service_name_defaults_to_nlpserve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standard OTEL_SERVICE_NAME wins over the default."""
+
+    def service_name() -> object:
+        return Tracing(InMemorySpanExporter()).provider.resource.attributes["service.name"]
+
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    assert service_name() == "nlpserve"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "nlpserve-eu")
+    assert service_name() == "nlpserve-eu"
