@@ -86,12 +86,20 @@ def mark_batches(items: Sequence[Any]) -> None:
         return
     trace.results_at = time.monotonic()
     trace.enqueued_at = min(item.enqueued_at for item in items)
-    started = [item.run_started for item in items if item.run_started is not None]
+    # getattr: a scheduler whose items do not record their run still gets a queue+engine span
+    runs = {
+        (
+            getattr(item, "run_started", None),
+            getattr(item, "batch_size", 0),
+            getattr(item, "padded_tokens", 0),
+        )
+        for item in items
+    }
+    started = [run[0] for run in runs if run[0] is not None]
     trace.run_started = min(started) if started else trace.results_at
-    runs = {(item.run_started, item.batch_size, item.padded_tokens) for item in items}
     trace.runs = len(runs)
-    trace.batch_size = max(item.batch_size for item in items)
-    trace.padded_tokens = sum(padded for _, _, padded in runs)
+    trace.batch_size = max(run[1] for run in runs)
+    trace.padded_tokens = sum(run[2] for run in runs)
 
 
 # ------------------------------------------------------------------ set-up
