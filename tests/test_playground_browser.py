@@ -138,6 +138,8 @@ def test_playground_round_trips_in_a_real_browser(
         )
     )
     assert console_errors(driver) == []
+    overflow = "return document.documentElement.scrollWidth - window.innerWidth"
+    assert driver.execute_script(overflow) <= 0  # nothing wider than the window
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     screenshot = ARTIFACTS / "playground.png"

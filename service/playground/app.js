@@ -190,6 +190,32 @@ async function run(event) {
 
 const fixed = (value, digits) => (value === null || value === undefined ? "–" : value.toFixed(digits));
 
+// requests/s per model over the last minute, drawn as a small line next to the numbers
+const TREND_POINTS = 60;
+const trends = new Map();
+const SVG = "http://www.w3.org/2000/svg";  // a namespace name, not something fetched
+
+function trendCell(model, value) {
+  const points = trends.get(model) || [];
+  points.push(value);
+  if (points.length > TREND_POINTS) points.shift();
+  trends.set(model, points);
+  const width = 72, height = 18, top = Math.max(...points, 1e-9);
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height);
+  svg.setAttribute("class", "trend");
+  const line = document.createElementNS(SVG, "polyline");
+  const step = width / (TREND_POINTS - 1);
+  const offset = width - step * (points.length - 1);
+  line.setAttribute("points", points.map((p, i) =>
+    `${(offset + i * step).toFixed(1)},${(height - 1 - (p / top) * (height - 2)).toFixed(1)}`).join(" "));
+  svg.append(line);
+  const cell = el("td");
+  cell.append(svg);
+  return cell;
+}
+
 let liveBusy = false;
 async function refreshLive() {
   if (liveBusy) return;  // a slow answer: skip a tick rather than pile requests up
@@ -204,6 +230,7 @@ async function refreshLive() {
         m.model, fixed(m.requests_per_s, 2), fixed(m.latency_p50_ms, 1), fixed(m.latency_p95_ms, 1),
         String(m.queue_depth), fixed(m.batch_size_mean, 1), fixed(m.padding_efficiency_mean, 2),
       ]) row.append(el("td", "", cell));
+      row.append(trendCell(m.model, m.requests_per_s));
       return row;
     }));
     $("live-error").textContent = "";
