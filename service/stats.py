@@ -13,12 +13,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client.metrics import MetricWrapperBase
-
-if TYPE_CHECKING:
-    from service.metrics import ServiceMetrics
 
 DEFAULT_WINDOW_S = 10.0  # long enough to smooth 1 Hz polling, short enough to follow a load test
 
@@ -61,6 +58,26 @@ class Histo:
 Reading = dict[str, dict[str, Histo]]  # metric -> model -> histogram
 
 
+class SummarisedMetrics(Protocol):
+    """The histograms of `service.metrics.ServiceMetrics` summarised here (a protocol, so the
+    metrics module can own a LiveStats without an import cycle)."""
+
+    @property
+    def request_seconds(self) -> MetricWrapperBase: ...
+
+    @property
+    def batch_size(self) -> MetricWrapperBase: ...
+
+    @property
+    def padding_efficiency(self) -> MetricWrapperBase: ...
+
+    @property
+    def queue_wait(self) -> MetricWrapperBase: ...
+
+    @property
+    def inference_seconds(self) -> MetricWrapperBase: ...
+
+
 def _read(metric: MetricWrapperBase, models: dict[str, Histo]) -> None:
     for family in metric.collect():
         for sample in family.samples:
@@ -80,7 +97,7 @@ def _read(metric: MetricWrapperBase, models: dict[str, Histo]) -> None:
 class LiveStats:
     def __init__(
         self,
-        metrics: ServiceMetrics,
+        metrics: SummarisedMetrics,
         window_s: float = DEFAULT_WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
