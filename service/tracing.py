@@ -85,7 +85,7 @@ def mark_batches(items: Sequence[Any]) -> None:
     if trace is None or not items:
         return
     trace.results_at = time.monotonic()
-    trace.enqueued_at = min(item.enqueued_at for item in items)
+    trace.enqueued_at = min(getattr(item, "enqueued_at", trace.results_at) for item in items)
     # getattr: a scheduler whose items do not record their run still gets a queue+engine span
     runs = {
         (
@@ -96,7 +96,7 @@ def mark_batches(items: Sequence[Any]) -> None:
         for item in items
     }
     started = [run[0] for run in runs if run[0] is not None]
-    trace.run_started = min(started) if started else trace.results_at
+    trace.run_started = min(started) if started else None
     trace.runs = len(runs)
     trace.batch_size = max(run[1] for run in runs)
     trace.padded_tokens = sum(run[2] for run in runs)
@@ -231,14 +231,18 @@ class TracingMiddleware:
         ]
         if rt.tokenization:
             steps.append(("tokenization", *rt.tokenization, {}))
-        if rt.enqueued_at is not None and rt.run_started is not None:
-            steps.append(("queue wait", rt.enqueued_at, rt.run_started, {}))
-            attributes = {
+        if rt.enqueued_at is not None:
+            attributes: dict[str, Any] = {
                 "nlpserve.batch_size": rt.batch_size,
                 "nlpserve.padded_tokens": rt.padded_tokens,
                 "nlpserve.runs": rt.runs,
             }
-            steps.append(("engine run", rt.run_started, rt.results_at, attributes))
+            if rt.run_started is not None:
+                steps.append(("queue wait", rt.enqueued_at, rt.run_started, {}))
+                steps.append(("engine run", rt.run_started, rt.results_at, attributes))
+            else:  # a scheduler that does not say when the run started: one span for both
+                attributes["nlpserve.includes_queue_wait"] = True
+                steps.append(("engine run", rt.enqueued_at, rt.results_at, attributes))
         if rt.results_at is not None:
             steps.append(("response encoding", rt.results_at, now, {}))
         from opentelemetry import trace

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,8 +16,16 @@ from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+import service.tracing as tracing_module
 from service.app import create_app
-from service.tracing import Tracing, TracingMiddleware, install_tracing
+from service.tracing import (
+    RequestTrace,
+    Tracing,
+    TracingMiddleware,
+    install_tracing,
+    mark_admission,
+    mark_batches,
+)
 from tests.conftest import wait_until_ready
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -131,3 +141,27 @@ def test_service_name_defaults_to_nlpserve(monkeypatch: pytest.MonkeyPatch) -> N
     assert service_name() == "nlpserve"
     monkeypatch.setenv("OTEL_SERVICE_NAME", "nlpserve-eu")
     assert service_name() == "nlpserve-eu"
+
+
+def test_a_scheduler_without_run_times_gets_one_engine_span() -> None:
+    """Work items that record when they were queued but not when their run started (a step
+    scheduler's) give one `engine run` span from enqueueing to results, marked as such."""
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(exporter, batch=False)
+    middleware = TracingMiddleware(app=None, tracing=tracing)  # type: ignore[arg-type]
+    request_span = tracing.tracer.start_span("POST /v1/translate")
+    trace = RequestTrace(request_span, time.time_ns() - time.monotonic_ns())
+    token = tracing_module._current.set(trace)
+    try:
+        mark_admission()
+        queued = time.monotonic()
+        mark_batches([SimpleNamespace(enqueued_at=queued, batch_size=3)])
+    finally:
+        tracing_module._current.reset(token)
+    middleware._emit_steps(trace)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"admission", "engine run", "response encoding"}
+    engine = spans["engine run"]
+    assert engine.attributes["nlpserve.includes_queue_wait"] is True
+    assert engine.attributes["nlpserve.batch_size"] == 3
+    assert engine.start_time == trace.ns(queued)
