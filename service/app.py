@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.models_router)  # guarded in its own declaration
     app.include_router(health.router)
     app.include_router(metrics.router)
-    app.include_router(stats.router)
+    app.include_router(stats.router, dependencies=guarded)
     app.include_router(playground.router)
     if settings.otlp_endpoint:
         install_tracing(app, Tracing.otlp(settings.otlp_endpoint))

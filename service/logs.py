@@ -14,10 +14,6 @@ from typing import Any, TextIO
 # Attributes every LogRecord has; anything else on a record came in through `extra=`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
-# Routes polled by machines (probes, Prometheus, the playground's live panel): their access lines
-# are logged at debug, or a pod writes one info line per probe per few seconds forever.
-POLLED_ROUTES = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics", "/v1/stats"})
-
 _LEVEL_COLORS = {"WARNING": "\x1b[33m", "ERROR": "\x1b[31m", "CRITICAL": "\x1b[1;31m"}
 
 
@@ -28,10 +24,6 @@ def _extra(record: logging.LogRecord) -> dict[str, Any]:
         # color_message: uvicorn's copy of the message with ANSI colours
         if key not in _STANDARD and not key.startswith("_") and key != "color_message"
     }
-
-
-def access_level(route: str) -> int:
-    return logging.DEBUG if route in POLLED_ROUTES else logging.INFO
 
 
 class JsonFormatter(logging.Formatter):
@@ -72,7 +64,7 @@ class TextFormatter(logging.Formatter):
 
 
 def resolve_format(fmt: str, stream: TextIO) -> str:
-    """ "auto": text for a person at a terminal, JSON for everything else (files, pipes, pods)."""
+    """With "auto": text for a person at a terminal, JSON for everything else (pipes, pods)."""
     if fmt != "auto":
         return fmt
     return "text" if stream.isatty() else "json"

@@ -155,7 +155,7 @@ def test_playground_round_trips_in_a_real_browser(
     by_id(driver, "run").click()
     WebDriverWait(driver, WAIT_S).until(lambda d: by_id(d, "error").is_displayed())
     assert by_id(driver, "error").text == (
-        f"413: text 0 has {MAX_TEXT_CHARS + 1} characters; max_text_chars is {MAX_TEXT_CHARS}"
+        f"413: texts[0] has {MAX_TEXT_CHARS + 1} characters; max_text_chars is {MAX_TEXT_CHARS}"
     )
     errors = console_errors(driver)
     assert len(errors) == 1 and "/v1/classify" in errors[0] and "413" in errors[0], errors

@@ -64,12 +64,14 @@ def test_rates_cover_the_last_window_only() -> None:
 
 
 def test_stats_endpoint_reports_served_models(client: TestClient) -> None:
-    """/v1/stats answers without a key (like /metrics) and lists every model; requests show."""
+    """/v1/stats lists every model and counts the requests it saw; it needs the key, like
+    every /v1 route."""
     headers = {"authorization": "Bearer stats-test-key"}
     reply = client.post("/v1/classify", json={"texts": ["good", "bad"]}, headers=headers)
     assert reply.status_code == 200
     assert reply.headers["x-batch-size"] == "2"
-    stats = client.get("/v1/stats").json()
+    assert client.get("/v1/stats").status_code == 401
+    stats = client.get("/v1/stats", headers=headers).json()
     rows = {row["model"]: row for row in stats["models"]}
     assert set(rows) == {"sentiment", "nli", "translator"}
     assert rows["sentiment"]["requests_per_s"] > 0

@@ -24,6 +24,9 @@ const LIVE_REFRESH_MS = 1000;
 
 const $ = (id) => document.getElementById(id);
 let models = [];
+// /v1/stats needs the API key like every /v1 route: poll it only once /v1/models answered, so a
+// page without its key does not collect one 401 a second.
+let authorized = false;
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -70,9 +73,13 @@ async function loadModels() {
     const { json } = await api("/v1/models");
     models = json.models.filter((m) => m.task in ROUTES);
     showError("");
+    authorized = true;
+    refreshLive();
   } catch (error) {
     models = [];
+    authorized = false;
     showError(`Could not list the models (${error.message})`);
+    $("live-error").textContent = "live numbers: once the models are listed";
   }
   const select = $("model");
   const previous = select.value;
@@ -218,7 +225,7 @@ function trendCell(model, value) {
 
 let liveBusy = false;
 async function refreshLive() {
-  if (liveBusy) return;  // a slow answer: skip a tick rather than pile requests up
+  if (liveBusy || !authorized) return;  // busy: skip a tick rather than pile requests up
   liveBusy = true;
   try {
     const { json } = await api("/v1/stats");
@@ -249,7 +256,6 @@ function start() {
     $(id).addEventListener("input", () => { $(id).dataset.example = "no"; });
   }
   loadModels();
-  refreshLive();
   setInterval(refreshLive, LIVE_REFRESH_MS);
 }
 

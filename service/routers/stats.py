@@ -1,6 +1,6 @@
 """GET /v1/stats: live per-model numbers (the playground's panel polls it once a second).
 
-Not behind the API keys, like /metrics: it holds the same numbers, summarised.
+Behind the API keys like every /v1 route (service/auth.py), unlike /metrics.
 """
 
 from __future__ import annotations
