@@ -38,8 +38,10 @@ from service.errors import ErrorKind, ServiceError
 logger = logging.getLogger(__name__)
 
 # A request is refused (429) when the predicted wait passes this share of its remaining deadline:
-# the prediction is an average, and the request's own run comes after the wait.
-ADMISSION_MARGIN = 0.8
+# the prediction is an average, the request's own run comes after the wait, and an event loop
+# busy with parsing and tokenising other requests delays its answer further (0.8 still let
+# 12 of 988 requests time out in loadtests/reliability.py's overload run; 0.5 none).
+ADMISSION_MARGIN = 0.5
 
 P = TypeVar("P")  # what one sequence hands the engine (e.g. its token ids)
 R = TypeVar("R")  # what the engine returns for one sequence
