@@ -18,7 +18,8 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI
 
 import service
-from service.dependencies import ServiceState, require_api_key
+from service.context import ServiceState
+from service.dependencies import require_api_key
 from service.http_errors import install_error_handlers
 from service.inference import InferenceService
 from service.lifecycle import Lifecycle

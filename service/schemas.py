@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.inference import ClassificationResult
+from service.limits import MAX_BEAM_SIZE, MAX_NEW_TOKENS
 
 STRICT = ConfigDict(strict=True, extra="forbid")
 
@@ -72,10 +73,13 @@ class TranslateRequest(BaseModel):
     texts: list[str] = Field(min_length=1, description="source texts")
     model: str | None = ModelName
     beam_size: int | None = Field(
-        default=None, ge=1, le=16, description="1 = greedy; default: the model's"
+        default=None, ge=1, le=MAX_BEAM_SIZE, description="1 = greedy; default: the model's"
     )
     max_new_tokens: int | None = Field(
-        default=None, ge=1, le=1024, description="default: the model's generation.max_new_tokens"
+        default=None,
+        ge=1,
+        le=MAX_NEW_TOKENS,
+        description="default: the model's generation.max_new_tokens",
     )
 
 
