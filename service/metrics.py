@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.batcher import RunStats
+from service.decode_metrics import DecodeMetrics, DecodeStepMetrics
 from service.stats import LiveStats
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -143,6 +144,8 @@ class ServiceMetrics:
             ["model"],
             registry=r,
         )
+
+        self.decode = DecodeMetrics(r)
         self.live = LiveStats(self)
 
     def watch_models(self, models: Callable[[], Iterable[ModelView]]) -> None:
@@ -150,6 +153,9 @@ class ServiceMetrics:
 
     def batch_observer(self, model: str) -> BatchMetrics:
         return BatchMetrics(self, model)
+
+    def decode_observer(self, model: str) -> DecodeStepMetrics:
+        return self.decode.observer(model)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.batcher import Batcher, BatchPolicy
-from service.engines import Engine, ModelWorker, SessionSettings, load_engine
+from service.decode_scheduler import DecodePolicy, DecodeScheduler
+from service.engines import Engine, ModelWorker, SessionSettings, TranslatorEngine, load_engine
 from service.errors import ErrorKind, ServiceError, shorten
 from service.metrics import ServiceMetrics
 from service.repository import ModelConfig, ModelVersion, RepositoryError, scan
@@ -40,7 +41,7 @@ class ServedModel:
     version: int | None = None
     provider: str | None = None
     engine: Engine | None = None
-    batcher: Batcher[Any, Any] | None = None
+    batcher: Batcher[Any, Any] | DecodeScheduler | None = None
     worker: ModelWorker | None = None
     reason: str | None = None  # why FAILED (server log wording; not sent to clients)
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -170,9 +171,14 @@ class ModelRegistry:
         async def run_batch(payloads: list[Any], key: Hashable) -> list[Any]:
             return await worker.call(engine.run, payloads, key)
 
-        batcher: Batcher[Any, Any] = Batcher(
-            version.name, run_batch, policy, observer=self._metrics.batch_observer(version.name)
-        )
+        batcher: Batcher[Any, Any] | DecodeScheduler
+        if self._steps_decoding(engine):
+            assert isinstance(engine, TranslatorEngine)
+            batcher = decode_scheduler(version.name, engine, self._settings, self._metrics)
+        else:
+            batcher = Batcher(
+                version.name, run_batch, policy, observer=self._metrics.batch_observer(version.name)
+            )
         batcher.start()
         model.engine, model.worker, model.batcher = engine, worker, batcher
         model.provider = engine.provider
@@ -190,6 +196,20 @@ class ModelRegistry:
             policy.max_concurrent_runs,
         )
 
+    def _steps_decoding(self, engine: Engine) -> bool:
+        """Translators decode step by step unless told otherwise or exported before it."""
+        if not isinstance(engine, TranslatorEngine):
+            return False
+        if self._settings.translation_batching != "step":
+            return False
+        if not engine.generator.has_self_mask:
+            logger.warning(
+                "translator decoder.onnx has no self_mask input (exported before step "
+                "scheduling): request-level batching; re-export to decode step by step"
+            )
+            return False
+        return True
+
     # ------------------------------------------------------------------ shutdown
 
     async def shutdown(self, timeout_s: float) -> None:
@@ -199,3 +219,22 @@ class ModelRegistry:
         for model in self._models.values():
             if model.worker:
                 model.worker.shutdown()
+
+
+def decode_scheduler(
+    name: str, engine: TranslatorEngine, settings: Settings, metrics: ServiceMetrics
+) -> DecodeScheduler:
+    """The scheduler of a served translator, with the service's settings and metrics."""
+    policy = DecodePolicy(
+        max_running_sequences=settings.decode_max_running_sequences,
+        max_cache_tokens=settings.decode_max_cache_tokens,
+        max_queue_size=settings.max_queue_size,
+    )
+    return DecodeScheduler(
+        name,
+        engine.decode_batch(),
+        policy,
+        finish=engine.finish,
+        max_steps=engine.generator.max_steps,
+        observer=metrics.decode_observer(name),
+    )
