@@ -74,7 +74,7 @@ def shrink_checkpoint(checkpoint: Path, out: Path, layers: list[int] | int) -> d
         BertModel(encoder_config), len(config["labels"]), dropout=teacher.dropout.p
     )
     student.load_state_dict(shrink_state(teacher.state_dict(), kept), strict=True)
-    extra = {k: config[k] for k in ("init", "train_args") if k in config}
+    extra: dict[str, Any] = {k: config[k] for k in ("init", "train_args") if k in config}
     extra["shrunk_from"] = {
         "checkpoint": str(checkpoint),
         "layers": kept,
