@@ -26,8 +26,19 @@ from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 from service.middleware import RequestMiddleware
 from service.registry import ModelRegistry
-from service.routers import classify, health, metrics, models, nli, translate, v2
+from service.routers import (
+    classify,
+    health,
+    metrics,
+    models,
+    nli,
+    playground,
+    stats,
+    translate,
+    v2,
+)
 from service.settings import Settings, get_settings
+from service.tracing import Tracing, install_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +94,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.models_router)  # guarded in its own declaration
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(stats.router, dependencies=guarded)
+    app.include_router(playground.router)
+    if settings.otlp_endpoint:
+        install_tracing(app, Tracing.otlp(settings.otlp_endpoint))
     return app
 
 

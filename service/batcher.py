@@ -67,6 +67,8 @@ class WorkItem(Generic[P, R]):
     enqueued_at: float
     deadline: float
     batch_size: int = 0  # size of the run it went into, for the request log
+    run_started: float | None = None  # when that run started, for the request's trace
+    padded_tokens: int = 0  # that run's padded tokens, for the request's trace
 
 
 @dataclass(frozen=True)
@@ -324,8 +326,11 @@ class Batcher(Generic[P, R]):
 
     async def _run_group(self, group: list[WorkItem[P, R]]) -> None:
         started = self._clock.now()
+        padded_tokens = len(group) * max(item.tokens for item in group)
         for item in group:
             item.batch_size = len(group)
+            item.run_started = started
+            item.padded_tokens = padded_tokens
         failed = False
         try:
             results = await self._run_batch([item.payload for item in group], group[0].key)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from service.request_info import RequestInfo
 from service.settings import Settings
 from service.streaming import TranslationStream
 from service.text_checks import unencodable
+from service.tracing import mark_admission, mark_batches, mark_tokenization
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +136,7 @@ class InferenceService:
         with self._counted(model, info):
             engine = self._admit(model, ClassifierEngine)
             self._check_texts(texts, lambda i: f"texts[{i}]")
-            encoded = await _off_loop_if_large(engine.encoder.encode, texts)
+            encoded = await self._tokenize(model, engine.encoder.encode, texts)
             probabilities = await self._run(model, encoded, None, info, disconnected)
             return ClassificationResult(
                 model.name,
@@ -158,7 +160,7 @@ class InferenceService:
                 lambda i: f"pairs[{i // 2}].{('premise', 'hypothesis')[i % 2]}",
                 items=len(pairs),
             )
-            encoded = await _off_loop_if_large(engine.encoder.encode_pairs, pairs)
+            encoded = await self._tokenize(model, engine.encoder.encode_pairs, pairs)
             probabilities = await self._run(model, encoded, None, info, disconnected)
             return ClassificationResult(
                 model.name,
@@ -182,7 +184,7 @@ class InferenceService:
             engine = self._admit(model, TranslatorEngine)
             params = decoding_params(engine.default_params(), beam_size, max_new_tokens)
             self._check_texts(texts, lambda i: f"texts[{i}]")
-            encoded = await _off_loop_if_large(engine.encoder.encode, texts)
+            encoded = await self._tokenize(model, engine.encoder.encode, texts)
             translations = await self._run(model, encoded, params, info, disconnected)
             return TranslationResult(
                 model.name, model.version_str, translations, self._truncated(model, encoded)
@@ -216,7 +218,7 @@ class InferenceService:
                 )
             params = decoding_params(engine.default_params(), 1, max_new_tokens)
             self._check_texts([text], lambda i: f"texts[{i}]")
-            (encoded,) = await _off_loop_if_large(engine.encoder.encode, [text])
+            (encoded,) = await self._tokenize(model, engine.encoder.encode, [text])
             if encoded.truncated and not self.settings.truncate:
                 raise ServiceError(
                     ErrorKind.VALIDATION,
@@ -260,6 +262,7 @@ class InferenceService:
     def _counted(self, model: ServedModel, info: RequestInfo) -> Iterator[None]:
         """Count refusals by reason, and hold the drain open while accepted work runs."""
         info.model = model.name
+        mark_admission()
         accepted = False
         try:
             if self.lifecycle.draining:
@@ -310,6 +313,17 @@ class InferenceService:
             if problem:
                 raise ServiceError(ErrorKind.VALIDATION, f"{where(i)}: {problem}")
 
+    async def _tokenize(
+        self, model: ServedModel, encode: Callable[[Any], list[Encoded]], inputs: Any
+    ) -> list[Encoded]:
+        started = time.monotonic()  # the batcher's clock too: one time line for the trace
+        encoded = await _off_loop_if_large(encode, inputs)
+        ended = time.monotonic()
+        self.metrics.tokenization_seconds.labels(model.name).observe(ended - started)
+        mark_tokenization(started, ended)
+        self.metrics.tokens.labels(model.name).inc(sum(e.tokens for e in encoded))
+        return encoded
+
     def _truncated(self, model: ServedModel, encoded: Sequence[Encoded]) -> list[int]:
         cut = [i for i, e in enumerate(encoded) if e.truncated]
         if cut:
@@ -354,6 +368,7 @@ class InferenceService:
             running=lambda: all(item.batch_size for item in items),
         )
         info.batch_size = max(item.batch_size for item in items)
+        mark_batches(items)
         return results
 
 

@@ -13,6 +13,8 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -20,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from service.batcher import RunStats
 from service.decode_metrics import DecodeMetrics, DecodeStepMetrics
+from service.stats import LiveStats
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -61,6 +64,10 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_* (CPU seconds, resident memory, open fds) and python_info, as the global
+        # registry would have them; this registry is per app so tests can build several apps.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.request_seconds = Histogram(
             "nlpserve_request_duration_seconds",
             "HTTP request latency",
@@ -108,7 +115,7 @@ class ServiceMetrics:
             registry=r,
         )
         self.padding_efficiency = Histogram(
-            "nlpserve_padding_efficiency",
+            "nlpserve_padding_efficiency_ratio",
             "Real tokens / padded tokens per engine run",
             ["model"],
             buckets=RATIO_BUCKETS,
@@ -124,8 +131,22 @@ class ServiceMetrics:
         self.failed_runs = Counter(
             "nlpserve_failed_runs", "Engine runs that raised", ["model"], registry=r
         )
+        self.tokenization_seconds = Histogram(
+            "nlpserve_tokenization_seconds",
+            "Time to tokenize one request's inputs",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "nlpserve_tokens",
+            "Tokens of accepted inputs after truncation (exported as nlpserve_tokens_total)",
+            ["model"],
+            registry=r,
+        )
 
         self.decode = DecodeMetrics(r)
+        self.live = LiveStats(self)
 
     def watch_models(self, models: Callable[[], Iterable[ModelView]]) -> None:
         self.registry.register(_ModelsCollector(models))

@@ -43,9 +43,9 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 DISCARD_MAX_BYTES = 256 * 1024 * 1024
 DISCARD_MAX_SECONDS = 10.0
 
-# Health probes and scrapes are logged at debug level: one info line per kubelet probe drowns
-# the request log.
-QUIET_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+# Health probes, scrapes and the playground's /v1/stats polls are logged at debug level: one
+# info line per kubelet probe drowns the request log.
+QUIET_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics", "/v1/stats"})
 
 
 class BodyTooLarge(HTTPException):
@@ -85,6 +85,8 @@ class RequestMiddleware:
                 extra = [(b"x-request-id", request_id.encode())]
                 if close or self.state.lifecycle.draining:
                     extra.append((b"connection", b"close"))
+                if info.batch_size is not None:  # the playground shows it per request
+                    extra.append((b"x-batch-size", str(info.batch_size).encode()))
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 

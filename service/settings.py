@@ -36,8 +36,16 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="interface to bind (0.0.0.0 in containers)")
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "text"] = Field(
-        default="json", description="json: one object per line"
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto",
+        description="json: one object per line; text: readable lines; auto: text at a terminal, "
+        "json otherwise",
+    )
+
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OpenTelemetry traces to this OTLP/HTTP endpoint, e.g. "
+        "http://collector:4318/v1/traces (off when unset; needs the otel extra)",
     )
 
     # --- connections (uvicorn's HTTP/1.1 server; see service/connections.py)

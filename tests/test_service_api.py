@@ -257,9 +257,13 @@ def test_metrics_observe_requests_and_batches(client: TestClient) -> None:
     for name in (
         "nlpserve_batch_size_count",
         "nlpserve_batch_tokens_bucket",
-        "nlpserve_padding_efficiency_bucket",
+        "nlpserve_padding_efficiency_ratio_bucket",
         "nlpserve_queue_wait_seconds_count",
         "nlpserve_inference_seconds_count",
+        'nlpserve_tokenization_seconds_count{model="sentiment"}',
+        'nlpserve_tokens_total{model="sentiment"}',
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
         'nlpserve_queue_depth{model="sentiment"}',
         'nlpserve_model_ready{model="nli"} 1.0',
     ):

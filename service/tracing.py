@@ -1,0 +1,255 @@
+"""OpenTelemetry traces, optional: on with `NLPSERVE_OTLP_ENDPOINT` (and the `otel` extra).
+
+One server span per HTTP request (the client's W3C `traceparent` continues its trace) with child
+spans for the steps of inference: admission, tokenization, queue wait, engine run (batch size and
+padded tokens as attributes) and response encoding. The trace id goes into the request's log line.
+
+The inference path only leaves timestamps on the request's `RequestTrace` (found through a
+context variable, so nothing is passed around); the spans are built from them, with their real
+start and end times, when the response starts. With tracing off no middleware is installed, the
+context variable stays empty, every `mark_*` call returns at its first line, and opentelemetry
+is never imported.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Span, Tracer
+
+OTEL_MISSING = "NLPSERVE_OTLP_ENDPOINT needs OpenTelemetry: pip install 'nlpserve[otel]'"
+ACCESS_LOGGER = "nlpserve.access"  # the request log line (service/middleware.py)
+
+
+@dataclass
+class RequestTrace:
+    """One request's span and the monotonic timestamps of its inference steps."""
+
+    span: Span
+    epoch_offset_ns: int  # time.time_ns() - time.monotonic_ns(), fixed at the request's start
+    admission_at: float | None = None
+    tokenization: tuple[float, float] | None = None
+    enqueued_at: float | None = None
+    run_started: float | None = None
+    results_at: float | None = None
+    batch_size: int = 0
+    padded_tokens: int = 0
+    runs: int = 0
+    emitted: bool = field(default=False, repr=False)
+
+    @property
+    def trace_id(self) -> str:
+        return format(self.span.get_span_context().trace_id, "032x")
+
+    def ns(self, monotonic_s: float) -> int:
+        return int(monotonic_s * 1e9) + self.epoch_offset_ns
+
+
+_current: contextvars.ContextVar[RequestTrace | None] = contextvars.ContextVar(
+    "nlpserve_request_trace", default=None
+)
+
+
+# ------------------------------------------------------------------ what the inference path marks
+
+
+def mark_admission() -> None:
+    """Inference started checking the request (draining, readiness, limits)."""
+    trace = _current.get()
+    if trace is not None and trace.admission_at is None:
+        trace.admission_at = time.monotonic()
+
+
+def mark_tokenization(started: float, ended: float) -> None:
+    trace = _current.get()
+    if trace is not None:
+        trace.tokenization = (started, ended)
+
+
+def mark_batches(items: Sequence[Any]) -> None:
+    """The request's sequences came back from the batcher (`WorkItem`s with `enqueued_at`,
+    `run_started`, `batch_size`, `padded_tokens`)."""
+    trace = _current.get()
+    if trace is None or not items:
+        return
+    trace.results_at = time.monotonic()
+    trace.enqueued_at = min(getattr(item, "enqueued_at", trace.results_at) for item in items)
+    # getattr: a scheduler whose items do not record their run still gets a queue+engine span
+    runs = {
+        (
+            getattr(item, "run_started", None),
+            getattr(item, "batch_size", 0),
+            getattr(item, "padded_tokens", 0),
+        )
+        for item in items
+    }
+    started = [run[0] for run in runs if run[0] is not None]
+    trace.run_started = min(started) if started else None
+    trace.runs = len(runs)
+    trace.batch_size = max(run[1] for run in runs)
+    trace.padded_tokens = sum(run[2] for run in runs)
+
+
+# ------------------------------------------------------------------ set-up
+
+
+class Tracing:
+    """A tracer provider of the app's own (not the global one, so several apps in one process
+    keep their spans apart) and the W3C trace-context propagator."""
+
+    def __init__(self, exporter: SpanExporter, batch: bool = True) -> None:
+        try:
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+            from opentelemetry.trace.propagation.tracecontext import (
+                TraceContextTextMapPropagator,
+            )
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise RuntimeError(OTEL_MISSING) from e
+        import service
+
+        # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES apply (Resource.create reads them);
+        # without them the service is "nlpserve", not the SDK's "unknown_service"
+        resource = Resource.create({"service.version": service.__version__})
+        if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+            resource = resource.merge(Resource({"service.name": "nlpserve"}))
+        self.provider: TracerProvider = TracerProvider(resource=resource)
+        # Batch: spans leave on a background thread, never on the request path. Simple: at once
+        # (tests read an in-memory exporter right after the response).
+        processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
+        self.provider.add_span_processor(processor)
+        self.tracer: Tracer = self.provider.get_tracer("nlpserve")
+        self.propagator = TraceContextTextMapPropagator()
+
+    @classmethod
+    def otlp(cls, endpoint: str) -> Tracing:
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError as e:
+            raise RuntimeError(OTEL_MISSING) from e
+        return cls(OTLPSpanExporter(endpoint=endpoint))
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()  # flushes what the batch processor still holds
+
+
+class TraceIdFilter(logging.Filter):
+    """Adds `trace_id` to log records written while a traced request runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        trace = _current.get()
+        if trace is not None:
+            record.trace_id = trace.trace_id
+        return True
+
+
+def install_tracing(app: FastAPI, tracing: Tracing) -> None:
+    """Trace every request of `app` (call before it starts serving). Outermost middleware, so
+    the request log line, written by the request middleware inside it, carries the trace id."""
+    app.add_middleware(TracingMiddleware, tracing=tracing)
+    access_log = logging.getLogger(ACCESS_LOGGER)
+    if not any(isinstance(f, TraceIdFilter) for f in access_log.filters):
+        access_log.addFilter(TraceIdFilter())
+
+
+# ------------------------------------------------------------------ the middleware
+
+
+class TracingMiddleware:
+    def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
+        self.app = app
+        self.tracing = tracing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from opentelemetry import context, trace
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        headers = Headers(scope=scope)
+        parent = self.tracing.propagator.extract({k: headers[k] for k in headers})
+        method = scope["method"]
+        span = self.tracing.tracer.start_span(
+            f"{method} {scope['path']}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": scope["path"]},
+        )
+        request_trace = RequestTrace(span, time.time_ns() - time.monotonic_ns())
+        trace_token = _current.set(request_trace)
+        context_token = context.attach(trace.set_span_in_context(span))
+        status = 500
+
+        async def send_traced(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                self._emit_steps(request_trace)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_traced)
+        except Exception as error:
+            span.record_exception(error)
+            raise
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            if route:
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+            context.detach(context_token)
+            _current.reset(trace_token)
+
+    def _emit_steps(self, rt: RequestTrace) -> None:
+        """The child spans, from the timestamps the inference path left (none for a request
+        that never reached inference)."""
+        if rt.emitted or rt.admission_at is None:
+            return
+        rt.emitted = True
+        now = time.monotonic()
+        tokenization_start = rt.tokenization[0] if rt.tokenization else None
+        steps: list[tuple[str, float, float | None, dict[str, Any]]] = [
+            ("admission", rt.admission_at, tokenization_start or rt.enqueued_at or now, {}),
+        ]
+        if rt.tokenization:
+            steps.append(("tokenization", *rt.tokenization, {}))
+        if rt.enqueued_at is not None:
+            attributes: dict[str, Any] = {
+                "nlpserve.batch_size": rt.batch_size,
+                "nlpserve.padded_tokens": rt.padded_tokens,
+                "nlpserve.runs": rt.runs,
+            }
+            if rt.run_started is not None:
+                steps.append(("queue wait", rt.enqueued_at, rt.run_started, {}))
+                steps.append(("engine run", rt.run_started, rt.results_at, attributes))
+            else:  # a scheduler that does not say when the run started: one span for both
+                attributes["nlpserve.includes_queue_wait"] = True
+                steps.append(("engine run", rt.enqueued_at, rt.results_at, attributes))
+        if rt.results_at is not None:
+            steps.append(("response encoding", rt.results_at, now, {}))
+        from opentelemetry import trace
+
+        parent = trace.set_span_in_context(rt.span)
+        for name, start, end, attributes in steps:
+            child = self.tracing.tracer.start_span(
+                name, context=parent, start_time=rt.ns(start), attributes=attributes
+            )
+            child.end(end_time=rt.ns(end if end is not None else now))

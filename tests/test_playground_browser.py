@@ -1,0 +1,161 @@
+"""The playground at GET /, used the way a person uses it: a real headless Chromium (Debian's
+`chromium` and `chromium-driver`, installed by .ci/run) driven by Selenium against a real
+uvicorn serving the tiny models, with API keys on.
+
+The screenshot lands in runs/test-artifacts/playground.png (the path is printed).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from tests.conftest import PROJECT_ROOT, ServerProcess
+
+pytestmark = pytest.mark.timeout(180)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+API_KEY = "playground-test-key"
+MAX_TEXT_CHARS = 200
+ARTIFACTS = PROJECT_ROOT / "runs" / "test-artifacts"
+WAIT_S = 30  # generous: the machine is shared; the page shows the real latency
+
+
+@pytest.fixture(scope="module")
+def server(launch_server: Any, model_repository: Path) -> ServerProcess:
+    server: ServerProcess = launch_server(
+        model_repository, api_keys=API_KEY, max_text_chars=MAX_TEXT_CHARS
+    )
+    return server
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if shutil.which(p) is None]
+    assert not missing, f"{missing} missing: apt-get install chromium chromium-driver (.ci/run)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # CI runs as root in a container
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,860",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def console_errors(driver: webdriver.Chrome) -> list[str]:
+    """Console messages at error level since the last call."""
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def by_id(driver: webdriver.Chrome, element_id: str) -> Any:
+    return driver.find_element(By.ID, element_id)
+
+
+def run_model(driver: webdriver.Chrome, model: str) -> list[Any]:
+    """Pick `model`, press Run, wait for the answer; the result blocks shown."""
+    Select(by_id(driver, "model")).select_by_value(model)
+    driver.execute_script("document.body.dataset.state = ''")
+    by_id(driver, "run").click()
+    WebDriverWait(driver, WAIT_S).until(
+        lambda d: d.execute_script("return document.body.dataset.state") == "done"
+    )
+    error = by_id(driver, "error")
+    assert not error.is_displayed(), error.text
+    print(f"{model}: latency {by_id(driver, 'latency').text}")
+    return list(driver.find_elements(By.CSS_SELECTOR, "#results .result"))
+
+
+def test_playground_round_trips_in_a_real_browser(
+    server: ServerProcess, browser: webdriver.Chrome
+) -> None:
+    driver = browser
+    driver.get(server.url + "/")
+    # Without a key the page says why it has no models, in the API's words.
+    error = WebDriverWait(driver, WAIT_S).until(lambda d: d.find_element(By.ID, "error"))
+    WebDriverWait(driver, WAIT_S).until(lambda d: "401" in error.text)
+    assert "API key" in error.text
+    errors = console_errors(driver)
+    assert len(errors) == 1 and "/v1/models" in errors[0] and "401" in errors[0], errors
+
+    by_id(driver, "api-key").send_keys(API_KEY)
+    by_id(driver, "model").click()  # leaving the key field fires its change event
+    WebDriverWait(driver, WAIT_S).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#model option:not([disabled])")) == 3
+    )
+    assert not by_id(driver, "error").is_displayed()
+
+    results = run_model(driver, "sentiment")
+    assert len(results) == 2  # the two example texts
+    for result in results:
+        label = result.find_element(By.CLASS_NAME, "label").text
+        assert label in ("negative", "positive")
+        assert len(result.find_elements(By.CLASS_NAME, "bar")) == 2
+    assert by_id(driver, "latency").text.endswith(" ms")
+    assert by_id(driver, "batch-size").text.isdigit()
+    assert not by_id(driver, "translate-options").is_displayed()
+
+    results = run_model(driver, "nli")
+    assert by_id(driver, "pair-input").is_displayed()
+    assert len(results) == 2
+    for result in results:
+        label = result.find_element(By.CLASS_NAME, "label").text
+        assert label in ("entailment", "neutral", "contradiction")
+        assert len(result.find_elements(By.CLASS_NAME, "bar")) == 3
+
+    results = run_model(driver, "translator")
+    assert by_id(driver, "translate-options").is_displayed()
+    assert len(results) == 2
+    assert all(r.find_elements(By.CLASS_NAME, "translation") for r in results)
+
+    # The live panel counts the requests it just saw.
+    WebDriverWait(driver, WAIT_S).until(
+        lambda d: (
+            d.find_elements(By.CSS_SELECTOR, '#live tr[data-model="sentiment"]')
+            and float(
+                d.find_element(
+                    By.CSS_SELECTOR, '#live tr[data-model="sentiment"] td:nth-child(2)'
+                ).text
+            )
+            > 0
+        )
+    )
+    assert console_errors(driver) == []
+    overflow = "return document.documentElement.scrollWidth - window.innerWidth"
+    assert driver.execute_script(overflow) <= 0  # nothing wider than the window
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    screenshot = ARTIFACTS / "playground.png"
+    Select(by_id(driver, "model")).select_by_value("sentiment")
+    run_model(driver, "sentiment")
+    driver.save_screenshot(str(screenshot))
+    print(f"screenshot: {screenshot}")
+
+    # Over the limit: the API's 413 message, shown as it is.
+    area = by_id(driver, "texts")
+    area.clear()
+    area.send_keys("x" * (MAX_TEXT_CHARS + 1))
+    by_id(driver, "run").click()
+    WebDriverWait(driver, WAIT_S).until(lambda d: by_id(d, "error").is_displayed())
+    assert by_id(driver, "error").text == (
+        f"413: texts[0] has {MAX_TEXT_CHARS + 1} characters; max_text_chars is {MAX_TEXT_CHARS}"
+    )
+    errors = console_errors(driver)
+    assert len(errors) == 1 and "/v1/classify" in errors[0] and "413" in errors[0], errors
