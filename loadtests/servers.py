@@ -52,7 +52,16 @@ def wait_ready(
 
 def nlpserve_command(repository: Path) -> list[str]:
     """`python -m service` on a model repository, with this interpreter."""
-    return [sys.executable, "-m", "service", "--model-repository", str(repository)]
+    # gRPC off: the benchmarks speak HTTP, and a fixed gRPC port would collide between runs.
+    return [
+        sys.executable,
+        "-m",
+        "service",
+        "--model-repository",
+        str(repository),
+        "--grpc-port",
+        "0",
+    ]
 
 
 @contextmanager

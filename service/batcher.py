@@ -86,6 +86,7 @@ class WorkItem(Generic[P, R]):
     enqueued_at: float
     deadline: float
     batch_size: int = 0  # size of the run it went into, for the request log
+    started_at: float = 0.0  # when its run started, for the statistics extension
 
 
 @dataclass(frozen=True)
@@ -350,7 +351,7 @@ class Batcher(Generic[P, R]):
     async def _run_group(self, group: list[WorkItem[P, R]]) -> None:
         started = self._clock.now()
         for item in group:
-            item.batch_size = len(group)
+            item.batch_size, item.started_at = len(group), started
         failed = False
         try:
             results = await self._run_batch([item.payload for item in group], group[0].key)

@@ -21,6 +21,7 @@ from service.inference import Disconnected, InferenceService
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 from service.middleware import INFO_KEY
+from service.model_control import ModelControl
 from service.registry import ModelRegistry
 from service.settings import Settings
 
@@ -34,6 +35,7 @@ class ServiceState:
     lifecycle: Lifecycle
     inference: InferenceService
     metrics: ServiceMetrics
+    control: ModelControl
 
 
 def _state(request: Request) -> ServiceState:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from service.metrics import ServiceMetrics
 from service.registry import ModelRegistry, ModelState, ServedModel
 from service.repository import Task
 from service.settings import Settings
+from service.stats import RequestTiming
 
 logger = logging.getLogger(__name__)
 
@@ -99,15 +101,8 @@ class InferenceService:
         return model
 
     def model_by_name(self, name: str, version: str | None = None) -> ServedModel:
-        """A model by name, and by version when one is given (only the served one exists)."""
-        model = self.registry.get(name)
-        if version is not None and version != model.version_str:
-            raise ServiceError(
-                ErrorKind.NOT_FOUND,
-                f"model {shorten(name)} has no version {shorten(version)} "
-                f"(serving {model.version_str or 'none'})",
-            )
-        return model
+        """A model by name: its default version, or the version given."""
+        return self.registry.get(name, version)
 
     # ------------------------------------------------------------------ the tasks
 
@@ -118,18 +113,20 @@ class InferenceService:
         info: RequestInfo,
         disconnected: Disconnected | None = None,
     ) -> ClassificationResult:
-        with self._counted(model, info):
+        with self._counted(model, info) as timing:
             engine = self._admit(model, ClassifierEngine)
             self._check_limits(texts)
-            encoded = await _off_loop_if_large(engine.encoder.encode, texts)
-            probabilities = await self._run(model, encoded, None, info, disconnected)
-            return ClassificationResult(
-                model.name,
-                model.version_str,
-                engine.labels,
-                probabilities,
-                self._truncated(model, encoded),
-            )
+            with timing.phase("compute_input"):
+                encoded = await _off_loop_if_large(engine.encoder.encode, texts)
+            probabilities = await self._run(model, encoded, None, info, disconnected, timing)
+            with timing.phase("compute_output"):
+                return ClassificationResult(
+                    model.name,
+                    model.version_str,
+                    engine.labels,
+                    probabilities,
+                    self._truncated(model, encoded),
+                )
 
     async def nli(
         self,
@@ -138,18 +135,20 @@ class InferenceService:
         info: RequestInfo,
         disconnected: Disconnected | None = None,
     ) -> ClassificationResult:
-        with self._counted(model, info):
+        with self._counted(model, info) as timing:
             engine = self._admit(model, ClassifierEngine)
             self._check_limits([text for pair in pairs for text in pair], items=len(pairs))
-            encoded = await _off_loop_if_large(engine.encoder.encode_pairs, pairs)
-            probabilities = await self._run(model, encoded, None, info, disconnected)
-            return ClassificationResult(
-                model.name,
-                model.version_str,
-                engine.labels,
-                probabilities,
-                self._truncated(model, encoded),
-            )
+            with timing.phase("compute_input"):
+                encoded = await _off_loop_if_large(engine.encoder.encode_pairs, pairs)
+            probabilities = await self._run(model, encoded, None, info, disconnected, timing)
+            with timing.phase("compute_output"):
+                return ClassificationResult(
+                    model.name,
+                    model.version_str,
+                    engine.labels,
+                    probabilities,
+                    self._truncated(model, encoded),
+                )
 
     async def translate(
         self,
@@ -161,39 +160,52 @@ class InferenceService:
         max_new_tokens: int | None = None,
         disconnected: Disconnected | None = None,
     ) -> TranslationResult:
-        with self._counted(model, info):
+        with self._counted(model, info) as timing:
             engine = self._admit(model, TranslatorEngine)
             params = decoding_params(engine.default_params(), beam_size, max_new_tokens)
             self._check_limits(texts)
-            encoded = await _off_loop_if_large(engine.encoder.encode, texts)
-            translations = await self._run(model, encoded, params, info, disconnected)
-            return TranslationResult(
-                model.name, model.version_str, translations, self._truncated(model, encoded)
-            )
+            with timing.phase("compute_input"):
+                encoded = await _off_loop_if_large(engine.encoder.encode, texts)
+            translations = await self._run(model, encoded, params, info, disconnected, timing)
+            with timing.phase("compute_output"):
+                return TranslationResult(
+                    model.name, model.version_str, translations, self._truncated(model, encoded)
+                )
 
     # ------------------------------------------------------------------ the shared steps
 
     @contextlib.contextmanager
-    def _counted(self, model: ServedModel, info: RequestInfo) -> Iterator[None]:
-        """Count refusals by reason, and hold the drain open while accepted work runs."""
+    def _counted(self, model: ServedModel, info: RequestInfo) -> Iterator[RequestTiming]:
+        """Count refusals by reason, hold the drain open while accepted work runs, and record
+        the request in the model version's statistics."""
         info.model = model.name
         accepted = False
+        timing = RequestTiming()
+        ok = False
         try:
             if self.lifecycle.draining:
                 raise ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down")
             self.lifecycle.work_started()
             accepted = True
-            yield
+            yield timing
+            ok = True
         except ServiceError as e:
             self.metrics.rejected.labels(model.name, e.kind.value).inc()
             raise
         finally:
+            if model.stats is not None:
+                model.stats.record(timing, ok)
             if accepted:
                 self.lifecycle.work_finished()
 
     def _admit(self, model: ServedModel, engine_type: type[Any]) -> Any:
         if model.state is ModelState.LOADING:
             raise ServiceError(ErrorKind.NOT_READY, f"model {model.name!r} is still loading")
+        if model.state is ModelState.RETIRED:
+            raise ServiceError(
+                ErrorKind.NOT_READY,
+                f"model {model.name!r} version {model.version_str} is no longer served; retry",
+            )
         if model.state is ModelState.FAILED or model.engine is None:
             raise ServiceError(
                 ErrorKind.NOT_READY, f"model {model.name!r} failed to load (see the server log)"
@@ -234,6 +246,7 @@ class InferenceService:
         key: Hashable,
         info: RequestInfo,
         disconnected: Disconnected | None,
+        timing: RequestTiming,
     ) -> list[Any]:
         if not self.settings.truncate:
             for i, e in enumerate(encoded):
@@ -256,6 +269,7 @@ class InferenceService:
         )
         results = await wait_all([item.future for item in items], remaining, disconnected, timeout)
         info.batch_size = max(item.batch_size for item in items)
+        timing.engine(items[0].enqueued_at, max(i.started_at for i in items), time.monotonic())
         return results
 
 

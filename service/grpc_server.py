@@ -1,0 +1,269 @@
+"""`inference.GRPCInferenceService` (the Open Inference Protocol over gRPC) on `--grpc-port`.
+
+A grpcio asyncio server in the HTTP server's process and event loop, started and stopped by the
+app's lifespan: it shares the registry, batchers, request limits, API keys (as `authorization`
+metadata: `Bearer <key>`), metrics and drain with the HTTP routes, and every inference goes
+through the same path (`oip_infer.run`). The servicer base class is the one protoc generated from
+Triton's grpc_service.proto, as `tritonclient` ships it; methods nlpserve does not implement
+(shared memory, tracing, log settings, streaming) answer UNIMPLEMENTED from that base class.
+
+Errors keep their `ErrorKind` and map to status codes in `grpc_status`, the gRPC twin of
+`errors.status_code`; an overloaded model answers RESOURCE_EXHAUSTED with `retry-after` (seconds)
+and gRPC's own `grpc-retry-pushback-ms` in the trailing metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+import service
+from service import grpc_codec, oip_infer, oip_models
+from service.context import RequestInfo
+from service.errors import ErrorKind, ServiceError
+
+if TYPE_CHECKING:
+    from service.dependencies import ServiceState
+
+logger = logging.getLogger(__name__)
+access_log = logging.getLogger("nlpserve.access")
+
+SERVICE = "inference.GRPCInferenceService"
+
+
+def grpc_status(kind: ErrorKind) -> grpc.StatusCode:
+    """The gRPC status code for an error kind (the twin of `errors.status_code`)."""
+    return {
+        ErrorKind.BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+        ErrorKind.VALIDATION: grpc.StatusCode.INVALID_ARGUMENT,
+        ErrorKind.UNAUTHORIZED: grpc.StatusCode.UNAUTHENTICATED,
+        ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+        # A limit on one request: retrying the same request cannot help, so not
+        # RESOURCE_EXHAUSTED, which here means "overloaded, retry later".
+        ErrorKind.PAYLOAD_TOO_LARGE: grpc.StatusCode.INVALID_ARGUMENT,
+        ErrorKind.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ErrorKind.CLIENT_CLOSED: grpc.StatusCode.CANCELLED,
+        ErrorKind.NOT_READY: grpc.StatusCode.UNAVAILABLE,
+        ErrorKind.SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
+        ErrorKind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+        ErrorKind.UNSUPPORTED: grpc.StatusCode.UNIMPLEMENTED,
+        ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+    }[kind]
+
+
+Response = TypeVar("Response")
+Handler = Callable[[Any, Any, Any], Awaitable[Response]]
+
+
+def rpc(guarded: bool = True) -> Callable[[Handler[Response]], Handler[Response]]:
+    """Wrap a servicer method: API key check (when `guarded`), ServiceError -> status code,
+    unexpected exceptions -> INTERNAL (logged, never sent), latency metric and access log."""
+
+    def wrap(method: Handler[Response]) -> Handler[Response]:
+        route = f"/{SERVICE}/{method.__name__}"
+
+        @functools.wraps(method)
+        async def handler(self: InferenceServicer, request: Any, context: Any) -> Response:
+            started = time.perf_counter()
+            info = RequestInfo(
+                request_id=getattr(request, "id", "") or uuid.uuid4().hex,
+                started=asyncio.get_running_loop().time(),
+            )
+            code = grpc.StatusCode.OK
+            try:
+                if guarded:
+                    self.check_api_key(context)
+                return await method(self, request, context, info)
+            except ServiceError as e:
+                code = grpc_status(e.kind)
+                await context.abort(code, e.message, trailing_metadata=_trailers(e))
+                raise  # abort raises; this line only tells type checkers
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as e:
+                if isinstance(e, grpc.aio.AbortError):
+                    raise
+                code = grpc.StatusCode.INTERNAL
+                logger.error("unhandled error on %s", route, exc_info=e)
+                await context.abort(code, "internal server error")
+                raise
+            finally:
+                seconds = time.perf_counter() - started
+                self.state.metrics.request_seconds.labels(
+                    route, info.model or "", code.name
+                ).observe(seconds)
+                access_log.info(
+                    "GRPC %s %s",
+                    route,
+                    code.name,
+                    extra={
+                        "request_id": info.request_id,
+                        "method": "GRPC",
+                        "route": route,
+                        "model": info.model,
+                        "status": code.name,
+                        "latency_ms": round(seconds * 1000, 2),
+                        "batch_size": info.batch_size,
+                    },
+                )
+
+        return handler
+
+    return wrap
+
+
+def _trailers(error: ServiceError) -> tuple[tuple[str, str], ...]:
+    if error.retry_after is None:
+        return ()
+    return (
+        ("retry-after", str(error.retry_after)),
+        ("grpc-retry-pushback-ms", str(error.retry_after * 1000)),
+    )
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+
+    def check_api_key(self, context: Any) -> None:
+        keys = self.state.settings.api_key_values()
+        if not keys:
+            return
+        header = dict(context.invocation_metadata() or ()).get("authorization", "")
+        scheme, _, token = str(header).partition(" ")
+        given = token.strip().encode() if scheme.lower() == "bearer" else b""
+        matched = False
+        for key in keys:  # no early exit: the time does not depend on which key matched
+            matched |= hmac.compare_digest(given, key)
+        if not matched:
+            raise ServiceError(
+                ErrorKind.UNAUTHORIZED,
+                "a valid API key is required (metadata authorization: Bearer <key>)",
+            )
+
+    def _model(self, name: str, version: str) -> Any:
+        return self.state.inference.model_by_name(name, version or None)
+
+    # ------------------------------------------------------------------ server
+
+    @rpc(guarded=False)
+    async def ServerLive(self, request: Any, context: Any, info: RequestInfo) -> Any:
+        return service_pb2.ServerLiveResponse(live=True)
+
+    @rpc(guarded=False)
+    async def ServerReady(self, request: Any, context: Any, info: RequestInfo) -> Any:
+        ready = self.state.registry.ready() and not self.state.lifecycle.draining
+        return service_pb2.ServerReadyResponse(ready=ready)
+
+    @rpc(guarded=False)
+    async def ServerMetadata(self, request: Any, context: Any, info: RequestInfo) -> Any:
+        return service_pb2.ServerMetadataResponse(
+            name="nlpserve", version=service.__version__, extensions=oip_models.EXTENSIONS
+        )
+
+    # ------------------------------------------------------------------ models
+
+    @rpc()
+    async def ModelReady(self, request: Any, context: Any, info: RequestInfo) -> Any:
+        model = self._model(request.name, request.version)
+        ready = model.ready and not self.state.lifecycle.draining
+        return service_pb2.ModelReadyResponse(ready=ready)
+
+    @rpc()
+    async def ModelMetadata(self, request: Any, context: Any, info: RequestInfo) -> Any:
+        model = self._model(request.name, request.version)
+        return json_format.ParseDict(
+            oip_models.metadata(model, self.state.registry), service_pb2.ModelMetadataResponse()
+        )
+
+    @rpc()
+    async def ModelConfig(self, request: Any, context: Any, info: RequestInfo) -> Any:
+        model = self._model(request.name, request.version)
+        config = json_format.ParseDict(
+            oip_models.model_config(model, self.state.settings), model_config_pb2.ModelConfig()
+        )
+        return service_pb2.ModelConfigResponse(config=config)
+
+    @rpc()
+    async def ModelStatistics(self, request: Any, context: Any, info: RequestInfo) -> Any:
+        stats = oip_models.statistics(
+            self.state.registry, request.name or None, request.version or None
+        )
+        return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse())
+
+    @rpc()
+    async def ModelInfer(self, request: Any, context: Any, info: RequestInfo) -> Any:
+        model = self._model(request.model_name, request.model_version)
+        info.model = model.name
+        oip_models.config_of(model)
+        decoded = grpc_codec.decode_request(request)
+        # No disconnect watcher: when the client goes away grpc cancels this task, and the
+        # shared path cancels the request's queued sequences on the way out.
+        outputs, parameters = await oip_infer.run(self.state.inference, model, decoded, info)
+        return grpc_codec.encode_response(
+            decoded, model.name, model.version_str, outputs, parameters
+        )
+
+    # ------------------------------------------------------------------ repository
+
+    @rpc()
+    async def RepositoryIndex(self, request: Any, context: Any, info: RequestInfo) -> Any:
+        index = oip_models.repository_index(
+            self.state.registry, self.state.settings.model_repository, request.ready
+        )
+        return json_format.ParseDict({"models": index}, service_pb2.RepositoryIndexResponse())
+
+    @rpc()
+    async def RepositoryModelLoad(self, request: Any, context: Any, info: RequestInfo) -> Any:
+        _no_parameters(request)
+        await self.state.control.load(request.model_name)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    @rpc()
+    async def RepositoryModelUnload(self, request: Any, context: Any, info: RequestInfo) -> Any:
+        _no_parameters(request)
+        await self.state.control.unload(request.model_name)
+        return service_pb2.RepositoryModelUnloadResponse()
+
+
+def _no_parameters(request: Any) -> None:
+    # tritonclient sends unload_dependents=false on every unload; it changes nothing here.
+    given = {k for k in request.parameters if k != "unload_dependents"}
+    if given:
+        raise ServiceError(
+            ErrorKind.UNSUPPORTED,
+            "load/unload parameters (config or file overrides) are not supported",
+        )
+
+
+async def start(state: ServiceState) -> grpc.aio.Server:
+    """The gRPC server listening on settings.host:grpc_port (RuntimeError if it cannot bind)."""
+    settings = state.settings
+    limit = settings.max_body_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", max(limit, 64 << 20)),
+            ("grpc.so_reuseport", 0),  # a busy port is an error, not a shared listener
+        ]
+    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), server)
+    address = f"{settings.host}:{settings.grpc_port}"
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise RuntimeError(f"cannot listen for gRPC on {address}: {e}") from None
+    await server.start()
+    logger.info("gRPC (Open Inference Protocol) on %s", address)
+    return server
