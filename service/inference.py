@@ -73,8 +73,15 @@ class InferenceService:
 
     # ------------------------------------------------------------------ model resolution
 
-    def model_for_task(self, task: Task, name: str | None) -> ServedModel:
-        """The named model (checked to serve `task`), or the only (not failed) model serving it."""
+    def model_for_task(
+        self, task: Task, name: str | None, version: str | None = None
+    ) -> ServedModel:
+        """The named model (checked to serve `task`), or the only (not failed) model serving it;
+        its default version, or `version`."""
+        model = self._model_for_task(task, name)
+        return model if version is None else self.registry.get(model.name, version)
+
+    def _model_for_task(self, task: Task, name: str | None) -> ServedModel:
         if name is None:
             candidates = [  # a model that failed to load serves nothing
                 m

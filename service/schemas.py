@@ -19,6 +19,10 @@ ModelName = Field(
     default=None,
     description="model name; may be left out when exactly one model serves the task",
 )
+ModelVersion = Field(
+    default=None,
+    description="model version to use (a version serving side by side); default: the highest",
+)
 
 
 class ClassifyRequest(BaseModel):
@@ -32,6 +36,7 @@ class ClassifyRequest(BaseModel):
 
     texts: list[str] = Field(min_length=1, description="texts to classify")
     model: str | None = ModelName
+    version: str | None = ModelVersion
 
 
 class Pair(BaseModel):
@@ -58,6 +63,7 @@ class NliRequest(BaseModel):
 
     pairs: list[Pair] = Field(min_length=1, description="premise/hypothesis pairs")
     model: str | None = ModelName
+    version: str | None = ModelVersion
 
 
 class TranslateRequest(BaseModel):
@@ -71,6 +77,7 @@ class TranslateRequest(BaseModel):
 
     texts: list[str] = Field(min_length=1, description="source texts")
     model: str | None = ModelName
+    version: str | None = ModelVersion
     beam_size: int | None = Field(
         default=None, ge=1, le=16, description="1 = greedy; default: the model's"
     )

@@ -14,7 +14,7 @@ router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERROR_RESPONSES)
 async def translate(
     body: TranslateRequest, request: Request, inference: InferenceDep, info: InfoDep
 ) -> TranslateResponse:
-    model = inference.model_for_task("translation", body.model)
+    model = inference.model_for_task("translation", body.model, body.version)
     result = await inference.translate(
         model,
         body.texts,
