@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import json_format
@@ -61,19 +61,19 @@ def grpc_status(kind: ErrorKind) -> grpc.StatusCode:
     }[kind]
 
 
-Response = TypeVar("Response")
-Handler = Callable[[Any, Any, Any], Awaitable[Response]]
+Method = Callable[[Any, Any, Any, RequestInfo], Awaitable[Any]]  # (self, request, context, info)
+Handler = Callable[[Any, Any, Any], Awaitable[Any]]  # what grpc calls: (self, request, context)
 
 
-def rpc(guarded: bool = True) -> Callable[[Handler[Response]], Handler[Response]]:
+def rpc(guarded: bool = True) -> Callable[[Method], Handler]:
     """Wrap a servicer method: API key check (when `guarded`), ServiceError -> status code,
     unexpected exceptions -> INTERNAL (logged, never sent), latency metric and access log."""
 
-    def wrap(method: Handler[Response]) -> Handler[Response]:
-        route = f"/{SERVICE}/{method.__name__}"
+    def wrap(method: Method) -> Handler:
+        route = f"/{SERVICE}/{getattr(method, '__name__', 'unknown')}"
 
         @functools.wraps(method)
-        async def handler(self: InferenceServicer, request: Any, context: Any) -> Response:
+        async def handler(self: InferenceServicer, request: Any, context: Any) -> Any:
             started = time.perf_counter()
             info = RequestInfo(
                 request_id=getattr(request, "id", "") or uuid.uuid4().hex,

@@ -184,6 +184,7 @@ def _input(raw: Any, position: int, blob: bytes, offset: int) -> tuple[Tensor, i
         raise bad(f"input {position} needs a string 'name'")
     where = f"input {shorten(name)}"
     count = check_tensor_spec(datatype, shape, where)
+    assert isinstance(datatype, str) and isinstance(shape, list)  # for the type checker
     params = _parameters(raw.get("parameters"), where)
     size = params.get("binary_data_size")
     if size is not None:

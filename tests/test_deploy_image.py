@@ -19,7 +19,9 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from loadtests.servers import free_port, wait_ready
 from tests.test_deploy_manifests import dockerfile_stages
@@ -83,11 +85,11 @@ def test_image_command_serves_from_the_serve_only_venv(
     serve_venv: Path, model_repository: Path, tmp_path: Path
 ) -> None:
     """The CPU image's CMD starts the service on the shared tiny repository (sentiment, nli,
-    translator); it turns ready, classifies, and exits cleanly on SIGTERM (docker stop,
-    Kubernetes)."""
+    translator); it turns ready, classifies, answers over gRPC, and exits cleanly on SIGTERM
+    (docker stop, Kubernetes)."""
     cpu = dockerfile_stages()["cpu"]
     command = json.loads(dict(cpu)["CMD"])
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     command[command.index("/models")] = str(model_repository)
     command[command.index("8000")] = str(port)
     env_args = " ".join(args for op, args in cpu if op == "ENV")
@@ -98,6 +100,7 @@ def test_image_command_serves_from_the_serve_only_venv(
         # as the image's ENV PATH=/opt/venv/bin:$PATH
         "PATH": f"{serve_venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
         "NLPSERVE_INTRA_OP_THREADS": "1",  # the test shares 2 cores
+        "NLPSERVE_GRPC_PORT": str(grpc_port),  # the image's 8001 could be taken here
     }
     env.pop("VIRTUAL_ENV", None)
     server = subprocess.Popen(command, env=env, cwd=tmp_path)  # WORKDIR outside the source
@@ -112,6 +115,10 @@ def test_image_command_serves_from_the_serve_only_venv(
             body = json.load(response)
         assert body["model"] == "sentiment"
         assert body["results"][0]["label"] in ("negative", "positive")
+        # The serve extras carry the gRPC server too (grpcio and the protocol's generated code).
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=40) == 0
     finally:
