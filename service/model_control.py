@@ -42,7 +42,10 @@ class ModelControl:
         logger.info("polling %s every %g s", self._settings.model_repository, interval)
         while True:
             await asyncio.sleep(interval)
-            await self._registry.sync(prune=True)
+            try:
+                await self._registry.sync(prune=True)
+            except Exception:  # a bug in one scan must not end polling for good
+                logger.exception("polling the model repository failed; retrying next interval")
 
     def _check_api(self, name: str) -> None:
         if self.mode != "explicit":

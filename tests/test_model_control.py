@@ -19,8 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
+import tritonclient.grpc as tgrpc
+import tritonclient.http as thttp
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -85,26 +87,52 @@ def test_versions_serve_side_by_side(
 def test_explicit_mode_loads_and_unloads_with_an_api_key(
     copy_repository: Callable[..., Path], app_client: Callable[..., Any]
 ) -> None:
+    """The repository API over HTTP and gRPC: API keys apply, unload takes the model out of
+    service, load brings it back; tritonclient's own load/unload calls work unchanged."""
     repository = copy_repository("sentiment")
     key = {"Authorization": "Bearer control-key-1"}
+    metadata = {"authorization": key["Authorization"]}
     settings = {"model_repository": repository, "api_keys": "control-key-1"}
-    with app_client(model_control_mode="explicit", **settings) as c:
+    grpc_port = free_port()
+    with app_client(model_control_mode="explicit", grpc_port=grpc_port, **settings) as c:
         assert c.post("/v2/repository/models/sentiment/unload").status_code == 401
         assert c.post("/v2/repository/index").status_code == 401
         assert c.post("/v2/repository/models/sentiment/unload", headers=key).status_code == 200
         assert index(c, **key) == [
             {"name": "sentiment", "state": "UNAVAILABLE", "reason": "unloaded"}
         ]
-        gone = c.post("/v1/classify", json={"texts": ["x"]}, headers=key)
-        assert gone.status_code == 404
+        assert c.post("/v1/classify", json={"texts": ["x"]}, headers=key).status_code == 404
         assert c.post("/v2/repository/models/sentiment/load", headers=key).status_code == 200
         assert index(c, **key) == [{"name": "sentiment", "version": "1", "state": "READY"}]
         assert c.post("/v1/classify", json={"texts": ["x"]}, headers=key).status_code == 200
         unknown = c.post("/v2/repository/models/nope/load", headers=key)
         assert unknown.status_code == 404 and list(unknown.json()) == ["error"]
+
+        grpc_client = tgrpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        grpc_client.unload_model("sentiment", headers=dict(metadata))
+        (entry,) = grpc_client.get_model_repository_index(headers=dict(metadata)).models
+        assert (entry.name, entry.state, entry.reason) == ("sentiment", "UNAVAILABLE", "unloaded")
+        grpc_client.load_model("sentiment", headers=dict(metadata))
+        assert grpc_client.is_model_ready("sentiment", headers=dict(metadata))
+        grpc_client.close()
     with app_client(**settings) as c:  # mode none: the repository API refuses changes
         refused = c.post("/v2/repository/models/sentiment/unload", headers=key)
         assert refused.status_code == 400 and "model_control_mode" in refused.json()["error"]
+
+
+def test_tritonclient_http_load_and_unload(
+    copy_repository: Callable[..., Path], launch_server: Callable[..., ServerProcess]
+) -> None:
+    """tritonclient.http against a real uvicorn in explicit mode (it sends unload_dependents)."""
+    server = launch_server(copy_repository("sentiment"), model_control_mode="explicit")
+    client = thttp.InferenceServerClient(server.address, network_timeout=30)
+    client.unload_model("sentiment")
+    assert client.get_model_repository_index() == [
+        {"name": "sentiment", "state": "UNAVAILABLE", "reason": "unloaded"}
+    ]
+    client.load_model("sentiment")
+    assert client.is_model_ready("sentiment")
+    client.close()
 
 
 def test_poll_mode_reports_a_broken_version_and_keeps_the_old_one(

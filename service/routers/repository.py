@@ -44,7 +44,11 @@ async def index(request: Request, state: StateDep) -> list[dict[str, Any]]:
 
 
 async def _no_parameters(request: Request) -> None:
-    if (await _json_body(request)).get("parameters"):
+    parameters = (await _json_body(request)).get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ServiceError(ErrorKind.BAD_REQUEST, "'parameters' must be an object")
+    # tritonclient sends unload_dependents on every unload; with no ensembles it changes nothing.
+    if set(parameters) - {"unload_dependents"}:
         raise ServiceError(
             ErrorKind.UNSUPPORTED,
             "load/unload parameters (config or file overrides) are not supported",
