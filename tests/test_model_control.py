@@ -148,7 +148,9 @@ def test_poll_mode_reports_a_broken_version_and_keeps_the_old_one(
         broken = publish_version(model_dir, 2)
         with (broken / "model.onnx").open("ab") as f:
             f.write(b"\x00")
-        wait_for(lambda: any(e.get("version") == "2" for e in index(c)))
+        wait_for(  # it shows LOADING first, then fails its checksum
+            lambda: any(e.get("version") == "2" and e["state"] == "UNAVAILABLE" for e in index(c))
+        )
         entries = {e["version"]: e for e in index(c)}
         assert entries["1"]["state"] == "READY"
         assert entries["2"]["state"] == "UNAVAILABLE" and "sha256" in entries["2"]["reason"]
