@@ -207,6 +207,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         model = self._model(request.model_name, request.model_version)
         info.model = model.name
         oip_models.config_of(model)
+        _honour_client_deadline(info, context, self.state.settings.request_timeout_s)
         decoded = grpc_codec.decode_request(request)
         # No disconnect watcher: when the client goes away grpc cancels this task, and the
         # shared path cancels the request's queued sequences on the way out.
@@ -235,6 +236,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         _no_parameters(request)
         await self.state.control.unload(request.model_name)
         return service_pb2.RepositoryModelUnloadResponse()
+
+
+def _honour_client_deadline(info: RequestInfo, context: Any, timeout_s: float) -> None:
+    """A client deadline shorter than request_timeout_s becomes the request's deadline, so work
+    the client will not wait for leaves the queue (the shared path counts from `info.started`)."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining < timeout_s:
+        info.started -= timeout_s - remaining
 
 
 def _no_parameters(request: Any) -> None:
