@@ -119,7 +119,9 @@ class ModelRegistry:
         self._versions: dict[str, dict[int, ServedModel]] = {}
         self._broken: dict[str, ServedModel] = {}  # model directories that cannot be read at all
         self._retiring: dict[asyncio.Task[None], ServedModel] = {}
-        self._failed: dict[tuple[str, int], str] = {}  # fingerprints that failed to load
+        # (name, version) -> fingerprint that failed to load; (name, 0) -> the last problem
+        # reported for a model directory that cannot be read while its versions keep serving.
+        self._failed: dict[tuple[str, int], str] = {}
         self._sync_lock = asyncio.Lock()  # one change of the served set at a time
         self.loading_done = False
 
@@ -142,7 +144,7 @@ class ModelRegistry:
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         """The model's default version (highest READY one), or the given version."""
-        if version is not None:
+        if version is not None and (name in self._versions or name in self._broken):
             served = self._versions.get(name, {})
             number = int(version) if version.isdecimal() else None
             if number is None or number not in served:
@@ -222,12 +224,15 @@ class ModelRegistry:
         if directory.config is None or not directory.selected:
             reason = directory.problem or "no version selected"
             if any(m.ready for m in served.values()):
-                logger.error("model %s: %s; its served versions keep serving", name, reason)
+                if self._failed.get((name, 0)) != reason:  # once, not on every poll
+                    logger.error("model %s: %s; its served versions keep serving", name, reason)
+                    self._failed[(name, 0)] = reason
             elif self._broken.get(name) is None or self._broken[name].reason != reason:
                 logger.error("model %s is not served: %s", name, reason)
                 self._broken[name] = ServedModel(name, ModelState.FAILED, reason=reason)
             return
         self._broken.pop(name, None)
+        self._failed.pop((name, 0), None)
         served = self._versions.setdefault(name, {})
         for number, reason in directory.broken.items():
             if number not in served or not served[number].ready:
