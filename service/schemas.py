@@ -131,7 +131,10 @@ class BatchingInfo(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     task: str | None
-    version: str | None
+    version: str | None = Field(description="the default version (the highest ready one)")
+    versions: list[str] = Field(
+        default_factory=list, description="every version serving side by side (version policy)"
+    )
     state: Literal["loading", "ready", "failed"]
     ready: bool
     labels: list[str] | None = None

@@ -66,6 +66,8 @@ def test_versions_serve_side_by_side(
     set_version_policy(repository / "sentiment", {"latest": 2})
     with app_client(model_repository=repository) as c:
         assert c.get("/v2/models/sentiment").json()["versions"] == ["1", "2"]
+        (listed,) = c.get("/v1/models").json()["models"]
+        assert (listed["version"], listed["versions"]) == ("2", ["1", "2"])
         assert classify(c).json()["version"] == "2"
         assert classify(c, version="1").json()["version"] == "1"
         missing = classify(c, version="7")
