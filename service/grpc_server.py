@@ -18,6 +18,7 @@ import asyncio
 import functools
 import hmac
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -254,6 +255,21 @@ def _no_parameters(request: Any) -> None:
             ErrorKind.UNSUPPORTED,
             "load/unload parameters (config or file overrides) are not supported",
         )
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why the gRPC port cannot be bound (checked before startup, for a one-line error), or None.
+    The server binds it again at startup; this only turns the common case, a port already in
+    use, into a readable message instead of a lifespan traceback."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        reason = e.strerror or str(e)
+        return f"cannot listen for gRPC on {host}:{port} ({reason}); --grpc-port 0 turns it off"
+    return None
 
 
 async def start(state: ServiceState) -> grpc.aio.Server:

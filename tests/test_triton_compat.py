@@ -11,6 +11,9 @@ server), where the drain can be started without racing a process exit.
 from __future__ import annotations
 
 import dataclasses
+import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -285,3 +288,20 @@ def test_grpc_answers_unavailable_while_draining(app_client: Callable[..., Any])
             with pytest.raises(grpc.RpcError) as draining:
                 stub.ModelInfer(request)
             assert draining.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_busy_grpc_port_stops_the_server_with_one_line(model_repository: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "service", "--model-repository", str(model_repository)]
+        done = subprocess.run(
+            [*command, "--port", str(free_port()), "--grpc-port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"nlpserve: cannot listen for gRPC on 127.0.0.1:{port} (Address already in use); "
+        "--grpc-port 0 turns it off"
+    ]
