@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 import service
@@ -82,6 +83,8 @@ def rpc(guarded: bool = True) -> Callable[[Method], Handler]:
             )
             code = grpc.StatusCode.OK
             try:
+                if isinstance(request, Malformed):
+                    raise ServiceError(ErrorKind.BAD_REQUEST, request.message)
                 if guarded:
                     self.check_api_key(context)
                 return await method(self, request, context, info)
@@ -122,6 +125,49 @@ def rpc(guarded: bool = True) -> Callable[[Method], Handler]:
         return handler
 
     return wrap
+
+
+class Malformed:
+    """A request whose bytes are not its protobuf message: the handler answers INVALID_ARGUMENT
+    (grpc itself would answer UNKNOWN, a server-error class, for a client's mistake)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _tolerant(deserialize: Callable[[bytes], Any], what: str) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as e:
+            return Malformed(f"the request is not a valid {what} message: {e}")
+
+    return parse
+
+
+class _Collector:
+    """Stands in for a server to collect the generated method handlers (to wrap them)."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.handlers = handlers
+
+
+def _method_handlers(servicer: InferenceServicer) -> dict[str, Any]:
+    """The generated handlers of every method, their request parsing made tolerant."""
+    collector = _Collector()
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, collector)
+    return {
+        name: handler._replace(
+            request_deserializer=_tolerant(handler.request_deserializer, f"{name}Request")
+        )
+        for name, handler in collector.handlers.items()
+    }
 
 
 def _trailers(error: ServiceError) -> tuple[tuple[str, str], ...]:
@@ -283,7 +329,9 @@ async def start(state: ServiceState) -> grpc.aio.Server:
             ("grpc.so_reuseport", 0),  # a busy port is an error, not a shared listener
         ]
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), server)
+    handlers = _method_handlers(InferenceServicer(state))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
     address = f"{settings.host}:{settings.grpc_port}"
     try:
         server.add_insecure_port(address)

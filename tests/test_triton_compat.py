@@ -154,6 +154,16 @@ def test_grpc_typed_contents_are_accepted(server: ServerProcess) -> None:
     assert len(response.raw_output_contents) == 2
 
 
+def test_grpc_garbled_request_is_invalid_argument(server: ServerProcess) -> None:
+    """Bytes that are not a ModelInferRequest: the client's mistake, INVALID_ARGUMENT."""
+    with grpc.insecure_channel(server.grpc_address) as channel:  # type: ignore[attr-defined]
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as caught:
+            call(b"\xff\xff\xff", metadata=tuple(auth().items()), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ModelInferRequest" in caught.value.details()
+
+
 def test_grpc_errors_map_to_status_codes(grpc_client: tgrpc.InferenceServerClient) -> None:
     c = grpc_client
     no_key = grpc_error(lambda: c.infer("sentiment", [grpc_input("text", TEXTS)]))
