@@ -22,6 +22,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
+from service.connections import ConnectionLimits, limited_protocol
 from service.grpc_server import port_problem
 from service.lifecycle import Lifecycle
 from service.logs import configure_logging
@@ -53,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# After the listener closed: long enough for a client that connected just before to send its
-# request (loopback or a pod network), short next to terminationGracePeriodSeconds.
-LAST_CONNECTIONS_GRACE_S = 0.2
+# After the drain, open connections get this long to deliver a request and read its answer
+# with `Connection: close` before the process closes the rest. Short next to
+# terminationGracePeriodSeconds; idle pooled connections are what usually remain at its end.
+LAST_CONNECTIONS_GRACE_S = 2.0
 
 
 class DrainingServer(uvicorn.Server):
@@ -79,9 +81,18 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     def _start_drain(self) -> None:
-        if self._drain is None:
-            self._lifecycle.start_draining()
-            self._drain = asyncio.get_running_loop().create_task(self._drain_then_exit())
+        if self._drain is not None:
+            return
+        # Stop listening first, in this same callback: from now on a new connection is refused,
+        # a clean outcome any client can retry elsewhere (in Kubernetes the preStop sleep has
+        # already taken the pod out of the Service). Responses from here on carry `Connection:
+        # close`; a listener still open when they go out invites the clients to reconnect at
+        # once, and whatever the kernel queued when the listener finally closes is reset after
+        # the client sent its request.
+        for server in getattr(self, "servers", []):
+            server.close()
+        self._lifecycle.start_draining()
+        self._drain = asyncio.get_running_loop().create_task(self._drain_then_exit())
 
     async def _drain_then_exit(self) -> None:
         if await self._lifecycle.wait_idle(self._drain_timeout_s):
@@ -92,13 +103,14 @@ class DrainingServer(uvicorn.Server):
                 self._drain_timeout_s,
                 self._lifecycle.accepted,
             )
-        # Stop listening first, then give connections accepted before that a moment to deliver
-        # their request and get its 503: uvicorn's own shutdown closes every connection that has
-        # no request in progress, which a client that already sent one sees as a dropped
-        # connection instead of an answer.
-        for server in getattr(self, "servers", []):
-            server.close()
-        await asyncio.sleep(LAST_CONNECTIONS_GRACE_S)  # draining: they can only get 503s
+        # Open connections get a moment to deliver a request in transit and read its answer
+        # (every response now carries `Connection: close`, after which uvicorn closes them):
+        # uvicorn's own shutdown closes each connection with no request in progress, which a
+        # client sending on it right then sees as a dropped request.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LAST_CONNECTIONS_GRACE_S
+        while self.server_state.connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
         self.should_exit = True
 
 
@@ -122,6 +134,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_config=None,  # configure_logging already routed uvicorn's loggers
         access_log=False,  # the request middleware writes one structured line per request
         lifespan="on",
+        http=limited_protocol(
+            ConnectionLimits(
+                header_timeout_s=settings.header_timeout_s,
+                max_header_bytes=settings.max_header_bytes,
+                max_connections=settings.max_connections,
+            )
+        ),
+        # Annotated int, used as a float (loop.call_later): fractions of a second work.
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
     )
     server = DrainingServer(config, app.state.nlpserve.lifecycle, settings.drain_timeout_s)
     server.run()

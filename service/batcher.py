@@ -37,6 +37,10 @@ from service.errors import ErrorKind, ServiceError
 
 logger = logging.getLogger(__name__)
 
+# A request is refused (429) when the predicted wait passes this share of its remaining deadline:
+# the prediction is an average, and the request's own run comes after the wait.
+ADMISSION_MARGIN = 0.8
+
 P = TypeVar("P")  # what one sequence hands the engine (e.g. its token ids)
 R = TypeVar("R")  # what the engine returns for one sequence
 
@@ -179,7 +183,12 @@ class Batcher(Generic[P, R]):
         self._arrival = asyncio.Event()
         self._stopping = False
         self._running = 0  # items taken from the queue and not resolved yet
-        self._seconds_per_item = 0.01  # moving average of one run's seconds per item
+        self._running_tokens = 0  # tokens of the items counted in _running
+        # Moving average of the wall seconds it takes to drain one real token, for admission;
+        # None until the first run was measured.
+        self._seconds_per_token: float | None = None
+        self._last_done: float | None = None  # when the last run finished...
+        self._backlog_at_last_done = False  # ...and whether work was waiting then
         self._tasks: set[asyncio.Task[None]] = set()  # the batching loop
         self._in_flight: set[asyncio.Task[None]] = set()  # engine runs
 
@@ -216,8 +225,9 @@ class Batcher(Generic[P, R]):
                 ErrorKind.OVERLOADED,
                 f"model {self.name!r} is overloaded: {len(self._queue)} sequences queued, "
                 f"max_queue_size is {self.policy.max_queue_size}; retry later",
-                retry_after=self.retry_after_s(len(payloads)),
+                retry_after=self.retry_after_s(),
             )
+        self._admit_within_deadline(sum(tokens), timeout_s)
         loop = asyncio.get_running_loop()
         now = self._clock.now()
         items = [
@@ -228,11 +238,43 @@ class Batcher(Generic[P, R]):
         self._arrival.set()
         return items
 
-    def retry_after_s(self, extra: int = 0) -> int:
-        """Seconds until the queue (plus `extra` items) has likely drained, at least 1."""
-        items = len(self._queue) + self._running + extra
-        estimate = items * self._seconds_per_item / self.policy.max_concurrent_runs
-        return max(1, min(60, math.ceil(estimate)))
+    def _admit_within_deadline(self, tokens: int, timeout_s: float) -> None:
+        """Refuse (OVERLOADED) work that would likely still be queued at its deadline. Before
+        any run was measured there is no throughput to predict from: then at most one full batch
+        per slot is taken in, so a burst on a cold server cannot queue work that times out."""
+        predicted = self.predicted_wait_s(tokens)
+        if predicted is None:
+            ahead = sum(item.tokens for item in self._queue) + self._running_tokens
+            budget = self.policy.max_batch_tokens * self.policy.max_concurrent_runs
+            if ahead and ahead + tokens > budget:
+                raise ServiceError(
+                    ErrorKind.OVERLOADED,
+                    f"model {self.name!r} is warming up under load; retry later",
+                    retry_after=1,
+                )
+        elif predicted > timeout_s * ADMISSION_MARGIN:
+            raise ServiceError(
+                ErrorKind.OVERLOADED,
+                f"model {self.name!r} is overloaded: the queued work would take about "
+                f"{predicted:.1f} s, past this request's deadline; retry later",
+                retry_after=self.retry_after_s(),
+            )
+
+    def predicted_wait_s(self, extra_tokens: int = 0) -> float | None:
+        """Seconds until the queued and running work, plus `extra_tokens`, is likely done: the
+        tokens ahead over the measured engine throughput (None before the first run)."""
+        if self._seconds_per_token is None:
+            return None
+        queued = sum(item.tokens for item in self._queue)
+        return (queued + self._running_tokens + extra_tokens) * self._seconds_per_token
+
+    def retry_after_s(self) -> int:
+        """Whole seconds until the work already accepted has likely drained (Retry-After)."""
+        predicted = self.predicted_wait_s()
+        if predicted is None:  # nothing measured yet: a guess from the item count
+            items = len(self._queue) + self._running
+            predicted = items * 0.01 / self.policy.max_concurrent_runs
+        return max(1, min(60, math.ceil(round(predicted, 3))))  # round: 2.0000001 s is 2 s
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Refuse new work, let queued and running work finish (up to `timeout_s`), then fail
@@ -315,6 +357,7 @@ class Batcher(Generic[P, R]):
         batch.sort(key=lambda item: item.tokens)  # stable: FIFO among equal lengths
         runs = split_runs([item.tokens for item in batch], self.policy.run_overhead_tokens)
         self._running += len(batch)
+        self._running_tokens += sum(item.tokens for item in batch)
         started = 0
         try:
             for index, (start, end) in enumerate(runs):
@@ -323,11 +366,11 @@ class Batcher(Generic[P, R]):
                 started = end
                 group = self._alive(batch[start:end])
                 if not group:
-                    self._running -= end - start
+                    self._release(batch[start:end])
                     slots.release()
                     continue
                 task = asyncio.get_running_loop().create_task(
-                    self._run_in_slot(group, end - start, slots)
+                    self._run_in_slot(group, batch[start:end], slots)
                 )
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
@@ -336,17 +379,25 @@ class Batcher(Generic[P, R]):
             error = ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down")
             for item in batch[started:]:
                 _fail(item, error)
-            self._running -= len(batch) - started
+            self._release(batch[started:])
             raise
 
     async def _run_in_slot(
-        self, group: list[WorkItem[P, R]], taken: int, slots: asyncio.Semaphore
+        self,
+        group: list[WorkItem[P, R]],
+        taken: Sequence[WorkItem[P, R]],
+        slots: asyncio.Semaphore,
     ) -> None:
         try:
             await self._run_group(group)
         finally:
-            self._running -= taken
+            self._release(taken)
             slots.release()
+
+    def _release(self, items: Sequence[WorkItem[P, R]]) -> None:
+        """Items taken from the queue that are done (run, failed or skipped)."""
+        self._running -= len(items)
+        self._running_tokens -= sum(item.tokens for item in items)
 
     async def _run_group(self, group: list[WorkItem[P, R]]) -> None:
         started = self._clock.now()
@@ -372,9 +423,11 @@ class Batcher(Generic[P, R]):
             for item, result in zip(group, results, strict=True):
                 _resolve(item, result)
         finally:
-            seconds = self._clock.now() - started
-            self._seconds_per_item = 0.8 * self._seconds_per_item + 0.2 * seconds / len(group)
+            now = self._clock.now()
+            seconds = now - started
             lengths = [item.tokens for item in group]
+            if not failed and sum(lengths) > 0:
+                self._measure_drain(now, seconds, sum(lengths))
             self._observer.on_run(
                 RunStats(
                     size=len(group),
@@ -387,6 +440,25 @@ class Batcher(Generic[P, R]):
             )
 
     # ------------------------------------------------------------------ helpers
+
+    def _measure_drain(self, now: float, run_seconds: float, tokens: int) -> None:
+        """Update the drain rate. While work is waiting, the time since the previous run
+        finished is what this run's tokens cost: it includes the engine, the gaps between runs
+        (an event loop busy with other requests) and, with several slots, their overlap. With
+        nothing waiting that interval holds idle time, so the run's own time counts, shared
+        over the slots."""
+        if self._last_done is not None and self._backlog_at_last_done:
+            per_token = (now - self._last_done) / tokens
+        else:
+            per_token = run_seconds / tokens / self.policy.max_concurrent_runs
+        previous = self._seconds_per_token
+        if previous is None:
+            self._seconds_per_token = per_token
+        else:  # up fast, down slowly: an optimistic estimate admits work that then times out
+            weight = 0.5 if per_token > previous else 0.1
+            self._seconds_per_token = (1 - weight) * previous + weight * per_token
+        self._last_done = now
+        self._backlog_at_last_done = bool(self._queue)
 
     def _alive(self, items: Sequence[WorkItem[P, R]]) -> list[WorkItem[P, R]]:
         """Items still worth running; expired ones get TIMEOUT, abandoned ones are dropped."""

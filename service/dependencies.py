@@ -8,13 +8,13 @@ set, FastAPI re-inspects every dependency's signature on every request.)"""
 from __future__ import annotations
 
 import asyncio
-import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.auth import UNAUTHORIZED_MESSAGE, key_matches
 from service.context import RequestInfo
 from service.errors import ErrorKind, ServiceError
 from service.inference import Disconnected, InferenceService
@@ -74,14 +74,9 @@ async def require_api_key(
     keys = _state(request).settings.api_key_values()
     if not keys:
         return
-    given = credentials.credentials.encode() if credentials else b""
-    matched = False
-    for key in keys:  # no early exit: the time does not depend on which key matched
-        matched |= hmac.compare_digest(given, key)
-    if not matched:
-        raise ServiceError(
-            ErrorKind.UNAUTHORIZED, "a valid API key is required (Authorization: Bearer <key>)"
-        )
+    given = credentials.credentials.encode("latin-1") if credentials else b""
+    if not key_matches(given, keys):
+        raise ServiceError(ErrorKind.UNAUTHORIZED, UNAUTHORIZED_MESSAGE)
 
 
 def disconnect_watcher(request: Request) -> Disconnected:

@@ -40,7 +40,9 @@ def status_code(kind: ErrorKind) -> int:
         ErrorKind.NOT_READY: 503,
         ErrorKind.SHUTTING_DOWN: 503,
         ErrorKind.TIMEOUT: 504,
-        ErrorKind.UNSUPPORTED: 501,
+        # A request for a protocol feature the server lacks is still the client's input: 400,
+        # as Triton answers it (no client input may yield a 5xx).
+        ErrorKind.UNSUPPORTED: 400,
         ErrorKind.INTERNAL: 500,
     }[kind]
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import logging
 import socket
 import time
@@ -31,6 +30,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 import service
 from service import grpc_codec, oip_infer, oip_models
+from service.auth import bearer_token, key_matches
 from service.context import RequestInfo
 from service.errors import ErrorKind, ServiceError
 
@@ -187,13 +187,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         keys = self.state.settings.api_key_values()
         if not keys:
             return
-        header = dict(context.invocation_metadata() or ()).get("authorization", "")
-        scheme, _, token = str(header).partition(" ")
-        given = token.strip().encode() if scheme.lower() == "bearer" else b""
-        matched = False
-        for key in keys:  # no early exit: the time does not depend on which key matched
-            matched |= hmac.compare_digest(given, key)
-        if not matched:
+        header = dict(context.invocation_metadata() or ()).get("authorization")
+        if not key_matches(bearer_token(str(header) if header is not None else None), keys):
             raise ServiceError(
                 ErrorKind.UNAUTHORIZED,
                 "a valid API key is required (metadata authorization: Bearer <key>)",

@@ -28,6 +28,13 @@ _HTTP_KINDS = {
 }
 
 
+# FastAPI wraps what went wrong while decoding a JSON body in a bare 400; say what it was.
+_PARSE_FAILURES: dict[type[BaseException], str] = {
+    UnicodeDecodeError: "the body is not valid UTF-8 (JSON must be UTF-8)",
+    RecursionError: "the body is not valid JSON: nested too deeply",
+}
+
+
 def error_body(path: str, message: str, kind: str) -> dict[str, Any]:
     if path == "/v2" or path.startswith("/v2/"):
         return {"error": message}
@@ -45,7 +52,13 @@ def _where(loc: tuple[Any, ...]) -> str:
 def describe_validation(error: RequestValidationError) -> str:
     messages = []
     for e in error.errors()[:5]:
-        if e.get("type") == "json_invalid":
+        if tuple(e.get("loc", ())) == ("body",) and isinstance(e.get("input"), bytes):
+            # FastAPI parses JSON only when the Content-Type says so; otherwise the model gets
+            # the raw bytes and pydantic's own message ("a valid dictionary") misleads.
+            messages.append(
+                "the body must be a JSON object sent with Content-Type: application/json"
+            )
+        elif e.get("type") == "json_invalid":
             detail = (e.get("ctx") or {}).get("error", "")
             messages.append(f"the body is not valid JSON ({detail})")
         else:
@@ -75,8 +88,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         kind = _HTTP_KINDS.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        if exc.status_code == 400:  # FastAPI could not decode the body it was about to parse
+            kind = ErrorKind.BAD_REQUEST.value
+            cause = exc.__cause__
+            message = "the body is not valid JSON"
+            if cause is not None:
+                message = _PARSE_FAILURES.get(type(cause), message)
         return JSONResponse(
-            error_body(request.url.path, str(exc.detail), kind),
+            error_body(request.url.path, message, kind),
             status_code=exc.status_code,
             headers=exc.headers,
         )

@@ -27,6 +27,7 @@ from service.registry import ModelRegistry, ModelState, ServedModel
 from service.repository import Task
 from service.settings import Settings
 from service.stats import RequestTiming
+from service.text_checks import unencodable
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,17 @@ class InferenceService:
                 and m.state is not ModelState.FAILED
             ]
             if not candidates:
+                failed = [
+                    m.name
+                    for m in self.registry.models()
+                    if m.config is not None and m.config.task == task
+                ]
+                if failed:  # configured for the task, but it did not load
+                    raise ServiceError(
+                        ErrorKind.NOT_READY,
+                        f"model {failed[0]!r} serves {task} but failed to load "
+                        "(state: failed; see the server log)",
+                    )
                 raise ServiceError(ErrorKind.NOT_FOUND, f"no model serves the task {task}")
             if len(candidates) > 1:
                 names = ", ".join(sorted(m.name for m in candidates))
@@ -122,7 +134,7 @@ class InferenceService:
     ) -> ClassificationResult:
         with self._counted(model, info) as timing:
             engine = self._admit(model, ClassifierEngine)
-            self._check_limits(texts)
+            self._check_texts(texts, lambda i: f"texts[{i}]")
             with timing.phase("compute_input"):
                 encoded = await _off_loop_if_large(engine.encoder.encode, texts)
             probabilities = await self._run(model, encoded, None, info, disconnected, timing)
@@ -144,7 +156,11 @@ class InferenceService:
     ) -> ClassificationResult:
         with self._counted(model, info) as timing:
             engine = self._admit(model, ClassifierEngine)
-            self._check_limits([text for pair in pairs for text in pair], items=len(pairs))
+            self._check_texts(
+                [text for pair in pairs for text in pair],
+                lambda i: f"pairs[{i // 2}].{('premise', 'hypothesis')[i % 2]}",
+                items=len(pairs),
+            )
             with timing.phase("compute_input"):
                 encoded = await _off_loop_if_large(engine.encoder.encode_pairs, pairs)
             probabilities = await self._run(model, encoded, None, info, disconnected, timing)
@@ -170,7 +186,7 @@ class InferenceService:
         with self._counted(model, info) as timing:
             engine = self._admit(model, TranslatorEngine)
             params = decoding_params(engine.default_params(), beam_size, max_new_tokens)
-            self._check_limits(texts)
+            self._check_texts(texts, lambda i: f"texts[{i}]")
             with timing.phase("compute_input"):
                 encoded = await _off_loop_if_large(engine.encoder.encode, texts)
             translations = await self._run(model, encoded, params, info, disconnected, timing)
@@ -221,7 +237,11 @@ class InferenceService:
             raise ServiceError(ErrorKind.VALIDATION, f"model {model.name!r} cannot do this task")
         return model.engine
 
-    def _check_limits(self, texts: Sequence[str], items: int | None = None) -> None:
+    def _check_texts(
+        self, texts: Sequence[str], where: Callable[[int], str], items: int | None = None
+    ) -> None:
+        """The request limits, and text a tokenizer can take: `where(i)` names text i for the
+        client (`texts[3]`, `pairs[1].hypothesis`)."""
         n = len(texts) if items is None else items
         limit = self.settings.max_items_per_request
         if n == 0:
@@ -236,9 +256,11 @@ class InferenceService:
             if len(text) > max_chars:
                 raise ServiceError(
                     ErrorKind.PAYLOAD_TOO_LARGE,
-                    f"text {i if items is None else i // 2} has {len(text)} characters; "
-                    f"max_text_chars is {max_chars}",
+                    f"{where(i)} has {len(text)} characters; max_text_chars is {max_chars}",
                 )
+            problem = unencodable(text)
+            if problem:
+                raise ServiceError(ErrorKind.VALIDATION, f"{where(i)}: {problem}")
 
     def _truncated(self, model: ServedModel, encoded: Sequence[Encoded]) -> list[int]:
         cut = [i for i, e in enumerate(encoded) if e.truncated]
@@ -267,9 +289,12 @@ class InferenceService:
         assert model.batcher is not None  # READY models have one
         timeout = self.settings.request_timeout_s
         remaining = info.started + timeout - asyncio.get_running_loop().time()
-        if remaining <= 0:
+        if remaining <= 0:  # the server was too busy to get this far in time: not accepted
             raise ServiceError(
-                ErrorKind.TIMEOUT, f"the request passed request_timeout_s ({timeout:g} s)"
+                ErrorKind.OVERLOADED,
+                f"the server is overloaded: the request spent its request_timeout_s ({timeout:g} "
+                "s) before it could be queued; retry later",
+                retry_after=model.batcher.retry_after_s(),
             )
         items = model.batcher.submit(
             encoded, [e.tokens for e in encoded], key=key, timeout_s=remaining
@@ -314,6 +339,7 @@ async def wait_all(
     """All results in order, or the first error; cancels what is left when giving up early
     (deadline, client gone, an error), so the batcher skips it."""
     combined = asyncio.gather(*futures)
+    combined.add_done_callback(_retrieve)  # an error after we gave up must not log as unseen
     waiters: set[asyncio.Future[Any]] = {combined}
     watcher = asyncio.ensure_future(disconnected()) if disconnected else None
     if watcher is not None:
@@ -343,6 +369,11 @@ async def wait_all(
             combined.cancel()
         if watcher is not None:
             watcher.cancel()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _timed_out(timeout_s: float) -> ServiceError:

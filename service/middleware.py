@@ -1,8 +1,16 @@
 """The request middleware (plain ASGI, so it never buffers bodies or breaks disconnect detection).
 
-For each HTTP request: a request id (the client's X-Request-ID or a new one, echoed back), the
-body size limit (413 naming max_body_bytes), and
-when it ends the latency histogram and one structured log line.
+For each HTTP request, before the app sees it: a request id (the client's X-Request-ID or a new
+one), the API key check on guarded routes (401 before any byte of the body is read), and the body
+size limit (413 naming max_body_bytes). On the way out: the request id on every response, a 500
+included; `Connection: close` while draining (so keep-alive clients reconnect to another replica
+instead of reusing a connection this process is about to close); the latency histogram and one
+structured log line.
+
+It is the outermost layer that sees app errors (Starlette's catch-all handler sits outside user
+middleware and would answer without the request id, then re-raise and drop the connection), so an
+unexpected exception is logged here with its traceback and answered as a JSON 500 on a connection
+that stays usable.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.auth import UNAUTHORIZED_MESSAGE, bearer_token, is_guarded, key_matches
 from service.context import RequestInfo
 from service.errors import ErrorKind
 from service.http_errors import error_body
@@ -27,14 +36,29 @@ if TYPE_CHECKING:
     from service.dependencies import ServiceState
 
 access_log = logging.getLogger("nlpserve.access")
+logger = logging.getLogger(__name__)
 
 INFO_KEY = "nlpserve.request"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
+# An over-limit body is read and thrown away before the 413 goes out, up to these bounds: a
+# server that answers and closes while the client is still sending makes the client's kernel see
+# a reset, and most clients then report the reset instead of the 413 they were sent.
+DISCARD_MAX_BYTES = 256 * 1024 * 1024
+DISCARD_MAX_SECONDS = 10.0
+
+# Health probes and scrapes are logged at debug level: one info line per kubelet probe drowns
+# the request log.
+QUIET_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+
 
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the request body is over max_body_bytes ({limit} bytes)")
+        super().__init__(413, too_large_message(limit))
+
+
+def too_large_message(limit: int) -> str:
+    return f"the request body is over max_body_bytes ({limit} bytes)"
 
 
 class RequestMiddleware:
@@ -53,69 +77,128 @@ class RequestMiddleware:
         info = RequestInfo(request_id=request_id, started=loop.time())
         started = time.perf_counter()  # loop.time() may tick in whole milliseconds (uvloop)
         scope[INFO_KEY] = info
+        path: str = scope["path"]
         limit = self.state.settings.max_body_bytes
-        status = 500
+        status = 0  # 0 until the response started
+        close = False  # set when the body overflowed: the connection cannot be reused
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                extra = [(b"x-request-id", request_id.encode())]
+                if close or self.state.lifecycle.draining:
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         received = 0
 
         async def receive_limited() -> Message:
-            nonlocal received
+            nonlocal received, close
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    close = True
+                    if message.get("more_body", False):
+                        await _discard_body(receive)
                     raise BodyTooLarge(limit)
             return message
 
         try:
             declared = headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                await _send_too_large(send_with_id, scope["path"], limit)
+            if is_guarded(path) and not self._authorized(headers):
+                await _send_error(
+                    send_with_id, path, 401, UNAUTHORIZED_MESSAGE, ErrorKind.UNAUTHORIZED,
+                    [(b"www-authenticate", b"Bearer")],
+                )  # fmt: skip
+            elif declared.isdigit() and int(declared) > limit:
+                close = True
+                if headers.get("expect", "").lower() != "100-continue":
+                    await _discard_body(receive)  # the client is sending it anyway
+                await _send_error(
+                    send_with_id, path, 413, too_large_message(limit),
+                    ErrorKind.PAYLOAD_TOO_LARGE,
+                )  # fmt: skip
             else:
                 await self.app(scope, receive_limited, send_with_id)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope["method"], path)
+            if status:  # the response had started: nothing valid can follow it
+                raise
+            await _send_error(
+                send_with_id, path, 500, "internal server error (details are in the server log)",
+                ErrorKind.INTERNAL,
+            )  # fmt: skip
         finally:
-            seconds = time.perf_counter() - started
-            route = scope.get("route")
-            route_path = getattr(route, "path", None) or "unmatched"
-            self.state.metrics.request_seconds.labels(
-                route_path, info.model or "", str(status)
-            ).observe(seconds)
-            access_log.info(
-                "%s %s %d",
-                scope["method"],
-                route_path,
-                status,
-                extra={
-                    "request_id": request_id,
-                    "method": scope["method"],
-                    "route": route_path,
-                    "model": info.model,
-                    "status": status,
-                    "latency_ms": round(seconds * 1000, 2),
-                    "batch_size": info.batch_size,
-                },
-            )
+            self._record(scope, info, status or 500, time.perf_counter() - started)
+
+    def _authorized(self, headers: Headers) -> bool:
+        keys = self.state.settings.api_key_values()
+        return not keys or key_matches(bearer_token(headers.get("authorization")), keys)
+
+    def _record(self, scope: Scope, info: RequestInfo, status: int, seconds: float) -> None:
+        route = scope.get("route")
+        route_path = getattr(route, "path", None) or "unmatched"
+        self.state.metrics.request_seconds.labels(
+            route_path, info.model or "", str(status)
+        ).observe(seconds)
+        quiet = scope["path"] in QUIET_PATHS and status < 400
+        access_log.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "%s %s %d",
+            scope["method"],
+            route_path,
+            status,
+            extra={
+                "request_id": info.request_id,
+                "method": scope["method"],
+                "route": route_path,
+                "model": info.model,
+                "status": status,
+                "latency_ms": round(seconds * 1000, 2),
+                "batch_size": info.batch_size,
+            },
+        )
 
 
-async def _send_too_large(send: Send, path: str, limit: int) -> None:
-    message = f"the request body is over max_body_bytes ({limit} bytes)"
-    body = json.dumps(error_body(path, message, ErrorKind.PAYLOAD_TOO_LARGE.value)).encode()
+async def _discard_body(receive: Receive) -> None:
+    """Read what is left of the request body and drop it (bounded in bytes and time)."""
+    discarded = 0
+    deadline = asyncio.get_running_loop().time() + DISCARD_MAX_SECONDS
+    while discarded <= DISCARD_MAX_BYTES:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return
+        try:
+            message = await asyncio.wait_for(receive(), remaining)
+        except asyncio.TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return  # the client went away
+        discarded += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+async def _send_error(
+    send: Send,
+    path: str,
+    status: int,
+    message: str,
+    kind: ErrorKind,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body = json.dumps(error_body(path, message, kind.value)).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
+                *(headers or []),
             ],
         }
     )

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import ErrorKind, ServiceError, shorten
+from service.text_checks import unencodable
 
 NUMPY_TYPES: dict[str, Any] = {
     "BOOL": np.bool_,
@@ -115,6 +116,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         doc = json.loads(header)
     except (UnicodeDecodeError, ValueError) as e:
         raise bad(f"the request is not valid JSON: {e}") from None
+    except RecursionError:  # thousands of nested [ or {: the decoder gives up, so do we
+        raise bad("the request is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise bad("the request must be a JSON object")
 
@@ -316,6 +319,9 @@ def text_input(request: InferRequest, name: str, model: str) -> list[str]:
                 x = x.decode("utf-8")
             except UnicodeDecodeError:
                 raise bad(f"input {name!r} element {i} is not valid UTF-8") from None
+        problem = unencodable(x)
+        if problem:
+            raise ServiceError(ErrorKind.VALIDATION, f"input {name!r} element {i}: {problem}")
         texts.append(x)
     return texts
 

@@ -46,6 +46,30 @@ class Settings(BaseSettings):
         default="json", description="json: one object per line"
     )
 
+    # --- connections (uvicorn's HTTP/1.1 server; see service/connections.py)
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="open connections at once; a new one past it gets 503 and is closed",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="a request's line and headers must arrive within this, else the connection "
+        "is closed (slow or silent clients)",
+    )
+    # Longer than clients' own pool expiry (httpx 5 s, requests/urllib3 none, Go 90 s, AWS ALB
+    # 60 s) so the client, not the server, closes an idle connection: a server that closes
+    # first races the client's next request on it, which then fails as a connection error.
+    # 75 s is nginx's default.
+    keep_alive_timeout_s: float = Field(
+        default=75.0, gt=0, le=3600, description="idle kept-alive connections close after this"
+    )
+    max_header_bytes: int = Field(
+        default=65_536, ge=1024, le=16_777_216, description="request line + headers; 431 above"
+    )
+
     # --- ONNX Runtime
     providers: Literal["cpu", "cuda", "auto"] = Field(
         default="auto",

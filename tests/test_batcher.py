@@ -518,19 +518,73 @@ def test_stop_timeout_with_concurrent_runs_answers_everything() -> None:
     asyncio.run(main())
 
 
+class Timed:
+    """A fake engine whose runs take 0.1 s of fake time per item."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+
+    async def __call__(self, payloads: list[int], key: Hashable) -> list[int]:
+        self.clock.t += 0.1 * len(payloads)
+        return payloads
+
+
 def test_retry_after_counts_the_concurrent_slots() -> None:
-    """Retry-After estimates the drain time of the queue over all slots, not one."""
+    """Retry-After estimates the drain time of the accepted work over all slots, not one."""
 
     async def main() -> None:
-        async def never(payloads: list[int], key: Hashable) -> list[int]:
-            await asyncio.Event().wait()
-            return payloads
+        clocks = FakeClock(), FakeClock()
 
-        one = Batcher("m", never, BatchPolicy(max_concurrent_runs=1), clock=FakeClock())
-        four = Batcher("m", never, BatchPolicy(max_concurrent_runs=4), clock=FakeClock())
+        def make(clock: FakeClock, slots: int) -> Batcher[int, int]:
+            batcher: Batcher[int, int] = Batcher(
+                "m", Timed(clock), BatchPolicy(max_concurrent_runs=slots), clock=clock
+            )
+            batcher._seconds_per_token = 0.025 / slots  # a run: 0.1 s per 4-token item
+            return batcher
+
+        one, four = make(clocks[0], 1), make(clocks[1], 4)
+        items = []
         for b in (one, four):
-            b._seconds_per_item = 0.1
-        assert one.retry_after_s(extra=100) == 10
-        assert four.retry_after_s(extra=100) == 3  # ceil(100 * 0.1 / 4)
+            b.start()
+            items += b.submit(list(range(100)), [4] * 100, timeout_s=3600)
+        assert one.retry_after_s() == 10
+        assert four.retry_after_s() == 3  # ceil(100 * 0.1 / 4)
+        for item in items:  # the clients give up; nothing ran (the window never closed)
+            item.future.cancel()
+        for b in (one, four):
+            await b.stop(1)
+
+    asyncio.run(main())
+
+
+def test_admission_measures_throughput_and_refuses_work_past_its_deadline() -> None:
+    """After a measured run, a request whose predicted wait (queued tokens over the measured
+    seconds per token) passes its deadline is refused up front with a Retry-After equal to the
+    predicted drain time; one with time to spare is accepted."""
+
+    async def main() -> None:
+        clock = FakeClock()
+        batcher: Batcher[int, int] = Batcher(
+            "m", Timed(clock), BatchPolicy(max_queue_delay_s=1, max_batch_size=64), clock=clock
+        )
+        batcher.start()
+        assert batcher.predicted_wait_s() is None  # nothing measured: no prediction
+        first = submit(batcher, 1)
+        with pytest.raises(ServiceError) as cold:  # past one batch budget before a measurement
+            batcher.submit([0] * 300, [40] * 300, timeout_s=3600)
+        assert cold.value.kind is ErrorKind.OVERLOADED
+        await clock.advance(1)
+        assert first[0].future.result() == 1
+        assert batcher.predicted_wait_s() == pytest.approx(0.0)
+        queued = submit(batcher, *range(20), timeout_s=3600)  # 80 tokens: 2 s of work
+        assert batcher.predicted_wait_s(4) == pytest.approx(2.1)
+        with pytest.raises(ServiceError) as refused:
+            submit(batcher, 99, timeout_s=2.0)
+        assert refused.value.kind is ErrorKind.OVERLOADED
+        assert refused.value.retry_after == 2
+        accepted = submit(batcher, 98, timeout_s=5.0)
+        await clock.advance(1)
+        assert [i.future.result() for i in queued + accepted] == [*range(20), 98]
+        await batcher.stop(0)
 
     asyncio.run(main())

@@ -205,7 +205,7 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     (
         "raw binary",
         {"content": b"abc", "headers": {"Inference-Header-Content-Length": "0"}},
-        501,
+        400,
         "raw binary",
     ),
     ("bad gzip", {"content": b"not gzip", "headers": {"Content-Encoding": "gzip"}}, 400, "gzip"),
@@ -218,7 +218,7 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
 def test_bad_v2_requests_are_4xx_with_messages(
     client: TestClient, case: str, request_kwargs: dict[str, Any], status: int, needle: str
 ) -> None:
-    """Malformed or mistyped V2 requests answer {"error": ...} with a 4xx (501 for raw binary)."""
+    """Malformed or mistyped V2 requests answer {"error": ...} with a 4xx."""
     assert_v2_error(client.post("/v2/models/sentiment/infer", **request_kwargs), status, needle)
 
 

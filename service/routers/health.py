@@ -10,11 +10,15 @@ from service.dependencies import StateDep
 router = APIRouter(prefix="/v2/health", tags=["health"])
 
 
+# GET and HEAD: probes and load balancers use either (HEAD kept out of the schema: one
+# operation per route there).
+@router.head("/live", include_in_schema=False)
 @router.get("/live", summary="Liveness: the process answers")
 async def live() -> dict[str, bool]:
     return {"live": True}
 
 
+@router.head("/ready", include_in_schema=False)
 @router.get(
     "/ready",
     summary="Readiness: models loaded and warmed up, not draining",
