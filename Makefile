@@ -42,6 +42,7 @@ test: install
 check: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy model_src export service loadtests
 
 # --- the demo: small models from the project's own sample data, exported and served ----------
@@ -88,18 +89,22 @@ serve: install
 # The recipes behind reports/quality.md. THREADS=1 lets two runs share two cores without their
 # OpenMP threads spinning against each other (0: torch's default, all cores).
 THREADS ?= 0
+# cpu | cuda | auto: CUDA trains under bf16 autocast. Every run writes a resume state and starts
+# with --resume, so a `make models` that was interrupted continues each run where it stopped.
+DEVICE ?= cpu
+TRAIN_RUN = --device $(DEVICE) --resume
 # Sentiment: four runs from the pretrained encoder averaged into one checkpoint (a model soup).
 # Translator: the two stages the CPU budget produced, pinned by step counts.
 SST2 = --train $(DATA_DIR)/sst2/train.tsv --dev $(DATA_DIR)/sst2/dev.tsv --batch-size 32 \
-	--max-length 64 --threads $(THREADS)
+	--max-length 64 --threads $(THREADS) $(TRAIN_RUN)
 MULTI30K = --train-src $(DATA_DIR)/multi30k/train.en.gz \
 	--train-tgt $(DATA_DIR)/multi30k/train.de.gz --dev-src $(DATA_DIR)/multi30k/val.en \
-	--dev-tgt $(DATA_DIR)/multi30k/val.de --max-tokens 4096 --threads $(THREADS)
+	--dev-tgt $(DATA_DIR)/multi30k/val.de --max-tokens 4096 --threads $(THREADS) $(TRAIN_RUN)
 TRANSLATOR_STAGE2_STEPS = 1666
 # NLI: two stages, two more runs (one adds MultiNLI's matched dev set as training data), and a
 # student continuing stage 2 that is distilled from the three (the served model).
 # `--dev` closes the option list so that a second train file can follow $(SNLI)'s `--train`.
-SNLI = --batch-size 32 --max-length 128 --eval-every 0 --threads $(THREADS) \
+SNLI = --batch-size 32 --max-length 128 --eval-every 0 --threads $(THREADS) $(TRAIN_RUN) \
 	--dev $(DATA_DIR)/snli/dev.tsv --train $(DATA_DIR)/snli/train.tsv.gz
 NLI_DISTIL = --distill-weight 0.9 --distill-temperature 2 --seed 32
 

@@ -30,12 +30,18 @@ from export.parity import (
 )
 from export.runtime import classifier_logits, cuda_available, make_session
 from export.text_inputs import Text, encode, load_tokenizer, read_dev_file
+from model_src.classifier.tasks import TASKS
+from service.limits import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_QUEUE_DELAY_MS,
+)
 from service.repository import ModelConfig
 
 logger = logging.getLogger(__name__)
 
-TASKS = {"classifier": "text-classification", "nli": "text-pair-classification"}
-DEFAULT_NAMES = {"text-classification": "sentiment", "text-pair-classification": "nli"}
+# The repository's model name when --name is not given, by classifier task (TASKS key).
+DEFAULT_NAMES = {"classifier": "sentiment", "nli": "nli"}
 
 
 @dataclass
@@ -64,9 +70,9 @@ class ClassifierExport:
     dev: Path | None = None  # labelled TSV for int8 accuracy (and extra parity texts)
     dev_limit: int = 2000  # first N dev rows: enough to resolve a 1-point drop, fast on 2 cores
     threads: int | None = None  # ORT intra-op threads for the checks (default: all cores)
-    max_batch_size: int = 32  # batching defaults written to the model's config.json
-    max_batch_tokens: int = 8192
-    max_queue_delay_ms: float = 0.0  # batch what is queued once the engine is free (CPU)
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # batching defaults for the model's config.json
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_queue_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS
     tolerances: Tolerances | None = None
 
 
@@ -128,15 +134,18 @@ def run_export(job: ClassifierExport) -> Path:
 
     model, ckpt, _ = classifier_graph.load_classifier(job.checkpoint)
     task = ckpt.get("task")
-    if task != TASKS[job.kind]:
-        raise ValueError(f"{job.checkpoint} holds a {task!r} model, not {TASKS[job.kind]!r}")
+    expected = TASKS[job.kind]
+    if task != expected.checkpoint_task:
+        raise ValueError(
+            f"{job.checkpoint} holds a {task!r} model, not {expected.checkpoint_task!r}"
+        )
     labels: list[str] = list(ckpt["labels"])
     max_length = int(ckpt.get("max_length", 128))
-    name = job.name or DEFAULT_NAMES[task]
+    name = job.name or DEFAULT_NAMES[job.kind]
     # Everything that can be refused is checked before the (slow) export.
     version = publish.resolve_version(job.repository, name, job.version)
     config = model_config(task, name, labels, max_length, job)
-    pair = task == "text-pair-classification"
+    pair = expected.pairs
     model = classifier_graph.with_eager_attention(model)
     logger.info("exporting %s (%s) as %s version %d", job.checkpoint, task, name, version)
 

@@ -20,8 +20,9 @@ from torch import nn
 from export import torchscript
 from export.text_inputs import Batch
 from export.torchscript import EXPORTER, OPSET
-from model_src.bert import BertModel
-from model_src.heads import SequenceClassifier
+from model_src.bert.heads import SequenceClassifier
+from model_src.bert.model import BertModel
+from model_src.classifier.checkpoint import load_classifier as load_checkpoint
 
 __all__ = ["EXPORTER", "OPSET", "export_onnx", "load_classifier", "torch_logits"]
 
@@ -32,11 +33,9 @@ INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 def load_classifier(checkpoint_dir: Path) -> tuple[SequenceClassifier, dict[str, Any], Tokenizer]:
     """The fine-tuned classifier (model, checkpoint config, tokenizer), in eval mode."""
-    from model_src.finetune import load_classifier as load
-
     if not (Path(checkpoint_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{checkpoint_dir}: not a checkpoint directory (no config.json)")
-    model, config, tokenizer = load(checkpoint_dir)
+    model, config, tokenizer = load_checkpoint(checkpoint_dir)
     return model.eval(), config, tokenizer
 
 

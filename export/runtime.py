@@ -1,4 +1,5 @@
-"""ONNX Runtime sessions for export checks and the benchmark (CPU unless asked otherwise)."""
+"""ONNX Runtime sessions for export checks and the benchmark (CPU unless asked otherwise), made
+by the service's one session factory."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.text_inputs import Batch
+from service.ort_session import SessionSettings, create_session
 
 
 def make_session(
@@ -22,20 +24,13 @@ def make_session(
     spinning=False lets idle worker threads sleep at once instead of spin-waiting for the next
     run: needed when another engine (PyTorch, a second session) takes turns on the same cores.
     """
-    options = ort.SessionOptions()
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.intra_op_num_threads = threads or (os.cpu_count() or 1)
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # warnings about unused initializers etc. are noise here
-    providers = (
-        ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        if provider == "cuda"
-        else ["CPUExecutionProvider"]
+    settings = SessionSettings(
+        providers="cuda" if provider == "cuda" else "cpu",
+        intra_op_threads=threads or (os.cpu_count() or 1),
+        allow_spinning=spinning,
     )
-    source = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(source, sess_options=options, providers=providers)
+    session, _ = create_session(path if isinstance(path, bytes) else Path(path), settings)
+    return session
 
 
 def cuda_available() -> bool:

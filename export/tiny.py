@@ -7,7 +7,6 @@ tiny encoder (hidden 32, 2 layers).
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ TINY_BERT = {
 
 
 def minilm_tokenizer_path() -> Path:
-    from model_src.hf_checkpoint import default_checkpoint_dir
+    from model_src.bert.hf_checkpoint import default_checkpoint_dir
 
     return default_checkpoint_dir() / "tokenizer.json"
 
@@ -44,35 +43,25 @@ def tiny_classifier_checkpoint(
     Pair it with a larger `initializer_range` (e.g. 0.5): at BERT's 0.02 a random tiny encoder
     gives nearly the same [CLS] vector for every input.
     """
-    from model_src.bert import BertConfig, BertModel
-    from model_src.checkpoint import save_checkpoint
-    from model_src.heads import SequenceClassifier
+    from model_src.bert.heads import SequenceClassifier
+    from model_src.bert.model import BertConfig, BertModel
+    from model_src.bert.tokenization import load_tokenizer
+    from model_src.classifier.checkpoint import save_classifier
+    from model_src.classifier.tasks import task_of_checkpoint
 
-    if labels is None:
-        labels = (
-            ["entailment", "neutral", "contradiction"]
-            if task == "text-pair-classification"
-            else ["negative", "positive"]
-        )
+    kind = task_of_checkpoint(task)
+    labels = labels if labels is not None else list(kind.labels)
     torch.manual_seed(seed)
     config = BertConfig(**{**TINY_BERT, **bert_overrides})
     model = SequenceClassifier(BertModel(config), num_labels=len(labels))
     train_args: dict[str, Any] = {}
     if probe:
         train_args = {"linear_probe": _fit_linear_probe(model)}
-    checkpoint_config = {
-        "format": "nlpserve-classifier",
-        "format_version": 1,
-        "task": task,
-        "labels": labels,
-        "max_length": max_length,
-        "encoder": asdict(config),
-        "classifier_dropout": 0.1,
-        "init": "random (export.tiny)",
-        "train_args": train_args,
-        "best": {},
-    }
-    save_checkpoint(out_dir, model, checkpoint_config, {"tokenizer.json": minilm_tokenizer_path()})
+    tokenizer = load_tokenizer(minilm_tokenizer_path())
+    save_classifier(
+        out_dir, model, tokenizer, kind.name, labels, max_length,
+        init="random (export.tiny)", train_args=train_args, best={},
+    )  # fmt: skip
     return out_dir
 
 
@@ -113,28 +102,21 @@ def minilm_probe_checkpoint(out_dir: Path, steps: int = 200, seed: int = 0) -> P
     Not a good sentiment model, but one with real encoder weights and confident, varied
     predictions, which is what int8/benchmark checks need from a model.
     """
-    from model_src.bert import BertModel
-    from model_src.checkpoint import save_checkpoint
-    from model_src.heads import SequenceClassifier
-    from model_src.hf_checkpoint import default_checkpoint_dir, load_pretrained_bert
+    from model_src.bert.heads import SequenceClassifier
+    from model_src.bert.hf_checkpoint import default_checkpoint_dir, load_pretrained_bert
+    from model_src.bert.model import BertModel
+    from model_src.bert.tokenization import load_tokenizer
+    from model_src.classifier.checkpoint import save_classifier
 
     torch.manual_seed(seed)
     encoder: BertModel = load_pretrained_bert(default_checkpoint_dir())
     model = SequenceClassifier(encoder, num_labels=2).eval()
     fit = _fit_linear_probe(model, steps)
-    checkpoint_config = {
-        "format": "nlpserve-classifier",
-        "format_version": 1,
-        "task": "text-classification",
-        "labels": ["negative", "positive"],
-        "max_length": 128,
-        "encoder": asdict(encoder.config),
-        "classifier_dropout": 0.1,
-        "init": str(default_checkpoint_dir()),
-        "train_args": {"linear_probe": fit},
-        "best": {},
-    }
-    save_checkpoint(out_dir, model, checkpoint_config, {"tokenizer.json": minilm_tokenizer_path()})
+    tokenizer = load_tokenizer(minilm_tokenizer_path())
+    save_classifier(
+        out_dir, model, tokenizer, "classifier", ["negative", "positive"], 128,
+        init=str(default_checkpoint_dir()), train_args={"linear_probe": fit}, best={},
+    )  # fmt: skip
     return out_dir
 
 
@@ -142,7 +124,7 @@ def _fit_linear_probe(model: Any, steps: int = 200) -> dict[str, Any]:
     """Fit `model.classifier` by logistic regression on the frozen [CLS] vectors of the bundled
     labelled sentences (a few hundred Adam steps on 32 vectors: well under a second)."""
     from export.samples import SENTENCE_LABELS, SENTENCES
-    from model_src.tokenization import load_tokenizer, pad_encodings
+    from model_src.bert.tokenization import load_tokenizer, pad_encodings
 
     tokenizer = load_tokenizer(minilm_tokenizer_path(), max_length=128)
     encodings = tokenizer.encode_batch(list(SENTENCES))

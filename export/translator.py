@@ -38,6 +38,11 @@ from service.generation import (
     ENCODER_OUTPUTS,
     OnnxGenerator,
 )
+from service.limits import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_QUEUE_DELAY_MS,
+)
 from service.repository import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -253,9 +258,9 @@ class TranslatorExport:
     beam_size: int = 4  # generation defaults written to the model's config.json
     max_new_tokens: int = 128
     length_penalty: float = 1.0
-    max_batch_size: int = 32
-    max_batch_tokens: int = 8192
-    max_queue_delay_ms: float = 0.0  # batch what is queued once the engine is free (CPU)
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_queue_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS
     max_bleu_diff: float = 0.5
 
 

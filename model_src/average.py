@@ -21,7 +21,11 @@ from typing import Any
 
 import torch
 
-from model_src.checkpoint import load_checkpoint_config, load_state_dict, save_state_checkpoint
+from model_src.common.checkpoint import (
+    load_checkpoint_config,
+    load_state_dict,
+    save_state_checkpoint,
+)
 
 # Config keys that must be equal across the averaged checkpoints (where present).
 MUST_MATCH = ("format", "task", "labels", "max_length", "encoder", "arch", "model")

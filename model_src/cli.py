@@ -15,13 +15,13 @@ from collections.abc import Sequence
 # command path -> (module, add-arguments function, run function, help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("train", "classifier"): (
-        "model_src.finetune",
+        "model_src.classifier.train",
         "add_arguments",
         "run",
         "fine-tune BERT on single texts (sentiment)",
     ),
     ("train", "nli"): (
-        "model_src.finetune",
+        "model_src.classifier.train",
         "add_arguments",
         "run",
         "fine-tune BERT on premise/hypothesis pairs",
@@ -33,13 +33,13 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
         "train the seq2seq translator",
     ),
     ("pretrain",): (
-        "model_src.pretraining",
+        "model_src.pretrain.train",
         "add_arguments",
         "run",
         "continued MLM+NSP pretraining on raw text",
     ),
     ("evaluate",): (
-        "model_src.evaluate",
+        "model_src.classifier.evaluate",
         "add_arguments",
         "run",
         "accuracy, macro-F1 and confusion matrix",
@@ -51,7 +51,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
         "BLEU and chrF of a translator",
     ),
     ("tokenizer", "train"): (
-        "model_src.tokenization",
+        "model_src.bert.tokenization",
         "add_train_arguments",
         "run_train",
         "train a WordPiece vocabulary",

@@ -19,7 +19,8 @@ from fastapi import Depends, FastAPI
 
 import service
 from service import grpc_server
-from service.dependencies import ServiceState, require_api_key
+from service.context import ServiceState
+from service.dependencies import require_api_key
 from service.http_errors import install_error_handlers
 from service.inference import InferenceService
 from service.lifecycle import Lifecycle

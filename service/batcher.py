@@ -26,56 +26,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from service.admission import Admission
+from service.clock import Clock, LoopClock
 from service.errors import ErrorKind, ServiceError
+from service.limits import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_QUEUE_DELAY_MS,
+)
+from service.run_split import split_runs
 
 logger = logging.getLogger(__name__)
-
-# A request is refused (429) when the predicted wait passes this share of its remaining deadline:
-# the prediction is an average, and the request's own run comes after the wait.
-ADMISSION_MARGIN = 0.8
 
 P = TypeVar("P")  # what one sequence hands the engine (e.g. its token ids)
 R = TypeVar("R")  # what the engine returns for one sequence
 
 
-class Clock(Protocol):
-    def now(self) -> float:
-        """Monotonic seconds."""
-        ...
-
-    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
-        """Wait until `event` is set (True) or `timeout` seconds passed (False)."""
-        ...
-
-
-class LoopClock:
-    """The monotonic clock, with the event loop's timers for waiting."""
-
-    def now(self) -> float:
-        return time.monotonic()  # uvloop's loop.time() only has millisecond resolution
-
-    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
-        if event.is_set():
-            return True
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
-
-
 @dataclass(frozen=True)
 class BatchPolicy:
-    max_batch_size: int = 32  # sequences per batch
-    max_batch_tokens: int = 8192  # padded tokens per batch: len(batch) * longest sequence
-    max_queue_delay_s: float = 0.005  # window after a batch's first item arrived
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_queue_delay_s: float = DEFAULT_MAX_QUEUE_DELAY_MS / 1000  # window after the first item
     max_queue_size: int = 1024  # queued sequences; beyond it submit() answers OVERLOADED
     run_overhead_tokens: int = 16  # fixed cost of one engine run, in padded-token equivalents
     max_concurrent_runs: int = 1  # engine runs in flight at once (one per engine worker thread)
@@ -114,34 +90,6 @@ class BatchObserver(Protocol):
 
 
 RunBatch = Callable[[list[Any], Hashable], Awaitable[Sequence[Any]]]
-
-
-def split_runs(lengths: Sequence[int], overhead_tokens: int) -> list[tuple[int, int]]:
-    """Cut ascending `lengths` into runs [start, end) minimising padded tokens + per-run overhead.
-
-    A run pads to its last (longest) sequence, so it costs `(end - start) * lengths[end - 1] +
-    overhead_tokens`. Exact dynamic programme over the positions where the length changes
-    (cutting between equal lengths never helps), so O(distinct lengths^2).
-    """
-    n = len(lengths)
-    if n == 0:
-        return []
-    ends = [i + 1 for i in range(n) if i + 1 == n or lengths[i + 1] != lengths[i]]
-    starts = [0, *ends[:-1]]  # candidate run starts; starts[j] is where run j would begin
-    best = [0.0] + [math.inf] * len(ends)  # best[j]: cost of covering [0, starts[j] or ends[j-1])
-    back = [0] * (len(ends) + 1)
-    for j, end in enumerate(ends, start=1):
-        for i in range(j):  # run from starts[i] to end
-            cost = best[i] + (end - starts[i]) * lengths[end - 1] + overhead_tokens
-            if cost < best[j]:
-                best[j], back[j] = cost, i
-    runs = []
-    j = len(ends)
-    while j > 0:
-        i = back[j]
-        runs.append((starts[i], ends[j - 1]))
-        j = i
-    return runs[::-1]
 
 
 def _resolve(item: WorkItem[Any, Any], result: Any) -> None:
@@ -184,11 +132,7 @@ class Batcher(Generic[P, R]):
         self._stopping = False
         self._running = 0  # items taken from the queue and not resolved yet
         self._running_tokens = 0  # tokens of the items counted in _running
-        # Moving average of the wall seconds it takes to drain one real token, for admission;
-        # None until the first run was measured.
-        self._seconds_per_token: float | None = None
-        self._last_done: float | None = None  # when the last run finished...
-        self._backlog_at_last_done = False  # ...and whether work was waiting then
+        self._admission = Admission(name, policy.max_batch_tokens, policy.max_concurrent_runs)
         self._tasks: set[asyncio.Task[None]] = set()  # the batching loop
         self._in_flight: set[asyncio.Task[None]] = set()  # engine runs
 
@@ -227,7 +171,7 @@ class Batcher(Generic[P, R]):
                 f"max_queue_size is {self.policy.max_queue_size}; retry later",
                 retry_after=self.retry_after_s(),
             )
-        self._admit_within_deadline(sum(tokens), timeout_s)
+        self._admission.check(self._tokens_ahead(), sum(tokens), timeout_s)
         loop = asyncio.get_running_loop()
         now = self._clock.now()
         items = [
@@ -238,43 +182,17 @@ class Batcher(Generic[P, R]):
         self._arrival.set()
         return items
 
-    def _admit_within_deadline(self, tokens: int, timeout_s: float) -> None:
-        """Refuse (OVERLOADED) work that would likely still be queued at its deadline. Before
-        any run was measured there is no throughput to predict from: then at most one full batch
-        per slot is taken in, so a burst on a cold server cannot queue work that times out."""
-        predicted = self.predicted_wait_s(tokens)
-        if predicted is None:
-            ahead = sum(item.tokens for item in self._queue) + self._running_tokens
-            budget = self.policy.max_batch_tokens * self.policy.max_concurrent_runs
-            if ahead and ahead + tokens > budget:
-                raise ServiceError(
-                    ErrorKind.OVERLOADED,
-                    f"model {self.name!r} is warming up under load; retry later",
-                    retry_after=1,
-                )
-        elif predicted > timeout_s * ADMISSION_MARGIN:
-            raise ServiceError(
-                ErrorKind.OVERLOADED,
-                f"model {self.name!r} is overloaded: the queued work would take about "
-                f"{predicted:.1f} s, past this request's deadline; retry later",
-                retry_after=self.retry_after_s(),
-            )
-
     def predicted_wait_s(self, extra_tokens: int = 0) -> float | None:
-        """Seconds until the queued and running work, plus `extra_tokens`, is likely done: the
-        tokens ahead over the measured engine throughput (None before the first run)."""
-        if self._seconds_per_token is None:
-            return None
-        queued = sum(item.tokens for item in self._queue)
-        return (queued + self._running_tokens + extra_tokens) * self._seconds_per_token
+        """Seconds until the queued and running work, plus `extra_tokens`, is likely done
+        (None before the first run was measured)."""
+        return self._admission.predicted_wait_s(self._tokens_ahead() + extra_tokens)
 
     def retry_after_s(self) -> int:
         """Whole seconds until the work already accepted has likely drained (Retry-After)."""
-        predicted = self.predicted_wait_s()
-        if predicted is None:  # nothing measured yet: a guess from the item count
-            items = len(self._queue) + self._running
-            predicted = items * 0.01 / self.policy.max_concurrent_runs
-        return max(1, min(60, math.ceil(round(predicted, 3))))  # round: 2.0000001 s is 2 s
+        return self._admission.retry_after_s(self._tokens_ahead(), len(self._queue) + self._running)
+
+    def _tokens_ahead(self) -> int:
+        return sum(item.tokens for item in self._queue) + self._running_tokens
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Refuse new work, let queued and running work finish (up to `timeout_s`), then fail
@@ -427,7 +345,7 @@ class Batcher(Generic[P, R]):
             seconds = now - started
             lengths = [item.tokens for item in group]
             if not failed and sum(lengths) > 0:
-                self._measure_drain(now, seconds, sum(lengths))
+                self._admission.observe_run(now, seconds, sum(lengths), bool(self._queue))
             self._observer.on_run(
                 RunStats(
                     size=len(group),
@@ -440,25 +358,6 @@ class Batcher(Generic[P, R]):
             )
 
     # ------------------------------------------------------------------ helpers
-
-    def _measure_drain(self, now: float, run_seconds: float, tokens: int) -> None:
-        """Update the drain rate. While work is waiting, the time since the previous run
-        finished is what this run's tokens cost: it includes the engine, the gaps between runs
-        (an event loop busy with other requests) and, with several slots, their overlap. With
-        nothing waiting that interval holds idle time, so the run's own time counts, shared
-        over the slots."""
-        if self._last_done is not None and self._backlog_at_last_done:
-            per_token = (now - self._last_done) / tokens
-        else:
-            per_token = run_seconds / tokens / self.policy.max_concurrent_runs
-        previous = self._seconds_per_token
-        if previous is None:
-            self._seconds_per_token = per_token
-        else:  # up fast, down slowly: an optimistic estimate admits work that then times out
-            weight = 0.5 if per_token > previous else 0.1
-            self._seconds_per_token = (1 - weight) * previous + weight * per_token
-        self._last_done = now
-        self._backlog_at_last_done = bool(self._queue)
 
     def _alive(self, items: Sequence[WorkItem[P, R]]) -> list[WorkItem[P, R]]:
         """Items still worth running; expired ones get TIMEOUT, abandoned ones are dropped."""

@@ -8,34 +8,16 @@ set, FastAPI re-inspects every dependency's signature on every request.)"""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.auth import UNAUTHORIZED_MESSAGE, key_matches
-from service.context import RequestInfo
+from service.context import INFO_KEY, ServiceState
 from service.errors import ErrorKind, ServiceError
 from service.inference import Disconnected, InferenceService
-from service.lifecycle import Lifecycle
-from service.metrics import ServiceMetrics
-from service.middleware import INFO_KEY
-from service.model_control import ModelControl
-from service.registry import ModelRegistry
-from service.settings import Settings
-
-
-@dataclass(frozen=True)
-class ServiceState:
-    """Everything the routes use, built once per app by `create_app`."""
-
-    settings: Settings
-    registry: ModelRegistry
-    lifecycle: Lifecycle
-    inference: InferenceService
-    metrics: ServiceMetrics
-    control: ModelControl
+from service.request_info import RequestInfo
 
 
 def _state(request: Request) -> ServiceState:

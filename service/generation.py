@@ -49,6 +49,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from service.ort_session import SessionSettings, create_session
+
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 ENCODER_INPUTS = ("src_ids",)
@@ -89,18 +91,6 @@ def _metadata_int(session: ort.InferenceSession, key: str, default: int | None) 
     return int(value) if value is not None else default
 
 
-def make_session(
-    path: Path | str | bytes, threads: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",)
-) -> ort.InferenceSession:
-    """A session with explicit intra-op threads and full graph optimisation."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    source = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(source, sess_options=options, providers=list(providers))
-
-
 class OnnxGenerator:
     """Batched greedy and beam search over an encoder and a decoder-step session."""
 
@@ -127,13 +117,11 @@ class OnnxGenerator:
     def from_directory(
         cls,
         version_dir: Path,
-        threads: int = 1,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
+        settings: SessionSettings = SessionSettings(providers="cpu"),
     ) -> OnnxGenerator:
-        return cls(
-            make_session(version_dir / ENCODER_FILE, threads, providers),
-            make_session(version_dir / DECODER_FILE, threads, providers),
-        )
+        encoder, _ = create_session(version_dir / ENCODER_FILE, settings)
+        decoder, _ = create_session(version_dir / DECODER_FILE, settings)
+        return cls(encoder, decoder)
 
     # ---- the two graphs ------------------------------------------------------------------------
     def start(self, src_ids: np.ndarray) -> DecoderState:

@@ -31,11 +31,11 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 import service
 from service import grpc_codec, oip_infer, oip_models
 from service.auth import bearer_token, key_matches
-from service.context import RequestInfo
 from service.errors import ErrorKind, ServiceError
+from service.request_info import RequestInfo
 
 if TYPE_CHECKING:
-    from service.dependencies import ServiceState
+    from service.context import ServiceState
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("nlpserve.access")

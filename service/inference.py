@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from service.context import RequestInfo
 from service.engines import ClassifierEngine, DecodingParams, Encoded, TranslatorEngine
 from service.errors import ErrorKind, ServiceError, shorten
 from service.lifecycle import Lifecycle
+from service.limits import MAX_BEAM_SIZE, MAX_NEW_TOKENS
 from service.metrics import ServiceMetrics
 from service.registry import ModelRegistry, ModelState, ServedModel
 from service.repository import Task
+from service.request_info import RequestInfo
 from service.settings import Settings
 from service.stats import RequestTiming
 from service.text_checks import unencodable
@@ -33,8 +34,6 @@ logger = logging.getLogger(__name__)
 
 Disconnected = Callable[[], Awaitable[None]]  # completes when the client has gone away
 
-MAX_BEAM_SIZE = 16
-MAX_NEW_TOKENS = 1024
 TOKENIZE_INLINE_CHARS = 20_000  # ~1 ms of tokenization; above it, tokenize in a thread
 
 
@@ -299,7 +298,13 @@ class InferenceService:
         items = model.batcher.submit(
             encoded, [e.tokens for e in encoded], key=key, timeout_s=remaining
         )
-        results = await wait_all([item.future for item in items], remaining, disconnected, timeout)
+        results = await wait_all(
+            [item.future for item in items],
+            remaining,
+            disconnected,
+            timeout,
+            running=lambda: all(item.batch_size for item in items),
+        )
         info.batch_size = max(item.batch_size for item in items)
         timing.engine(items[0].enqueued_at, max(i.started_at for i in items), time.monotonic())
         return results
@@ -335,9 +340,14 @@ async def wait_all(
     remaining_s: float,
     disconnected: Disconnected | None,
     timeout_s: float,
+    running: Callable[[], bool] | None = None,
 ) -> list[Any]:
     """All results in order, or the first error; cancels what is left when giving up early
-    (deadline, client gone, an error), so the batcher skips it."""
+    (deadline, client gone, an error), so the batcher skips it.
+
+    The deadline is for waiting in the queue: when it passes with every item already in an
+    engine run (`running()`), the answer is moments away and is awaited rather than thrown
+    away (an event loop busy with other requests can notice a finished run late)."""
     combined = asyncio.gather(*futures)
     combined.add_done_callback(_retrieve)  # an error after we gave up must not log as unseen
     waiters: set[asyncio.Future[Any]] = {combined}
@@ -348,6 +358,8 @@ async def wait_all(
         done, _ = await asyncio.wait(
             waiters, timeout=remaining_s, return_when=asyncio.FIRST_COMPLETED
         )
+        if not done and running is not None and running():
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if combined in done:
             try:
                 return combined.result()  # raises the first item's error

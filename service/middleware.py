@@ -21,24 +21,20 @@ import logging
 import re
 import time
 import uuid
-from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import UNAUTHORIZED_MESSAGE, bearer_token, is_guarded, key_matches
-from service.context import RequestInfo
+from service.context import INFO_KEY, ServiceState
 from service.errors import ErrorKind
 from service.http_errors import error_body
-
-if TYPE_CHECKING:
-    from service.dependencies import ServiceState
+from service.request_info import RequestInfo
 
 access_log = logging.getLogger("nlpserve.access")
 logger = logging.getLogger(__name__)
 
-INFO_KEY = "nlpserve.request"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 # An over-limit body is read and thrown away before the 413 goes out, up to these bounds: a

@@ -32,6 +32,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from service.limits import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_QUEUE_DELAY_MS,
+    MAX_BEAM_SIZE,
+    MAX_NEW_TOKENS,
+)
+
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
@@ -65,12 +73,16 @@ class BatchingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_batch_size: int = Field(default=32, ge=1, le=4096, description="sequences per batch")
+    max_batch_size: int = Field(
+        default=DEFAULT_MAX_BATCH_SIZE, ge=1, le=4096, description="sequences per batch"
+    )
     max_batch_tokens: int = Field(
-        default=8192, ge=1, description="padded tokens per batch (batch size x longest sequence)"
+        default=DEFAULT_MAX_BATCH_TOKENS,
+        ge=1,
+        description="padded tokens per batch (batch size x longest sequence)",
     )
     max_queue_delay_ms: float = Field(
-        default=0.0,
+        default=DEFAULT_MAX_QUEUE_DELAY_MS,
         ge=0,
         le=60_000,
         description="how long a batch may wait for more requests after its first one while the "
@@ -84,8 +96,8 @@ class GenerationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    beam_size: int = Field(default=4, ge=1, le=16, description="1 = greedy")
-    max_new_tokens: int = Field(default=128, ge=1, le=1024)
+    beam_size: int = Field(default=4, ge=1, le=MAX_BEAM_SIZE, description="1 = greedy")
+    max_new_tokens: int = Field(default=128, ge=1, le=MAX_NEW_TOKENS)
     length_penalty: float = Field(default=1.0, ge=0, le=10)
     # The translator's fixed special ids (model_src.translator.tokenizer); export writes them.
     pad_token_id: int = Field(default=0, ge=0)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.inference import ClassificationResult
+from service.limits import MAX_BEAM_SIZE, MAX_NEW_TOKENS
 
 STRICT = ConfigDict(strict=True, extra="forbid")
 
@@ -79,10 +80,13 @@ class TranslateRequest(BaseModel):
     model: str | None = ModelName
     version: str | None = ModelVersion
     beam_size: int | None = Field(
-        default=None, ge=1, le=16, description="1 = greedy; default: the model's"
+        default=None, ge=1, le=MAX_BEAM_SIZE, description="1 = greedy; default: the model's"
     )
     max_new_tokens: int | None = Field(
-        default=None, ge=1, le=1024, description="default: the model's generation.max_new_tokens"
+        default=None,
+        ge=1,
+        le=MAX_NEW_TOKENS,
+        description="default: the model's generation.max_new_tokens",
     )
 
 

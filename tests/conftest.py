@@ -42,9 +42,9 @@ def tiny_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
     real MiniLM vocabulary and tokenizer: a valid --init that fine-tunes in seconds on 2 cores."""
     import torch  # here, not at the top: the service tests need no torch
 
-    from model_src.bert import BertConfig, BertModel
-    from model_src.hf_checkpoint import default_checkpoint_dir, save_hf_bert
-    from model_src.tokenization import load_tokenizer
+    from model_src.bert.hf_checkpoint import default_checkpoint_dir, save_hf_bert
+    from model_src.bert.model import BertConfig, BertModel
+    from model_src.bert.tokenization import load_tokenizer
 
     tiny = BertConfig(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from export.tiny import tiny_classifier_checkpoint, tiny_translator_checkpoint
-from model_src.checkpoint import load_state_dict
+from model_src.classifier.checkpoint import load_classifier
 from model_src.cli import main
-from model_src.finetune import load_classifier
+from model_src.common.checkpoint import load_state_dict
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from service.batcher import Batcher, BatchPolicy, RunStats, split_runs
+from service.batcher import Batcher, BatchPolicy, RunStats
 from service.errors import ErrorKind, ServiceError
+from service.run_split import split_runs
 
 
 class FakeClock:
@@ -539,7 +540,7 @@ def test_retry_after_counts_the_concurrent_slots() -> None:
             batcher: Batcher[int, int] = Batcher(
                 "m", Timed(clock), BatchPolicy(max_concurrent_runs=slots), clock=clock
             )
-            batcher._seconds_per_token = 0.025 / slots  # a run: 0.1 s per 4-token item
+            batcher._admission.seconds_per_token = 0.025 / slots  # a run: 0.1 s per 4-token item
             return batcher
 
         one, four = make(clocks[0], 1), make(clocks[1], 4)

@@ -16,13 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model_src.bert import AttnImplementation, BertConfig, BertModel
-from model_src.hf_checkpoint import (
+from model_src.bert.hf_checkpoint import (
     default_checkpoint_dir,
     load_pretrained_bert,
     save_hf_bert,
 )
-from model_src.tokenization import encode_batch, load_tokenizer
+from model_src.bert.model import AttnImplementation, BertConfig, BertModel
+from model_src.bert.tokenization import encode_batch, load_tokenizer
 
 FP32_ATOL = 1e-5  # max-abs difference allowed between two fp32 implementations
 

@@ -1,4 +1,4 @@
-"""Readers, bad-row handling, collate and the length-bucketing sampler of model_src.data."""
+"""Readers, bad-row handling, collate and the length-bucketing sampler (model_src.classifier)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from model_src.data import (
-    Collator,
-    DataError,
-    EncodedDataset,
-    LengthBucketBatchSampler,
-    ReaderConfig,
-    read_labelled,
-)
-from model_src.hf_checkpoint import default_checkpoint_dir
-from model_src.tokenization import load_tokenizer
+from model_src.bert.hf_checkpoint import default_checkpoint_dir
+from model_src.bert.tokenization import load_tokenizer
+from model_src.classifier.data import DataError, ReaderConfig, read_labelled
+from model_src.classifier.dataset import Collator, EncodedDataset, LengthBucketBatchSampler
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,7 +108,7 @@ def test_bad_rows_are_reported_with_file_line_and_counted(
         "0\tanother fine row\n"
     )
     path = write(tmp_path / "dirty.tsv", text)
-    with caplog.at_level(logging.WARNING, logger="model_src.data"):
+    with caplog.at_level(logging.WARNING, logger="model_src.classifier.data"):
         data = read_labelled(path, ReaderConfig(max_bad_fraction=0.9))
     assert [e.text for e in data.examples] == ["fine row", "another fine row"]
     assert [(b.line, b.reason.split(" (")[0]) for b in data.bad_rows] == [
@@ -172,7 +166,7 @@ def test_missing_file_and_unknown_column_are_data_errors(tmp_path: Path) -> None
 def test_collate_pads_to_the_batch_maximum_with_segment_ids() -> None:
     """Pairs are encoded [CLS] a [SEP] b [SEP] with segment ids 0/1; collate pads to the longest
     item of the batch with [PAD]=0 and a 0 attention mask, and truncation keeps max_length."""
-    from model_src.data import Example
+    from model_src.classifier.data import Example
 
     tokenizer = load_tokenizer(default_checkpoint_dir())
     examples = [

@@ -9,15 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model_src import finetune
-from model_src.data import Collator, EncodedDataset, ReaderConfig, read_labelled
-from model_src.distill import (
+from model_src.bert.tokenization import load_tokenizer
+from model_src.classifier import train as finetune
+from model_src.classifier.checkpoint import build_classifier, load_classifier
+from model_src.classifier.data import ReaderConfig, read_labelled
+from model_src.classifier.dataset import Collator, EncodedDataset
+from model_src.classifier.distill import (
     Teacher,
     WithSoftLabels,
     distillation_loss_sum,
     teacher_probabilities,
 )
-from model_src.tokenization import load_tokenizer
 
 CPU = torch.device("cpu")
 
@@ -51,7 +53,7 @@ def teachers(tiny_init: Path, sample: Path, tmp_path_factory: pytest.TempPathFac
 
 
 def _load(path: Path) -> Teacher:
-    model, config, tokenizer = finetune.load_classifier(path)
+    model, config, tokenizer = load_classifier(path)
     return Teacher(model, tokenizer, int(config["max_length"]))
 
 
@@ -109,13 +111,13 @@ def test_with_full_weight_only_the_teachers_targets_matter(
     losses = []
     for b in (batch, flipped):
         torch.manual_seed(0)  # the same fresh head for both
-        model, _ = finetune.build_classifier(tiny_init, num_labels=3, dropout=0.0)
+        model, _ = build_classifier(tiny_init, num_labels=3, dropout=0.0)
         sgd = torch.optim.SGD(model.parameters(), lr=0.0)
         loss, _ = finetune.train_step(model, [b], sgd, None, 0.0, CPU, 1.0, 1.0)
         losses.append(loss)
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     torch.manual_seed(0)
-    model, _ = finetune.build_classifier(tiny_init, num_labels=3, dropout=0.0)
+    model, _ = build_classifier(tiny_init, num_labels=3, dropout=0.0)
     plain, _ = finetune.train_step(model, [batch], torch.optim.SGD(model.parameters(), lr=0.0),
                                    None, 0.0, CPU)  # fmt: skip
     assert plain != pytest.approx(losses[0], rel=1e-3)  # the gold-label loss differs
@@ -132,7 +134,7 @@ def test_train_nli_with_teachers_records_them_and_rejects_a_label_mismatch(
         "--distill-temperature", "2",
     )  # fmt: skip
     assert finetune.run(args) == 0
-    _, config, _ = finetune.load_classifier(out)
+    _, config, _ = load_classifier(out)
     assert config["train_args"]["teachers"] == [str(t) for t in teachers]
     assert config["train_args"]["distill_weight"] == 0.7
 

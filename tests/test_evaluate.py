@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_src import evaluate
-from model_src.bert import BertConfig, BertModel
-from model_src.finetune import save_classifier
-from model_src.heads import SequenceClassifier
-from model_src.hf_checkpoint import default_checkpoint_dir
-from model_src.tokenization import load_tokenizer
+from model_src.bert.heads import SequenceClassifier
+from model_src.bert.hf_checkpoint import default_checkpoint_dir
+from model_src.bert.model import BertConfig, BertModel
+from model_src.bert.tokenization import load_tokenizer
+from model_src.classifier import evaluate
+from model_src.classifier.checkpoint import save_classifier
 
 
 def test_metrics_match_a_hand_computation() -> None:

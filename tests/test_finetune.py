@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_src import finetune
-from model_src.data import Collator, EncodedDataset, ReaderConfig, read_labelled
-from model_src.evaluate import evaluate_dataset
-from model_src.heads import SequenceClassifier
-from model_src.hf_checkpoint import default_checkpoint_dir, load_pretrained_bert
-from model_src.tokenization import load_tokenizer
+from model_src.bert.heads import SequenceClassifier
+from model_src.bert.hf_checkpoint import default_checkpoint_dir, load_pretrained_bert
+from model_src.bert.tokenization import load_tokenizer
+from model_src.classifier import train as finetune
+from model_src.classifier.checkpoint import build_classifier, load_classifier
+from model_src.classifier.data import ReaderConfig, read_labelled
+from model_src.classifier.dataset import Collator, EncodedDataset
+from model_src.classifier.evaluate import evaluate_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +50,7 @@ def test_finetune_tiny_bert_writes_a_loadable_checkpoint_that_beats_chance(
         assert (out / name).is_file(), name
     assert (out / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    model, config, tokenizer = finetune.load_classifier(out)
+    model, config, tokenizer = load_classifier(out)
     assert config["format"] == "nlpserve-classifier" and config["task"] == "text-classification"
     assert config["labels"] == ["negative", "positive"]
     assert config["encoder"]["hidden_size"] == 32 and config["init"] == str(tiny_init)
@@ -76,7 +78,7 @@ def test_finetune_nli_pairs_writes_a_pair_classifier(
         "--freeze-embeddings", "--threads", "1",
     )  # fmt: skip
     assert finetune.run(args) == 0
-    model, config, _ = finetune.load_classifier(out)
+    model, config, _ = load_classifier(out)
     assert config["task"] == "text-pair-classification"
     assert config["labels"] == ["entailment", "neutral", "contradiction"]
     assert model.classifier.out_features == 3
@@ -103,7 +105,7 @@ def test_several_train_files_are_concatenated_in_order(
     args = train_args("nli", first, sample / "nli/dev.tsv", out, *common)
     args.train = [first, second]
     assert finetune.run(args) == 0
-    _, config, _ = finetune.load_classifier(out)
+    _, config, _ = load_classifier(out)
     assert config["train_args"]["train"] == [str(first), str(second)]
     assert config["training"]["steps"] == 5  # (48 + 32) examples / 16
 
@@ -126,16 +128,16 @@ def test_init_from_a_finetuned_checkpoint_continues_with_its_encoder_and_head(
         "--batch-size", "16", "--threads", "1",
     )  # fmt: skip
     assert finetune.run(args) == 0
-    previous, _, _ = finetune.load_classifier(first)
+    previous, _, _ = load_classifier(first)
 
-    continued, init_dir = finetune.build_classifier(first, num_labels=2)
+    continued, init_dir = build_classifier(first, num_labels=2)
     assert init_dir == first
     for (name, want), got in zip(
         previous.state_dict().items(), continued.state_dict().values(), strict=True
     ):
         assert torch.equal(want, got), name
 
-    three_way, _ = finetune.build_classifier(first, num_labels=3)
+    three_way, _ = build_classifier(first, num_labels=3)
     assert three_way.classifier.out_features == 3
     assert torch.equal(
         three_way.encoder.embeddings.word.weight, previous.encoder.embeddings.word.weight
@@ -151,12 +153,12 @@ def test_gradient_accumulation_equals_the_larger_batch(tiny_init: Path, sample: 
     collate = Collator()
     whole = [collate([dataset[i] for i in range(8)])]
     parts = [collate([dataset[i] for i in range(5)]), collate([dataset[i] for i in range(5, 8)])]
-    model, _ = finetune.build_classifier(tiny_init, num_labels=2, dropout=0.0)
+    model, _ = build_classifier(tiny_init, num_labels=2, dropout=0.0)
     twin = copy.deepcopy(model)
     for net, batches in ((model, whole), (twin, parts)):
         optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
         finetune.train_step(net, batches, optimizer, None, 0.0, torch.device("cpu"))
-    start, _ = finetune.build_classifier(tiny_init, num_labels=2, dropout=0.0)
+    start, _ = build_classifier(tiny_init, num_labels=2, dropout=0.0)
     moved = 0.0
     for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
@@ -191,8 +193,8 @@ def test_torchrun_data_parallel_on_cpu_writes_one_checkpoint(
             raise
     assert proc.returncode == 0, stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "metrics.jsonl", "model.safetensors", "tokenizer.json", "train_log.txt",
-        "training_curve.png",
+        "config.json", "metrics.jsonl", "model.safetensors", "resume.pt", "tokenizer.json",
+        "train_log.txt", "training_curve.png",
     ]  # fmt: skip
     config = json.loads((out / "config.json").read_text())
     assert config["training"]["world_size"] == 2
@@ -203,7 +205,7 @@ def test_torchrun_data_parallel_on_cpu_writes_one_checkpoint(
         if '"dev"' in line
     ]
     assert len(dev) == 1 and sum(1 for line in stdout.splitlines() if "best dev" in line) == 1
-    finetune.load_classifier(out)
+    load_classifier(out)
 
 
 def test_training_from_the_packaged_minilm_by_default(sample: Path, tmp_path: Path) -> None:
@@ -216,7 +218,7 @@ def test_training_from_the_packaged_minilm_by_default(sample: Path, tmp_path: Pa
         "--threads", "1",
     )  # fmt: skip
     assert finetune.run(args) == 0
-    model, config, _ = finetune.load_classifier(out)
+    model, config, _ = load_classifier(out)
     assert config["init"] == str(default_checkpoint_dir())
     assert config["encoder"]["hidden_size"] == 384 and config["encoder"]["num_hidden_layers"] == 6
     assert isinstance(model, SequenceClassifier)

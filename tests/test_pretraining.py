@@ -15,21 +15,19 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # transformers is only the reference here; n
 import pytest
 import torch
 
-from model_src.heads import IGNORE_INDEX
-from model_src.hf_checkpoint import load_pretrained_bert
-from model_src.pretraining import (
+from model_src.bert.heads import IGNORE_INDEX
+from model_src.bert.hf_checkpoint import load_pretrained_bert
+from model_src.bert.tokenization import load_tokenizer, train_wordpiece
+from model_src.common.resume import load_resume_state
+from model_src.pretrain.data import (
     IS_NEXT,
     NOT_NEXT,
-    PretrainConfig,
     PretrainingCollator,
-    add_arguments,
-    build_model,
     build_nsp_pairs,
     mask_tokens,
     read_documents,
-    run,
 )
-from model_src.tokenization import load_tokenizer, train_wordpiece
+from model_src.pretrain.train import PretrainConfig, add_arguments, build_model, run
 
 CLS_ID, SEP_ID, PAD_ID, MASK_ID, VOCAB = 101, 102, 0, 103, 30522  # the MiniLM vocabulary's ids
 
@@ -259,3 +257,22 @@ def test_collator_masks_only_real_tokens(pretrained: Path) -> None:
     assert not selected[batch["attention_mask"] == 0].any()
     assert batch["nsp_labels"].tolist() == [p.label for p in pairs]
     assert batch["token_type_ids"][:, 0].eq(0).all() and batch["token_type_ids"].eq(1).any()
+
+
+def test_resumed_pretraining_ends_with_the_uninterrupted_weights(
+    pretrained: Path, tmp_path: Path
+) -> None:
+    """Stopped at step 4 of 10 and resumed: the same weights as 10 steps in one go (the masking
+    generator and the NSP data position are part of the resume state)."""
+    common = dict(corpus=pretrained / "corpus.txt", tokenizer=pretrained / "tok", steps=10)
+    assert run(pretrain_args(out=tmp_path / "whole", **common)) == 0
+    assert run(pretrain_args(out=tmp_path / "part", max_steps=4, **common)) == 0
+    resumed = pretrain_args(out=tmp_path / "part", **common)
+    resumed.resume = True
+    assert run(resumed) == 0
+    whole = load_resume_state(tmp_path / "whole")
+    part = load_resume_state(tmp_path / "part")
+    assert whole is not None and part is not None and part.position.step == 10
+    for name, tensor in whole.model.items():
+        assert torch.equal(tensor, part.model[name]), name
+    assert torch.equal(whole.generators["masks"], part.generators["masks"])

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from model_src.data import ReaderConfig, read_labelled
+from model_src.classifier.data import ReaderConfig, read_labelled
 from model_src.sample_data import SIZES, write_sample_data
 
 REPO = Path(__file__).resolve().parents[1]

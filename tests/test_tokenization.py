@@ -11,8 +11,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from model_src.hf_checkpoint import default_checkpoint_dir
-from model_src.tokenization import (
+from model_src.bert.hf_checkpoint import default_checkpoint_dir
+from model_src.bert.tokenization import (
     SPECIAL_TOKENS,
     add_train_arguments,
     encode_batch,

@@ -1,10 +1,10 @@
 """The serving code users write today: FastAPI + PyTorch, one forward pass per request.
 
 The point of comparison for `make bench-serving` (loadtests/bench_serving.py): the fine-tuned
-checkpoint loaded with model_src.finetune.load_classifier, a sync endpoint that FastAPI runs in
-its thread pool, and PyTorch called once per request: no batching across requests, no ONNX
-Runtime, default torch threading. Same /v1/classify request and response shape as nlpserve, so
-the same Locust users drive both.
+checkpoint loaded with model_src.classifier.checkpoint.load_classifier, a sync endpoint that
+FastAPI runs in its thread pool, and PyTorch called once per request: no batching across
+requests, no ONNX Runtime, default torch threading. Same /v1/classify request and response
+shape as nlpserve, so the same Locust users drive both.
 
     python -m loadtests.baselines.app --checkpoint checkpoints/sentiment --port 8001
 """
@@ -25,8 +25,8 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 from tokenizers import Tokenizer
 
-from model_src.finetune import load_classifier
-from model_src.tokenization import pad_encodings
+from model_src.bert.tokenization import pad_encodings
+from model_src.classifier.checkpoint import load_classifier
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from model_src.checkpoint import load_checkpoint_config, load_state_dict, save_checkpoint
+from model_src.common.checkpoint import load_checkpoint_config, load_state_dict, save_checkpoint
 from model_src.translator.rnn import GRUAttention, GRUAttentionConfig
 from model_src.translator.tokenizer import TOKENIZER_FILE, load_tokenizer, special_token_ids
 from model_src.translator.transformer import Transformer, TransformerConfig

@@ -21,6 +21,8 @@ import torch
 from sacrebleu.metrics import BLEU, CHRF
 from tokenizers import Tokenizer
 
+from model_src.common.training import pick_device
+from model_src.translator.checkpoint import load_translator
 from model_src.translator.data import read_parallel
 from model_src.translator.decoding import Seq2Seq, generate
 from model_src.translator.tokenizer import decode, encode
@@ -68,15 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length-penalty", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=64, help="sources decoded together")
     parser.add_argument("--max-examples", type=int, default=None, help="score only the first N")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     parser.add_argument("--output", type=Path, default=None, help="JSON file for the scores")
     parser.add_argument("--hypotheses", type=Path, default=None, help="write translations here")
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_src.training import pick_device
-    from model_src.translator.checkpoint import load_translator
-
     try:
         device = pick_device(args.device)
         model, config, tokenizer = load_translator(args.checkpoint, device)

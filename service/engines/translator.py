@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.engines.session import SessionSettings, create_session
 from service.engines.tokenization import Encoded, TextEncoder
+from service.generation import OnnxGenerator
+from service.ort_session import SessionSettings, create_session
 from service.repository import ModelVersion
 
 
@@ -24,8 +25,6 @@ class TranslatorEngine:
     """Loads one translator version (blocking: call it on the model's worker thread)."""
 
     def __init__(self, version: ModelVersion, settings: SessionSettings) -> None:
-        from service.generation import OnnxGenerator  # numpy + onnxruntime only
-
         config = version.config
         assert config.generation is not None  # ModelConfig fills it in for translation
         self.generation = config.generation

@@ -16,10 +16,10 @@ from fastapi import APIRouter, Depends, Request, Response
 
 import service
 from service import oip, oip_infer, oip_models
+from service.context import ServiceState
 from service.dependencies import (
     InferenceDep,
     InfoDep,
-    ServiceState,
     StateDep,
     disconnect_watcher,
     require_api_key,

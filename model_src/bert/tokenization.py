@@ -166,6 +166,28 @@ def write_vocab_txt(tokenizer: Tokenizer, path: Path) -> bool:
     return True
 
 
+def save_tokenizer_files(tokenizer: Tokenizer, out_dir: Path, model_max_length: int = 512) -> None:
+    """tokenizer.json (no padding/truncation baked in), vocab.txt and tokenizer_config.json."""
+    # The saved file carries no padding/truncation: collate pads and callers pick max_length.
+    # A copy, so the caller's tokenizer keeps its settings.
+    clean = Tokenizer.from_str(tokenizer.to_str())
+    clean.no_padding()
+    clean.no_truncation()
+    clean.save(str(out_dir / "tokenizer.json"))
+    write_vocab_txt(clean, out_dir / "vocab.txt")
+    tokenizer_config = {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": tokenizer_lowercases(clean),
+        "unk_token": "[UNK]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "cls_token": "[CLS]",
+        "mask_token": "[MASK]",
+        "model_max_length": model_max_length,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+
+
 # --- Encoding and padding -----------------------------------------------------------------------
 
 
@@ -263,8 +285,6 @@ def train_wordpiece(
     tokenizer.train([str(f) for f in corpus_files], trainer)
     _set_bert_template(tokenizer)
     if out_dir is not None:
-        from model_src.hf_checkpoint import save_tokenizer_files
-
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         save_tokenizer_files(tokenizer, out_dir)

@@ -1,4 +1,4 @@
-"""Labelled text data for the classifiers: file readers, a tokenizing Dataset, a length sampler.
+"""Labelled text files for the classifiers: readers, bad-row accounting, the reader options.
 
 Readers take TSV (no quoting, as in ../shared/data), CSV (standard quoting) and JSONL, each
 optionally gzipped. Columns are found by name in the header (SST-2's `label`/`sentence`, SNLI's
@@ -15,28 +15,17 @@ import csv
 import gzip
 import json
 import logging
-import math
-import random
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import torch
-from tokenizers import Tokenizer
-from torch.utils.data import Dataset, Sampler
-
-from model_src.tokenization import encode_batch, pad_encodings
+from model_src.classifier.tasks import TASKS
+from model_src.common.options import option
 
 log = logging.getLogger(__name__)
 
-TASKS = ("classifier", "nli")
-# Label names (in output order) when none are given. SST-2's `0`/`1` map by index.
-DEFAULT_LABELS: dict[str, tuple[str, ...]] = {
-    "classifier": ("negative", "positive"),
-    "nli": ("entailment", "neutral", "contradiction"),
-}
 # Header names looked for (first match wins) when a column is not given.
 TEXT_ALIASES = ("sentence", "text", "content", "review", "sentence1", "premise")
 PAIR_ALIASES = ("hypothesis", "sentence2")
@@ -53,22 +42,69 @@ class DataError(Exception):
 Column = str | int  # header name, or 0-based position
 
 
+def parse_column(value: str) -> Column:
+    """CLI helper: "2" -> 2 (0-based position), "sentence" -> "sentence" (header name)."""
+    return int(value) if value.isdigit() else value
+
+
+def _parse_labels(value: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+def _parse_label_map(value: str) -> dict[str, str]:
+    pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected RAW=NAME[,RAW=NAME...], got {value!r}")
+    return {raw.strip(): name.strip() for raw, name in pairs}
+
+
+_FILES = "data files"  # the options' group in --help
+
+
 @dataclass(frozen=True)
 class ReaderConfig:
-    """How to read one labelled file."""
+    """How to read one labelled file; the fields are also the commands' data-file options."""
 
-    task: str = "classifier"  # "classifier" (one text) or "nli" (text pair)
-    text_column: Column | None = None  # None: first header alias found (sentence/text/premise...)
-    pair_column: Column | None = None  # nli only; None: hypothesis/sentence2
-    label_column: Column | None = None  # None: label/gold_label
-    labels: tuple[str, ...] | None = None  # label names in model output order; None: task default
-    label_map: dict[str, str] = field(default_factory=dict)  # raw value -> name, e.g. {"pos": ..}
-    header: bool = True  # TSV/CSV: the first line names the columns (true for ../shared/data)
-    max_bad_fraction: float = 0.01  # more bad rows than this fraction stops the read
-    max_examples: int | None = None  # keep only the first N good rows (quick experiments)
+    task: str = option("classifier", cli=False)  # a TASKS key; the command sets it
+    text_column: Column | None = option(
+        None, "header name or 0-based index of the text (default: sentence/text/premise...)",
+        parse=parse_column, group=_FILES,
+    )  # fmt: skip
+    pair_column: Column | None = option(
+        None, "nli: the second text (default: hypothesis/sentence2)", parse=parse_column,
+        group=_FILES,
+    )  # fmt: skip
+    label_column: Column | None = option(
+        None, "header name or 0-based index of the label (default: label/gold_label)",
+        parse=parse_column, group=_FILES,
+    )  # fmt: skip
+    labels: tuple[str, ...] | None = option(
+        None, "comma-separated label names in output order (default: negative,positive for "
+        "classifier; entailment,neutral,contradiction for nli); a raw label that is a digit i "
+        "means the i-th name", parse=_parse_labels, group=_FILES,
+    )  # fmt: skip
+    label_map: dict[str, str] = option(
+        default_factory=dict, help="extra raw label -> name pairs, e.g. pos=positive,neg=negative",
+        parse=_parse_label_map, group=_FILES,
+    )  # fmt: skip
+    # TSV/CSV: the first line names the columns (true for ../shared/data)
+    header: bool = option(
+        True, "TSV/CSV files have no header line (columns are then positions)",
+        flag="--no-header", group=_FILES,
+    )  # fmt: skip
+    max_bad_fraction: float = option(
+        0.01, "stop when more than this fraction of a file's rows is bad", group=_FILES
+    )
+    max_examples: int | None = option(None, cli=False)  # the first N good rows (quick runs)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {list(TASKS)}, not {self.task!r}")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise DataError(f"label names must be distinct, got {list(self.labels)}")
 
     def label_names(self) -> tuple[str, ...]:
-        return self.labels or DEFAULT_LABELS[self.task]
+        return self.labels or TASKS[self.task].labels
 
 
 @dataclass(frozen=True)
@@ -162,11 +198,6 @@ def _json_rows(f: TextIO) -> Iterator[tuple[int, dict[str, Any] | str]]:
 # --- column resolution -------------------------------------------------------------------------
 
 
-def parse_column(value: str) -> Column:
-    """CLI helper: "2" -> 2 (0-based position), "sentence" -> "sentence" (header name)."""
-    return int(value) if value.isdigit() else value
-
-
 def _header_position(
     given: Column | None, aliases: Sequence[str], header: list[str], what: str, path: Path
 ) -> int:
@@ -209,85 +240,6 @@ def label_lookup(labels: Sequence[str], label_map: dict[str, str]) -> dict[str, 
             raise DataError(f"--label-map maps {raw!r} to {name!r}, which is not in {list(labels)}")
         lookup[raw.lower()] = labels.index(name)
     return lookup
-
-
-# --- command-line options ---------------------------------------------------------------------
-
-
-def _parse_label_map(value: str) -> dict[str, str]:
-    pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
-    if any(len(p) != 2 for p in pairs):
-        raise argparse.ArgumentTypeError(f"expected RAW=NAME[,RAW=NAME...], got {value!r}")
-    return {raw.strip(): name.strip() for raw, name in pairs}
-
-
-def add_reader_arguments(parser: argparse.ArgumentParser, labels: bool = True) -> None:
-    """Options shared by training and evaluation for reading labelled files."""
-    group = parser.add_argument_group("data files")
-    group.add_argument(
-        "--text-column",
-        type=parse_column,
-        default=None,
-        help="header name or 0-based index of the text (default: sentence/text/premise...)",
-    )
-    group.add_argument(
-        "--pair-column",
-        type=parse_column,
-        default=None,
-        help="nli: the second text (default: hypothesis/sentence2)",
-    )
-    group.add_argument(
-        "--label-column",
-        type=parse_column,
-        default=None,
-        help="header name or 0-based index of the label (default: label/gold_label)",
-    )
-    if labels:
-        group.add_argument(
-            "--labels",
-            default=None,
-            help="comma-separated label names in output order "
-            "(default: negative,positive for classifier; entailment,neutral,contradiction for "
-            "nli); a raw label that is a digit i means the i-th name",
-        )
-    group.add_argument(
-        "--label-map",
-        type=_parse_label_map,
-        default={},
-        help="extra raw label -> name pairs, e.g. pos=positive,neg=negative",
-    )
-    group.add_argument(
-        "--no-header",
-        dest="header",
-        action="store_false",
-        help="TSV/CSV files have no header line (columns are then positions)",
-    )
-    group.add_argument(
-        "--max-bad-fraction",
-        type=float,
-        default=ReaderConfig.max_bad_fraction,
-        help="stop when more than this fraction of a file's rows is bad (default: %(default)s)",
-    )
-
-
-def reader_config_from_args(
-    args: argparse.Namespace, task: str, labels: Sequence[str] | None = None
-) -> ReaderConfig:
-    """ReaderConfig from the options above; `labels` (e.g. a checkpoint's) beats --labels."""
-    if labels is None and getattr(args, "labels", None):
-        labels = [name.strip() for name in args.labels.split(",") if name.strip()]
-    if labels is not None and len(set(labels)) != len(labels):
-        raise DataError(f"label names must be distinct, got {list(labels)}")
-    return ReaderConfig(
-        task=task,
-        text_column=args.text_column,
-        pair_column=args.pair_column,
-        label_column=args.label_column,
-        labels=tuple(labels) if labels else None,
-        label_map=dict(args.label_map),
-        header=args.header,
-        max_bad_fraction=args.max_bad_fraction,
-    )
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -361,8 +313,6 @@ def _jsonl_records(f: TextIO, path: Path, config: ReaderConfig) -> Iterator[Reco
 def read_labelled(path: str | Path, config: ReaderConfig | None = None) -> LabelledData:
     """Read a labelled TSV/CSV/JSONL(.gz) file; raise DataError when it is unusable."""
     config = config or ReaderConfig()
-    if config.task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, not {config.task!r}")
     path = Path(path)
     fmt = _file_format(path)
     labels = config.label_names()
@@ -438,139 +388,3 @@ def _check_quality(data: LabelledData, config: ReaderConfig, unknown: Counter[st
         f"{data.path}: {n_bad} of {data.rows_read} rows are bad ({fraction:.1%} > "
         f"{config.max_bad_fraction:.1%} allowed by --max-bad-fraction){first}{hint}"
     )
-
-
-# --- tokenized dataset -----------------------------------------------------------------------
-
-
-class EncodedDataset(Dataset[dict[str, Any]]):
-    """Examples tokenized once up front (the Rust tokenizer does a whole file in seconds), so
-    lengths are known to the bucketing sampler and collate only pads."""
-
-    def __init__(self, examples: Sequence[Example], tokenizer: Tokenizer, max_length: int) -> None:
-        self.examples = list(examples)
-        pairs = [e.text_pair or "" for e in self.examples]
-        has_pairs = any(e.text_pair is not None for e in self.examples)
-        encodings = encode_batch(
-            tokenizer, [e.text for e in self.examples], pairs if has_pairs else None, max_length
-        )
-        self.input_ids = encodings.input_ids
-        self.token_type_ids = encodings.token_type_ids
-        self.labels = [e.label for e in self.examples]
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {
-            "input_ids": self.input_ids[index],
-            "token_type_ids": self.token_type_ids[index],
-            "label": self.labels[index],
-        }
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(ids) for ids in self.input_ids]
-
-
-@dataclass(frozen=True)
-class Collator:
-    """Pad a list of dataset items to the longest in the batch; add the labels."""
-
-    pad_id: int = 0  # [PAD] is id 0 in BERT vocabularies; pass the tokenizer's id if different
-
-    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = pad_encodings(
-            [item["input_ids"] for item in items],
-            [item["token_type_ids"] for item in items],
-            self.pad_id,
-        )  # input_ids, attention_mask, token_type_ids: (B, T)
-        batch["labels"] = torch.tensor([item["label"] for item in items], dtype=torch.long)  # (B,)
-        if "soft_label" in items[0]:  # distillation targets (model_src.distill.WithSoftLabels)
-            batch["soft_labels"] = torch.stack([item["soft_label"] for item in items])  # (B, C)
-        return batch
-
-
-class LengthBucketBatchSampler(Sampler[list[int]]):
-    """Batches of similar length with DistributedSampler's semantics.
-
-    Each epoch: shuffle all indices with (seed + epoch); pad by repeating from the start so every
-    rank gets the same count; take this rank's share (rank::world_size); cut it into chunks of
-    `batch_size * bucket_batches` indices, sort each chunk by length, split into batches and
-    shuffle the batch order. Padding drops from "longest in a random batch" to "longest among
-    neighbours in length" while the data stays randomly mixed across chunks. Every rank yields
-    the same number of batches, which DDP needs to keep its all-reduces in step.
-    """
-
-    def __init__(
-        self,
-        lengths: Sequence[int],
-        batch_size: int,
-        shuffle: bool = True,
-        seed: int = 0,
-        bucket_batches: int = 50,  # chunk = 50 batches: little padding, still random mixing
-        num_replicas: int = 1,
-        rank: int = 0,
-        drop_last: bool = False,
-    ) -> None:
-        if batch_size < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"bad batch_size={batch_size} / rank={rank} of {num_replicas}")
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.bucket_batches = bucket_batches
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.drop_last = drop_last
-        self.epoch = 0
-        self.per_rank = math.ceil(len(self.lengths) / num_replicas)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _rank_indices(self) -> list[int]:
-        indices = list(range(len(self.lengths)))
-        if self.shuffle:
-            random.Random(self.seed + self.epoch).shuffle(indices)
-        total = self.per_rank * self.num_replicas
-        while len(indices) < total:  # repeat from the start, like DistributedSampler
-            indices += indices[: total - len(indices)]
-        return indices[self.rank : total : self.num_replicas]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        indices = self._rank_indices()
-        chunk = self.batch_size * self.bucket_batches
-        batches: list[list[int]] = []
-        for start in range(0, len(indices), chunk):
-            part = indices[start : start + chunk]
-            if self.shuffle:  # sorting an ordered eval set would only reorder the output
-                part.sort(key=lambda i: self.lengths[i])
-            batches += [part[i : i + self.batch_size] for i in range(0, len(part), self.batch_size)]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        if self.shuffle:
-            random.Random(self.seed + self.epoch + 1_000_003).shuffle(batches)
-        yield from batches
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.per_rank // self.batch_size
-        return math.ceil(self.per_rank / self.batch_size)
-
-
-def shard_indices(count: int, rank: int, world_size: int) -> list[int]:
-    """This rank's share of an evaluation set, without the padding a training sampler adds (so
-    summed counts over ranks are exact)."""
-    return list(range(rank, count, world_size))
-
-
-def iter_batches(indices: Iterable[int], batch_size: int) -> Iterator[list[int]]:
-    batch: list[int] = []
-    for index in indices:
-        batch.append(index)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

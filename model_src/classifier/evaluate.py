@@ -23,16 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model_src.data import (
-    Collator,
-    DataError,
-    EncodedDataset,
-    add_reader_arguments,
-    iter_batches,
-    read_labelled,
-    reader_config_from_args,
-)
-from model_src.training import DistContext, all_reduce_sum, autocast, pick_device
+from model_src.classifier.checkpoint import load_classifier
+from model_src.classifier.data import DataError, ReaderConfig, read_labelled
+from model_src.classifier.dataset import Collator, EncodedDataset
+from model_src.classifier.tasks import task_of_checkpoint
+from model_src.common.batching import chunked
+from model_src.common.options import add_options, from_args
+from model_src.common.training import DistContext, all_reduce_sum, autocast, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +100,7 @@ def iter_logits(
     and no-grad."""
     ordered = sorted(indices, key=lambda i: len(dataset.input_ids[i]))
     collate = Collator(pad_id)
-    for batch_indices in iter_batches(ordered, batch_size):
+    for batch_indices in chunked(ordered, batch_size):
         batch = {k: v.to(device) for k, v in collate([dataset[i] for i in batch_indices]).items()}
         with autocast(device):
             out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
@@ -155,18 +152,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="labelled TSV/CSV/JSONL(.gz)")
     parser.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
     parser.add_argument("--out", type=Path, default=None, help="also write the metrics as JSON")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    add_reader_arguments(parser, labels=False)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    add_options(parser, ReaderConfig, skip=("labels",))  # the labels are the checkpoint's
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here, not at the top: finetune imports this module's metrics.
-    from model_src.finetune import TASK_OF_CHECKPOINT, load_classifier
-
     try:
         model, config, tokenizer = load_classifier(args.checkpoint)
         labels = list(config["labels"])
-        reader = reader_config_from_args(args, TASK_OF_CHECKPOINT[config["task"]], labels)
+        task = task_of_checkpoint(config["task"]).name
+        reader = from_args(ReaderConfig, args, task=task, labels=tuple(labels))
         data = read_labelled(args.data, reader)
         device = pick_device(args.device)
     except (DataError, FileNotFoundError, ValueError) as e:

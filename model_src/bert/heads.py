@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model_src.bert import BertConfig, BertModel, _activation
+from model_src.bert.model import BertConfig, BertModel, _activation
 
 IGNORE_INDEX = -100  # label value of positions that carry no loss (F.cross_entropy's default)
 

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(requested: str = "auto") -> torch.device:
+def pick_device(requested: str = "cpu") -> torch.device:
     """Resolve "auto" | "cpu" | "cuda" | "cuda:N" to a device, failing clearly if CUDA is absent."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -72,7 +73,7 @@ class DistContext:
         return self.world_size > 1
 
 
-def init_distributed(device_request: str = "auto") -> DistContext:
+def init_distributed(device_request: str = "cpu") -> DistContext:
     """Join the process group torchrun describes in the environment, or run alone.
 
     gloo on CPU, nccl on CUDA; each CUDA rank takes the GPU of its LOCAL_RANK.
@@ -178,16 +179,51 @@ def clip_grad(model: nn.Module, max_norm: float) -> float:
     return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
 
 
+def optimizer_update(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    max_grad_norm: float,
+) -> float:
+    """The end of every training step, the same in every trainer: clip the accumulated
+    gradients, step the optimiser and the schedule, clear the gradients; returns the norm."""
+    grad_norm = clip_grad(model, max_grad_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path, enabled: bool = True, append: bool = False) -> Iterator[None]:
+    """Copy log records into the run's train_log.txt (a resumed run appends to it)."""
+    if not enabled:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a" if append else "w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
 class MetricsLogger:
     """Append one JSON object per line; every record gets the seconds since the logger started."""
 
-    def __init__(self, path: Path, enabled: bool = True) -> None:
+    def __init__(self, path: Path, enabled: bool = True, append: bool = False) -> None:
         self.path = Path(path)
         self.enabled = enabled
         self._start = time.monotonic()
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
+            if not append:  # a resumed run appends to the records it wrote before
+                self.path.write_text("")
 
     def log(self, **record: Any) -> None:
         if not self.enabled:

@@ -23,8 +23,9 @@ from tokenizers import Tokenizer
 from torch import nn
 from torch.utils.data import Dataset
 
-from model_src.data import EncodedDataset, Example
-from model_src.evaluate import iter_logits
+from model_src.classifier.data import Example
+from model_src.classifier.dataset import EncodedDataset
+from model_src.classifier.evaluate import iter_logits
 
 
 @dataclass

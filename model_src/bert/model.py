@@ -1,7 +1,7 @@
 """The BERT encoder: embeddings -> self-attention -> feed-forward -> post-LN layer -> encoder.
 
 Read top to bottom like the paper (Devlin et al. 2019, "BERT"; Vaswani et al. 2017 for the
-layer). Parameter names are ours; `model_src.hf_checkpoint` holds the one map between them and
+layer). Parameter names are ours; `model_src.bert.hf_checkpoint` holds the one map between them and
 the Hugging Face BERT layout, so any HF BERT checkpoint directory loads into `BertModel`.
 
 Everything here is ONNX-exportable with the TorchScript exporter (opset 17) with dynamic batch and
@@ -205,7 +205,7 @@ class BertEncoder(nn.Module):
 
 
 class BertModel(nn.Module):
-    """BERT encoder returning the last hidden states (B, T, H); heads live in model_src.heads."""
+    """BERT encoder returning the last hidden states (B, T, H); heads live in bert/heads.py."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()

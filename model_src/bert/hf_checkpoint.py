@@ -12,17 +12,14 @@ import importlib.resources
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import tokenizers
 import torch
 from safetensors.torch import load_file, save_file
 
-from model_src.bert import AttnImplementation, BertConfig, BertModel
-
-if TYPE_CHECKING:
-    import tokenizers
-
-    from model_src.heads import BertForPretraining
+from model_src.bert.heads import BertForPretraining
+from model_src.bert.model import AttnImplementation, BertConfig, BertModel
+from model_src.bert.tokenization import save_tokenizer_files
 
 logger = logging.getLogger(__name__)
 
@@ -241,8 +238,6 @@ def save_hf_bert(
     Given a BertForPretraining, the pooler and MLM/NSP heads are written too (HF
     BertForPreTraining names), so continued pretraining can resume from the directory.
     """
-    from model_src.heads import BertForPretraining  # heads imports bert; avoid a cycle at import
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder = model.bert if isinstance(model, BertForPretraining) else model
@@ -263,31 +258,3 @@ def save_hf_bert(
     (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     save_tokenizer_files(tokenizer, out_dir, model_max_length=config.max_position_embeddings)
     return out_dir
-
-
-def save_tokenizer_files(
-    tokenizer: tokenizers.Tokenizer, out_dir: Path, model_max_length: int = 512
-) -> None:
-    """tokenizer.json (no padding/truncation baked in), vocab.txt and tokenizer_config.json."""
-    # The saved file carries no padding/truncation: collate pads and callers pick max_length.
-    # A copy, so the caller's tokenizer keeps its settings.
-    import tokenizers as tk
-
-    from model_src.tokenization import tokenizer_lowercases, write_vocab_txt
-
-    clean = tk.Tokenizer.from_str(tokenizer.to_str())
-    clean.no_padding()
-    clean.no_truncation()
-    clean.save(str(out_dir / "tokenizer.json"))
-    write_vocab_txt(clean, out_dir / "vocab.txt")
-    tokenizer_config = {
-        "tokenizer_class": "BertTokenizer",
-        "do_lower_case": tokenizer_lowercases(clean),
-        "unk_token": "[UNK]",
-        "sep_token": "[SEP]",
-        "pad_token": "[PAD]",
-        "cls_token": "[CLS]",
-        "mask_token": "[MASK]",
-        "model_max_length": model_max_length,
-    }
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
