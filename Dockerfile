@@ -1,15 +1,21 @@
 # syntax=docker/dockerfile:1
-# nlpserve serving images. Only the `serve` extras of pyproject.toml go in: ONNX Runtime,
-# tokenizers, FastAPI; never PyTorch.
+# nlpserve serving images. Only the `serve` (CPU) or `gpu` (CUDA) extras of pyproject.toml go
+# in: ONNX Runtime, tokenizers, FastAPI and the `nlpserve` command; never PyTorch.
 #
 #   docker build --target cpu  -t nlpserve:0.1.0-cpu  .
 #   docker build --target cuda -t nlpserve:0.1.0-cuda .
-#   docker run -p 127.0.0.1:8000:8000 -v "$PWD/model_repository:/models:ro" nlpserve:0.1.0-cpu
+#   make demo   # writes runs/demo/model_repository (`make models`: ./model_repository)
+#   docker run -p 127.0.0.1:8000:8000 -v "$PWD/runs/demo/model_repository:/models:ro" nlpserve:0.1.0-cpu
+#
+# The ENTRYPOINT is `nlpserve serve` and the repository, host and port come from NLPSERVE_*
+# variables, so options pass straight through: `docker run ... nlpserve:0.1.0-cpu
+# --max-batch-size 16 --log-level debug` (`--help` lists them all).
 #
 # The model repository is a volume at /models by default. To bake it into the image instead:
 #   docker build --target cpu --build-arg MODELS=baked -t nlpserve:0.1.0-cpu-models .
-# which copies ./model_repository (what `make demo` writes; MODEL_REPOSITORY=<dir> picks
-# another folder, which .dockerignore must then let into the context).
+# which copies ./model_repository (what `make models` writes);
+# --build-arg MODEL_REPOSITORY=runs/demo/model_repository bakes the demo's models instead
+# (.dockerignore lets exactly these two folders into the context).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
@@ -22,9 +28,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-# Only what the serving package needs: pyproject's package discovery finds `service` alone.
+# Only what serving needs: pyproject's package discovery finds `service` and `nlpserve_cli`.
 COPY pyproject.toml README.md ./
 COPY service/ service/
+COPY nlpserve_cli/ nlpserve_cli/
 RUN /opt/venv/bin/pip install --no-cache-dir ".[serve]" \
     && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 
@@ -56,14 +63,17 @@ RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service/ service/
-# onnxruntime and onnxruntime-gpu install the same `onnxruntime` module: swap the CPU build
-# the `serve` extra brings for the GPU build of the `gpu` extra.
-RUN /opt/venv/bin/pip install --no-cache-dir ".[serve]" \
-    && /opt/venv/bin/pip uninstall --yes onnxruntime \
-    && /opt/venv/bin/pip install --no-cache-dir ".[gpu]" \
+COPY nlpserve_cli/ nlpserve_cli/
+# onnxruntime and onnxruntime-gpu install the same `onnxruntime` module, so the `gpu` extra is
+# `serve-core` (everything but ONNX Runtime) plus onnxruntime-gpu, never both builds.
+RUN /opt/venv/bin/pip install --no-cache-dir ".[gpu]" \
     && /opt/venv/bin/python -c "import onnxruntime as ort; assert 'CUDAExecutionProvider' in ort.get_available_providers()"
 
 # ---------------------------------------------------------------- CUDA runtime
+# The CUDA and CPU runtime stages repeat their configuration lines: Docker shares instructions
+# only through a common parent stage, and these two have different base images (choosing the
+# base with a build argument instead would make `--target cuda` alone build a CPU image).
+# tests/test_deploy_manifests.py checks that the two stay alike.
 FROM cuda-base AS cuda
 LABEL org.opencontainers.image.title="nlpserve" \
       org.opencontainers.image.description="BERT classifiers and a Transformer translator on ONNX Runtime with dynamic batching (CUDA)" \
@@ -76,7 +86,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     NLPSERVE_PROVIDERS=cuda \
-    NLPSERVE_LOG_FORMAT=json
+    NLPSERVE_LOG_FORMAT=json \
+    NLPSERVE_MODEL_REPOSITORY=/models \
+    NLPSERVE_HOST=0.0.0.0 \
+    NLPSERVE_PORT=8000
 WORKDIR /home/nlpserve
 USER 10001:10001
 VOLUME ["/models"]
@@ -85,7 +98,8 @@ EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2).status != 200)"]
 STOPSIGNAL SIGTERM
-CMD ["python", "-m", "service", "--model-repository", "/models", "--host", "0.0.0.0", "--port", "8000"]
+# ENTRYPOINT, not CMD: `docker run IMAGE --flag` appends options instead of replacing the command.
+ENTRYPOINT ["nlpserve", "serve"]
 
 # ---------------------------------------------------------------- CPU runtime (the default target: last)
 FROM ${PYTHON_IMAGE} AS cpu
@@ -100,7 +114,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     NLPSERVE_PROVIDERS=cpu \
-    NLPSERVE_LOG_FORMAT=json
+    NLPSERVE_LOG_FORMAT=json \
+    NLPSERVE_MODEL_REPOSITORY=/models \
+    NLPSERVE_HOST=0.0.0.0 \
+    NLPSERVE_PORT=8000
 WORKDIR /home/nlpserve
 USER 10001:10001
 VOLUME ["/models"]
@@ -111,4 +128,5 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2).status != 200)"]
 # SIGTERM (docker stop, Kubernetes) turns readiness false and drains the queue before exiting.
 STOPSIGNAL SIGTERM
-CMD ["python", "-m", "service", "--model-repository", "/models", "--host", "0.0.0.0", "--port", "8000"]
+# ENTRYPOINT, not CMD: `docker run IMAGE --flag` appends options instead of replacing the command.
+ENTRYPOINT ["nlpserve", "serve"]

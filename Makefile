@@ -43,7 +43,7 @@ check: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mypy model_src export service loadtests
+	$(VENV)/bin/mypy model_src export service loadtests nlpserve_cli
 
 # --- the demo: small models from the project's own sample data, exported and served ----------
 DEMO_DATA := $(RUNS)/demo/data

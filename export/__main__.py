@@ -14,9 +14,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from model_src.cli import DefaultsHelpFormatter as Formatter
+from model_src.cli import show_defaults
+
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="checkpoint directory (classifier/nli: also a Hugging Face "
+        "BertForSequenceClassification directory; the subcommand says single texts or pairs)",
+    )
     parser.add_argument("--repository", type=Path, required=True, help="model repository root")
     parser.add_argument("--name", help="model name in the repository (default by task)")
     parser.add_argument("--version", type=int, help="integer version (default: highest + 1)")
@@ -31,29 +40,37 @@ def build_parser() -> argparse.ArgumentParser:
         ("classifier", "text classifier"),
         ("nli", "sentence-pair (NLI) classifier"),
     ):
-        p = sub.add_parser(kind, help=f"export a fine-tuned {what}")
+        p = sub.add_parser(kind, help=f"export a fine-tuned {what}", formatter_class=Formatter)
         _add_common(p)
         p.add_argument("--optimize", action="store_true", help="ORT transformer optimizer fusions")
         p.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation (CPU)")
         p.add_argument("--fp16", action="store_true", help="float16 weights/compute (CUDA)")
         p.add_argument("--dev", type=Path, help="labelled dev TSV for int8 accuracy checks")
-        p.add_argument("--dev-limit", type=int, default=2000, help="first N dev rows (2000)")
-        p.add_argument(
-            "--atol", type=float, default=1e-4, help="fp32 logits tolerance vs PyTorch (1e-4)"
-        )
-    p = sub.add_parser("translator", help="export a Transformer translator (encoder + decoder)")
+        p.add_argument("--dev-limit", type=int, default=2000, help="first N dev rows")
+        p.add_argument("--atol", type=float, default=1e-4, help="fp32 logits tolerance vs PyTorch")
+    p = sub.add_parser(
+        "translator",
+        help="export a Transformer translator (encoder + decoder)",
+        formatter_class=Formatter,
+    )
     _add_common(p)
     p.add_argument("--dev-src", type=Path, help="source sentences, one per line (parity)")
     p.add_argument(
         "--dev-ref", "--dev-tgt", type=Path, help="references for --dev-src (BLEU parity)"
     )
-    p.add_argument("--dev-limit", type=int, default=200, help="first N dev sentences (200)")
+    p.add_argument("--dev-limit", type=int, default=200, help="first N dev sentences")
     p.add_argument("--max-new-tokens", type=int, default=128, help="generation default in config")
     p.add_argument("--beam-size", type=int, default=4, help="generation default in config")
 
     from export import bench
 
-    bench.add_arguments(sub.add_parser("bench", help="engine benchmark (PyTorch vs ONNX Runtime)"))
+    bench.add_arguments(
+        sub.add_parser(
+            "bench", help="engine benchmark (PyTorch vs ONNX Runtime)", formatter_class=Formatter
+        )
+    )
+    for subparser in sub.choices.values():
+        show_defaults(subparser)
     return parser
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from export import classifier_graph, optimize, publish, quantize, samples
+from export import classifier_graph, hf_import, optimize, publish, quantize, samples
 from export.parity import (
     LogitsFn,
     ParityError,
@@ -29,8 +29,9 @@ from export.parity import (
     require,
 )
 from export.runtime import classifier_logits, cuda_available, make_session
-from export.text_inputs import Text, encode, load_tokenizer, read_dev_file
+from export.text_inputs import Text, encode, read_dev_file
 from model_src.classifier.tasks import TASKS
+from model_src.common.model_card import exported_card, write_model_card
 from service.limits import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_BATCH_TOKENS,
@@ -132,7 +133,9 @@ def run_export(job: ClassifierExport) -> Path:
             "--quantize int8 and --fp16 are exclusive (int8 is for CPU, fp16 for CUDA)"
         )
 
-    model, ckpt, _ = classifier_graph.load_classifier(job.checkpoint)
+    model, ckpt, checkpoint_tokenizer = classifier_graph.load_classifier(
+        job.checkpoint, TASKS[job.kind].checkpoint_task
+    )
     task = ckpt.get("task")
     expected = TASKS[job.kind]
     if task != expected.checkpoint_task:
@@ -149,7 +152,10 @@ def run_export(job: ClassifierExport) -> Path:
     model = classifier_graph.with_eager_attention(model)
     logger.info("exporting %s (%s) as %s version %d", job.checkpoint, task, name, version)
 
-    tokenizer = load_tokenizer(job.checkpoint / "tokenizer.json", max_length)
+    tokenizer_json = hf_import.tokenizer_json(job.checkpoint, checkpoint_tokenizer)
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    tokenizer.no_padding()  # encode pads each batch to its longest member
+    tokenizer.enable_truncation(max_length=max_length)
     parity_texts: list[Text] = list(samples.PAIRS if pair else samples.SENTENCES)
     dev = read_dev_file(job.dev, labels, pair, job.dev_limit) if job.dev else None
     if dev is not None:  # a slice of real dev texts widens the parity check cheaply
@@ -170,6 +176,10 @@ def run_export(job: ClassifierExport) -> Path:
         reference = ReferenceLogits.compute(
             lambda batch: classifier_graph.torch_logits(model, batch), tokenizer, parity_texts
         )
+        if ckpt.get("format") == hf_import.HF_FORMAT:  # our loading of it vs transformers'
+            parity["pytorch_vs_transformers"] = hf_import.check_against_transformers(
+                job.checkpoint, reference, tol.fp32_atol
+            )
         parity["fp32_vs_pytorch"] = _check_fp32(reference, ort_fn(fp32), tol, "fp32 ONNX")
         current = fp32
 
@@ -220,20 +230,21 @@ def run_export(job: ClassifierExport) -> Path:
         stage = work / "version"
         stage.mkdir()
         shutil.copyfile(current, stage / "model.onnx")
-        shutil.copyfile(job.checkpoint / "tokenizer.json", stage / "tokenizer.json")
-        publish.write_manifest(
-            stage,
-            {
-                "opset": classifier_graph.OPSET,
-                "exporter": classifier_graph.EXPORTER,
-                "source_checkpoint": str(job.checkpoint.resolve()),
-                "task": task,
-                "precision": precision,
-                "quantization": quantization,
-                "optimizations": optimizations,
-                "parity": parity,
-            },
+        (stage / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+        manifest_fields = {
+            "opset": classifier_graph.OPSET,
+            "exporter": classifier_graph.EXPORTER,
+            "source_checkpoint": str(job.checkpoint.resolve()),
+            "task": task,
+            "precision": precision,
+            "quantization": quantization,
+            "optimizations": optimizations,
+            "parity": parity,
+        }
+        write_model_card(
+            stage / "README.md", exported_card(name, task, labels, ckpt, manifest_fields)
         )
+        publish.write_manifest(stage, manifest_fields)
         return publish.publish(stage, job.repository, name, version, config)
 
 

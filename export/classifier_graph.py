@@ -7,10 +7,11 @@ both defeat it (../shared/reference/measurements.md).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -20,9 +21,9 @@ from torch import nn
 from export import torchscript
 from export.text_inputs import Batch
 from export.torchscript import EXPORTER, OPSET
-from model_src.bert.heads import SequenceClassifier
 from model_src.bert.model import BertModel
 from model_src.classifier.checkpoint import load_classifier as load_checkpoint
+from model_src.classifier.hf import is_hf_directory, load_hf_classifier
 
 __all__ = ["EXPORTER", "OPSET", "export_onnx", "load_classifier", "torch_logits"]
 
@@ -31,22 +32,32 @@ logger = logging.getLogger(__name__)
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def load_classifier(checkpoint_dir: Path) -> tuple[SequenceClassifier, dict[str, Any], Tokenizer]:
-    """The fine-tuned classifier (model, checkpoint config, tokenizer), in eval mode."""
+def load_classifier(
+    checkpoint_dir: Path, task: str = "text-classification"
+) -> tuple[nn.Module, dict[str, Any], Tokenizer]:
+    """The fine-tuned classifier (model, checkpoint config, tokenizer), in eval mode.
+
+    A Hugging Face BertForSequenceClassification directory loads too (model_src.classifier.hf);
+    `task` says whether its inputs are single texts or pairs (its config does not).
+    """
     if not (Path(checkpoint_dir) / "config.json").is_file():
         raise FileNotFoundError(f"{checkpoint_dir}: not a checkpoint directory (no config.json)")
+    if is_hf_directory(checkpoint_dir):
+        return load_hf_classifier(checkpoint_dir, task)
     model, config, tokenizer = load_checkpoint(checkpoint_dir)
     return model.eval(), config, tokenizer
 
 
-def with_eager_attention(model: SequenceClassifier) -> SequenceClassifier:
+def with_eager_attention(model: nn.Module) -> nn.Module:
     """The same classifier rebuilt on the explicit matmul-softmax attention path (same weights).
 
     Rebuilt rather than patched: the attention path is fixed at construction, and a fresh module
     from a replaced config is what the BERT owner documents as the way to switch it.
     """
-    encoder_config = dataclasses.replace(model.encoder.config, attn_implementation="eager")
-    eager = SequenceClassifier(BertModel(encoder_config), model.classifier.out_features)
+    encoder = cast(BertModel, model.encoder)
+    encoder_config = dataclasses.replace(encoder.config, attn_implementation="eager")
+    eager = copy.deepcopy(model)  # a SequenceClassifier or an HF-style PooledClassifier
+    eager.encoder = BertModel(encoder_config)
     eager.load_state_dict(model.state_dict())
     return eager.eval()
 

@@ -30,6 +30,7 @@ from export import publish, samples, torchscript
 from export.parity import ParityError, require
 from export.runtime import make_session
 from export.torchscript import EXPORTER, OPSET
+from model_src.common.model_card import numeric, recorded_run_card, write_model_card
 from model_src.translator.transformer import Transformer
 from service.generation import (
     DECODER_INPUTS,
@@ -360,6 +361,17 @@ def run_export(job: TranslatorExport) -> Path:
             job.checkpoint / ckpt.get("tokenizer", {}).get("file", TOKENIZER_FILE),
             stage / "tokenizer.json",
         )
+        summary = f"ONNX export (encoder + decoder, fp32) of `{job.checkpoint.resolve()}`."
+        card = recorded_run_card(
+            name,
+            "translation",
+            "translation",
+            summary,
+            ckpt,
+            {**numeric(ckpt.get("best")), **numeric(report)},
+            "onnx",
+        )
+        write_model_card(stage / "README.md", card)
         publish.write_manifest(
             stage,
             {

@@ -39,7 +39,7 @@ import psutil
 from loadtests.bench_report import BenchResult, Point, ServerRun, write_report
 from loadtests.engine_only import engine_only_rates
 from loadtests.payloads import load_payloads, resolve_data_dir
-from loadtests.run import parse_duration, run_once
+from loadtests.run import HelpFormatter, parse_duration, run_once
 from loadtests.server_metrics import scrape_batch_counters
 from loadtests.servers import nlpserve_command, running_server
 from loadtests.stats import aggregated, read_stats
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests.bench_serving",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     defaults = BenchConfig(repository=Path("model_repository"))
     parser.add_argument("--repository", type=Path, required=True)
@@ -381,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--work-dir", type=Path, default=defaults.work_dir)
     parser.add_argument("--report", type=Path, default=defaults.report)
+    for action in parser._actions:  # argparse prints defaults only beside some help text
+        action.help = action.help or "(default: %(default)s)"
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = BenchConfig(

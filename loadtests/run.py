@@ -124,11 +124,15 @@ def summarize(runs: list[tuple[int, Path]], out: Path, label: str = "nlpserve") 
     return curve
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and every option's default."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m loadtests.run",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--host", help="base URL of a running server, e.g. http://127.0.0.1:8000")

@@ -30,7 +30,7 @@ from model_src.common.checkpoint import (
 # Config keys that must be equal across the averaged checkpoints (where present).
 MUST_MATCH = ("format", "task", "labels", "max_length", "encoder", "arch", "model")
 # Tokenizer file names the project's checkpoints carry.
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
 
 
 class AverageError(ValueError):

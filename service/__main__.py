@@ -17,9 +17,11 @@ import socket
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import Literal, get_args, get_origin
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from service.app import create_app
 from service.connections import ConnectionLimits, limited_protocol
@@ -31,6 +33,21 @@ from service.settings import ENV_PREFIX, Settings, describe_error
 logger = logging.getLogger("service")
 
 
+def _default_and_choices(field: FieldInfo) -> str:
+    """ "one of a|b; default: x; " for an option's help. argparse's own default stays SUPPRESS so
+    that an unset option leaves the environment variable in charge."""
+    parts = []
+    if get_origin(field.annotation) is Literal:
+        parts.append("one of " + "|".join(str(v) for v in get_args(field.annotation)))
+    if field.default_factory is not None and not field.default_factory_takes_validated_data:
+        parts.append(f"default: {field.default_factory()}")  # type: ignore[call-arg]
+    elif field.is_required():
+        parts.append("required")
+    elif field.default is not None:
+        parts.append(f"default: {field.default}")
+    return "".join(part + "; " for part in parts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m service",
@@ -39,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         env = f"{ENV_PREFIX}{name.upper()}"
-        help_text = f"{field.description or ''} (env {env})".strip()
+        help_text = f"{field.description or ''} ({_default_and_choices(field)}env {env})".strip()
         if field.annotation is bool:
             parser.add_argument(
                 flag,

@@ -1,11 +1,12 @@
 """The container image's command, run the way the image runs it, without a container engine.
 
-The CPU stage of the Dockerfile copies pyproject.toml, README.md and service/ into a fresh
-virtualenv, installs `.[serve]` and runs its CMD. This test does the same in a tmp dir: a new
-`python -m venv`, `pip install ".[serve]"` (it downloads the wheels from PyPI: about 30-60 s
-on our 2-core machines, where pip's HTTP cache does not persist), then the exact CMD
-(only the model repository path and the port swapped for tmp ones) with the image's NLPSERVE_*
-environment, from a working directory outside the checkout.
+The CPU stage of the Dockerfile copies pyproject.toml, README.md, service/ and nlpserve_cli/
+into a fresh virtualenv, installs `.[serve]` and runs its ENTRYPOINT. This test does the same in
+a tmp dir: a new `python -m venv`, `pip install ".[serve]"` (it downloads the wheels from PyPI:
+about 30-60 s on our 2-core machines, where pip's HTTP cache does not persist), then the exact
+ENTRYPOINT with the image's NLPSERVE_* environment (only the model repository path and the port
+swapped for tmp ones) and an option appended as `docker run IMAGE --option` does, from a working
+directory outside the checkout.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from loadtests.servers import free_port, wait_ready
-from tests.test_deploy_manifests import dockerfile_stages
+from tests.test_deploy_manifests import dockerfile_stages, image_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +45,7 @@ def serve_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("image")
     src = tmp / "src"
     src.mkdir()
-    for source in image_copy_sources("cpu-build"):  # pyproject.toml README.md service/
+    for source in image_copy_sources("cpu-build"):  # pyproject.toml README.md service/ ...
         path = ROOT / source
         if path.is_dir():
             shutil.copytree(path, src / source, ignore=shutil.ignore_patterns("__pycache__"))
@@ -65,7 +66,7 @@ def test_serve_venv_has_no_torch_and_no_training_code(serve_venv: Path) -> None:
     probe = (
         "import importlib.util, json; "
         "print(json.dumps({m: importlib.util.find_spec(m) is not None "
-        "for m in ('torch', 'model_src', 'export', 'service', 'onnxruntime')}))"
+        "for m in ('torch', 'model_src', 'export', 'service', 'nlpserve_cli', 'onnxruntime')}))"
     )
     out = subprocess.run(
         [str(serve_venv / "bin" / "python"), "-c", probe],
@@ -76,6 +77,7 @@ def test_serve_venv_has_no_torch_and_no_training_code(serve_venv: Path) -> None:
         "model_src": False,
         "export": False,
         "service": True,
+        "nlpserve_cli": True,
         "onnxruntime": True,
     }
 
@@ -84,19 +86,22 @@ def test_serve_venv_has_no_torch_and_no_training_code(serve_venv: Path) -> None:
 def test_image_command_serves_from_the_serve_only_venv(
     serve_venv: Path, model_repository: Path, tmp_path: Path
 ) -> None:
-    """The CPU image's CMD starts the service on the shared tiny repository (sentiment, nli,
-    translator); it turns ready, classifies, answers over gRPC, and exits cleanly on SIGTERM
-    (docker stop, Kubernetes)."""
+    """The CPU image's ENTRYPOINT (the `nlpserve` script of the serve-only venv) starts the
+    service on the shared tiny repository (sentiment, nli, translator) with an appended option;
+    it turns ready, classifies, answers over gRPC, and exits cleanly on SIGTERM (docker stop,
+    Kubernetes)."""
     cpu = dockerfile_stages()["cpu"]
-    command = json.loads(dict(cpu)["CMD"])
+    command = [
+        *json.loads(dict(cpu)["ENTRYPOINT"]),
+        "--max-batch-size",
+        "8",
+    ]  # docker run IMAGE --max-batch-size 8
     port, grpc_port = free_port(), free_port()
-    command[command.index("/models")] = str(model_repository)
-    command[command.index("8000")] = str(port)
-    env_args = " ".join(args for op, args in cpu if op == "ENV")
-    image_env = dict(kv.split("=", 1) for kv in env_args.split() if kv.startswith("NLPSERVE_"))
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("NLPSERVE_")},
-        **image_env,
+        **image_env("cpu"),
+        "NLPSERVE_MODEL_REPOSITORY": str(model_repository),  # the volume at /models
+        "NLPSERVE_PORT": str(port),
         # as the image's ENV PATH=/opt/venv/bin:$PATH
         "PATH": f"{serve_venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
         "NLPSERVE_INTRA_OP_THREADS": "1",  # the test shares 2 cores
@@ -125,3 +130,42 @@ def test_image_command_serves_from_the_serve_only_venv(
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_serve_model_in_the_image_serves_a_cached_export_and_explains_a_missing_one(
+    serve_venv: Path, tmp_path: Path
+) -> None:
+    """`nlpserve serve --model DIR` in the torch-free image: a cache filled elsewhere (here by
+    this process, which has PyTorch) serves; an empty cache says which extras the export needs."""
+    from export.tiny import tiny_classifier_checkpoint
+    from nlpserve_cli.serve_model import build_parser, ensure_exported
+
+    checkpoint = tiny_classifier_checkpoint(tmp_path / "sentiment")
+    nlpserve = str(serve_venv / "bin" / "nlpserve")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NLPSERVE_", "VIRTUAL_ENV"))}
+    env["NLPSERVE_INTRA_OP_THREADS"] = "1"
+    env["NLPSERVE_GRPC_PORT"] = "0"  # the default 8001 could be taken on a shared machine
+
+    empty = subprocess.run(
+        [nlpserve, "serve", "--model", str(checkpoint), "--cache-dir", str(tmp_path / "empty")],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert empty.returncode == 2
+    assert "needs the train and export extras" in empty.stderr
+    train = subprocess.run(
+        [nlpserve, "train", "classifier"], env=env, capture_output=True, text=True
+    )
+    assert train.returncode == 2 and "pip install 'nlpserve[train]'" in train.stderr
+
+    cache = tmp_path / "cache"
+    argv = ["--model", str(checkpoint), "--cache-dir", str(cache), "--no-optimize"]
+    ensure_exported(build_parser().parse_args(argv))
+    port = free_port()
+    server = subprocess.Popen(
+        [nlpserve, "serve", *argv, "--port", str(port)], env=env, cwd=tmp_path
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", timeout_s=60)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=40) == 0

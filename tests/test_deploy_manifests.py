@@ -22,10 +22,11 @@ from service.settings import ENV_PREFIX, Settings
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = ROOT / "Dockerfile"
-IMAGE_CMD = [
-    "python", "-m", "service", "--model-repository", "/models", "--host", "0.0.0.0",
-    "--port", "8000",
-]  # fmt: skip
+# `docker run IMAGE --flag` appends to the ENTRYPOINT; where to serve from comes from ENV.
+IMAGE_ENTRYPOINT = ["nlpserve", "serve"]
+IMAGE_SERVE_ENV = {
+    "NLPSERVE_MODEL_REPOSITORY": "/models", "NLPSERVE_HOST": "0.0.0.0", "NLPSERVE_PORT": "8000",
+}  # fmt: skip
 
 
 def load_script(name: str) -> ModuleType:
@@ -56,6 +57,12 @@ def dockerfile_stages(path: Path = DOCKERFILE) -> dict[str, list[tuple[str, str]
     return stages
 
 
+def image_env(target: str) -> dict[str, str]:
+    """The NLPSERVE_* variables a runtime stage sets with ENV."""
+    env_args = " ".join(a for op, a in dockerfile_stages()[target] if op == "ENV")
+    return dict(re.findall(r"(NLPSERVE_\w+)=(\S+)", env_args))
+
+
 def rendered(name: str) -> dict[tuple[str, str], dict[str, Any]]:
     """The resources of deploy/<name> as `kubectl kustomize` renders them."""
     resources = validate.render_kustomization(DEPLOY / name)
@@ -76,21 +83,43 @@ def test_dockerfile_passes_hadolint() -> None:
 
 @pytest.mark.parametrize("target", ["cpu", "cuda"])
 def test_both_images_run_the_service_as_non_root_with_a_readiness_healthcheck(target: str) -> None:
-    """CPU and CUDA targets: non-root USER, HEALTHCHECK on /v2/health/ready, the service CMD."""
+    """CPU and CUDA targets: non-root USER, HEALTHCHECK on /v2/health/ready, `nlpserve serve`
+    as ENTRYPOINT (no CMD to replace) serving /models on 0.0.0.0:8000."""
     stage = dict(dockerfile_stages()[target])
     assert stage["USER"].split(":")[0] not in ("root", "0")
     assert "/v2/health/ready" in stage["HEALTHCHECK"]
-    assert json.loads(stage["CMD"]) == IMAGE_CMD
+    assert json.loads(stage["ENTRYPOINT"]) == IMAGE_ENTRYPOINT and "CMD" not in stage
+    assert image_env(target).items() >= IMAGE_SERVE_ENV.items()
     assert json.loads(stage["VOLUME"]) == ["/models"]
 
 
+def test_cpu_and_cuda_runtime_stages_differ_only_where_they_must() -> None:
+    """The two runtime stages repeat their configuration (different base images); they may
+    differ in the base, the virtualenv they copy, the description, the provider and the
+    healthcheck's start period (the CUDA image loads slower), nothing else."""
+
+    def normalised(target: str) -> list[tuple[str, str]]:
+        steps = []
+        for op, args in dockerfile_stages()[target]:
+            if op == "FROM":
+                continue
+            args = re.sub(r"--from=\S+-build", "--from=BUILD", args)
+            args = re.sub(r"NLPSERVE_PROVIDERS=\S+", "NLPSERVE_PROVIDERS=X", args)
+            args = re.sub(r"description=\"[^\"]*\"", "description=X", args)
+            args = re.sub(r"--start-period=\S+", "--start-period=X", args)
+            steps.append((op, args))
+        return steps
+
+    assert normalised("cpu") == normalised("cuda")
+
+
 def test_images_install_the_serve_extras_and_never_torch() -> None:
-    """Build stages install `.[serve]` (CUDA: then swap in onnxruntime-gpu); nothing else."""
+    """CPU installs `.[serve]`, CUDA `.[gpu]`: never both ONNX Runtime builds, never torch."""
     stages = dockerfile_stages()
     cpu_runs = " ".join(args for op, args in stages["cpu-build"] if op == "RUN")
     cuda_runs = " ".join(args for op, args in stages["cuda-build"] if op == "RUN")
-    assert '".[serve]"' in cpu_runs and '".[serve]"' in cuda_runs
-    assert '".[gpu]"' in cuda_runs and "uninstall --yes onnxruntime" in cuda_runs
+    assert '".[serve]"' in cpu_runs and '".[gpu]"' not in cpu_runs
+    assert '".[gpu]"' in cuda_runs and '".[serve]"' not in cuda_runs
     for op, args in (step for steps in stages.values() for step in steps):
         assert "torch" not in args.replace("find_spec('torch')", ""), (op, args)
         if op == "COPY" and "--from" not in args:
@@ -136,14 +165,14 @@ def test_gpu_overlay_asks_for_a_gpu_with_the_cuda_image_and_provider() -> None:
 
 
 def test_probes_use_the_v2_health_routes_on_the_served_port() -> None:
-    """startup/readiness on /v2/health/ready, liveness on /v2/health/live, port = the CMD's."""
+    """startup/readiness on /v2/health/ready, liveness on /v2/health/live, port = the image's."""
     spec = container(rendered("base"))
     assert spec["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert spec["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert spec["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
     assert spec["readinessProbe"]["httpGet"]["port"] == "http"
-    assert ports["http"] == int(IMAGE_CMD[IMAGE_CMD.index("--port") + 1])
+    assert ports["http"] == int(IMAGE_SERVE_ENV["NLPSERVE_PORT"])
     mounts = {m["mountPath"]: m["name"] for m in spec["volumeMounts"]}
     assert mounts["/models"] == "models"
 
@@ -173,8 +202,7 @@ def _nlpserve_env_sources() -> dict[str, dict[str, str]]:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     sources["compose"] = compose["services"]["nlpserve"]["environment"]
     for target in ("cpu", "cuda"):
-        env_args = " ".join(a for op, a in dockerfile_stages()[target] if op == "ENV")
-        sources[f"Dockerfile {target}"] = dict(re.findall(r"(NLPSERVE_\w+)=(\S+)", env_args))
+        sources[f"Dockerfile {target}"] = image_env(target)
     return sources
 
 

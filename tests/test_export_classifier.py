@@ -123,7 +123,7 @@ def test_manifest_checksums_match_and_service_reads_the_version(
     model_dir = fp32_version.parent
     found = repository.read_model(model_dir)
     assert found.version == 1
-    assert set(found.manifest.files) == {"model.onnx", "tokenizer.json"}
+    assert set(found.manifest.files) == {"model.onnx", "tokenizer.json", "README.md"}
     assert verify_manifest(found.path) == []  # every checksum matches
     assert found.manifest.precision == "fp32"
     assert found.manifest.opset == 17

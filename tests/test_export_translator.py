@@ -127,7 +127,12 @@ def test_repository_config_carries_generation_defaults(exported: tuple[Path, Pat
     """The service reads the translator with its graphs, tokenizer and special token ids."""
     found = repository.read_model(exported[1].parent)
     assert verify_manifest(found.path) == []  # every checksum matches
-    assert set(found.manifest.files) == {"encoder.onnx", "decoder.onnx", "tokenizer.json"}
+    assert set(found.manifest.files) == {
+        "encoder.onnx",
+        "decoder.onnx",
+        "tokenizer.json",
+        "README.md",
+    }
     generation = found.config.generation
     assert generation is not None
     assert (generation.pad_token_id, generation.bos_token_id, generation.eos_token_id) == (0, 1, 2)

@@ -193,8 +193,9 @@ def test_torchrun_data_parallel_on_cpu_writes_one_checkpoint(
             raise
     assert proc.returncode == 0, stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "metrics.jsonl", "model.safetensors", "resume.pt", "tokenizer.json",
-        "train_log.txt", "training_curve.png",
+        "README.md", "config.json", "metrics.jsonl", "model.safetensors", "resume.pt",
+        "tokenizer.json", "tokenizer_config.json", "train_log.txt", "training_curve.png",
+        "vocab.txt",
     ]  # fmt: skip
     config = json.loads((out / "config.json").read_text())
     assert config["training"]["world_size"] == 2

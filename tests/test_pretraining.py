@@ -210,6 +210,8 @@ def test_checkpoint_is_a_valid_init(pretrained: Path) -> None:
         want = reference(input_ids=ids, token_type_ids=types)
     assert (got.mlm_logits - want.prediction_logits).abs().max().item() < 1e-4
     assert (got.nsp_logits - want.seq_relationship_logits).abs().max().item() < 1e-5
+    card = (out / "README.md").read_text()  # the model card, with the Hub's metadata header
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: fill-mask\n")
 
 
 def test_continued_pretraining_resumes_the_heads(pretrained: Path) -> None:

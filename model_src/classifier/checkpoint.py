@@ -4,7 +4,9 @@
 reads it (evaluation, distillation teachers, export, the PyTorch baseline server), and
 `build_classifier` starts a run from it or from a pretrained BERT. config.json keys: format,
 format_version, task (tasks.TASKS' checkpoint_task), labels, max_length, encoder (BertConfig),
-classifier_dropout, and what the run adds (init, train_args, best, training).
+classifier_dropout, and what the run adds (init, train_args, best, training); beside them the
+Hugging Face keys (model_type, architectures, id2label, ...), so that `transformers` loads the
+directory too (model_src.classifier.hf), and a model card in README.md.
 """
 
 from __future__ import annotations
@@ -21,12 +23,24 @@ from tokenizers import Tokenizer
 from model_src.bert.heads import SequenceClassifier
 from model_src.bert.hf_checkpoint import load_pretrained_bert, resolve_checkpoint_dir
 from model_src.bert.model import BertConfig, BertModel
-from model_src.bert.tokenization import load_tokenizer
+from model_src.bert.tokenization import load_tokenizer, save_tokenizer_files
+from model_src.classifier.hf import (
+    hf_classifier_config,
+    hf_classifier_state,
+    native_classifier_state,
+)
 from model_src.classifier.tasks import TASKS
-from model_src.common.checkpoint import load_checkpoint_config, load_state_dict, save_checkpoint
+from model_src.common.checkpoint import (
+    load_checkpoint_config,
+    load_state_dict,
+    save_state_checkpoint,
+)
+from model_src.common.model_card import checkpoint_card, write_model_card
 
 CHECKPOINT_FORMAT = "nlpserve-classifier"
-CHECKPOINT_FORMAT_VERSION = 1
+# 2: weights under HF BertForSequenceClassification names, so the directory is also a Hugging Face
+# one (classifier.hf); 1: our own parameter names. load_classifier reads both.
+CHECKPOINT_FORMAT_VERSION = 2
 
 
 def is_classifier_checkpoint(directory: Path) -> bool:
@@ -49,7 +63,8 @@ def load_classifier(
     model = SequenceClassifier(
         encoder, len(config["labels"]), dropout=config.get("classifier_dropout", 0.1)
     )
-    model.load_state_dict(load_state_dict(directory), strict=True)
+    state = native_classifier_state(load_state_dict(directory), encoder.config, str(directory))
+    model.load_state_dict(state, strict=True)
     tokenizer = load_tokenizer(directory / "tokenizer.json", max_length=int(config["max_length"]))
     return model.eval(), config, tokenizer
 
@@ -69,7 +84,9 @@ def save_classifier(
         raise ValueError(f"task must be one of {list(TASKS)}, not {task!r}")
     if len(labels) != model.classifier.out_features:
         raise ValueError(f"{len(labels)} label names for {model.classifier.out_features} outputs")
+    # HF keys first, ours after: the directory also loads in transformers (classifier.hf).
     config = {
+        **hf_classifier_config(model.encoder.config, list(labels), model.dropout.p),
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "task": TASKS[task].checkpoint_task,
@@ -79,11 +96,11 @@ def save_classifier(
         "classifier_dropout": model.dropout.p,
         **extra,
     }
-    # The tokenizer file carries no truncation/padding: config.json's max_length says where to cut.
-    clean = Tokenizer.from_str(tokenizer.to_str())
-    clean.no_truncation()
-    clean.no_padding()
-    save_checkpoint(out_dir, model, config, {"tokenizer.json": clean.to_str(pretty=True)})
+    save_state_checkpoint(out_dir, hf_classifier_state(model), config)
+    # tokenizer.json without truncation/padding (config.json's max_length says where to cut),
+    # plus vocab.txt and tokenizer_config.json for transformers' AutoTokenizer.
+    save_tokenizer_files(tokenizer, out_dir, model_max_length=max_length)
+    write_model_card(out_dir / "README.md", checkpoint_card(config))
 
 
 def build_classifier(

@@ -46,6 +46,7 @@ from model_src.classifier.evaluate import evaluate_dataset
 from model_src.common import resume, training
 from model_src.common.batching import chunked
 from model_src.common.checkpoint import jsonable, load_checkpoint_config
+from model_src.common.model_card import checkpoint_card, write_model_card
 from model_src.common.options import add_options, from_args
 
 log = logging.getLogger(__name__)
@@ -320,6 +321,7 @@ class Trainer:
             config = load_checkpoint_config(out)
             config["training"] = summary
             (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            write_model_card(out / "README.md", checkpoint_card(config))
         log.info(
             "done in %.0f s: best dev accuracy %.4f at step %d; checkpoint %s",
             wall, self.best.dev_accuracy, self.best.step, out,
@@ -336,7 +338,9 @@ def finetune(cfg: FinetuneConfig, ctx: training.DistContext) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_options(parser, FinetuneConfig)
+    # `train classifier` reads single texts: no second-text column to point at (cli.py sets task).
+    single_text = parser.get_default("task") == "classifier"
+    add_options(parser, FinetuneConfig, skip=("pair_column",) if single_text else ())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ from model_src.bert.model import BertConfig
 from model_src.bert.tokenization import CLS, MASK, PAD, SEP, UNK, load_tokenizer, special_token_id
 from model_src.common import resume, training
 from model_src.common.checkpoint import jsonable
+from model_src.common.model_card import write_pretraining_card
 from model_src.common.options import add_options, from_args, option
 from model_src.pretrain.data import (
     PretrainingCollator,
@@ -328,6 +329,7 @@ class Trainer:
             save_hf_bert(self.model.to("cpu").eval(), self.model.config, cfg.out, self.tokenizer)
             args_record = {k: jsonable(v) for k, v in asdict(cfg).items()}
             (cfg.out / "pretrain_args.json").write_text(json.dumps(args_record, indent=2) + "\n")
+            write_pretraining_card(cfg.out, args_record, self.last.get("dev"))
             training.plot_training_curves(cfg.out / "metrics.jsonl", cfg.out / "training_curve.png")
             logger.info("wrote %s", cfg.out)
         return self.last

@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from model_src.common.checkpoint import load_checkpoint_config, load_state_dict, save_checkpoint
+from model_src.common.model_card import write_translator_card
 from model_src.translator.rnn import GRUAttention, GRUAttentionConfig
 from model_src.translator.tokenizer import TOKENIZER_FILE, load_tokenizer, special_token_ids
 from model_src.translator.transformer import Transformer, TransformerConfig
@@ -62,6 +63,7 @@ def save_translator(
         **(extra or {}),
     }
     save_checkpoint(out_dir, model, config, files={TOKENIZER_FILE: tokenizer.to_str()})
+    write_translator_card(Path(out_dir), config)
 
 
 def load_translator(

@@ -1,0 +1,1 @@
+"""`nlpserve`: one command over the project's modules (the `python -m` forms keep working)."""
