@@ -23,7 +23,7 @@ BENCH_REPOSITORY ?= $(if $(wildcard $(REPOSITORY)/sentiment),$(REPOSITORY),$(RUN
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-models models serve test check bench-engine loadtest bench-serving clean
+.PHONY: install demo demo-models models serve test check bench-engine loadtest bench-serving peers clean
 
 install: $(VENV)/.installed
 
@@ -155,7 +155,26 @@ loadtest: install
 		--slo-p95-ms $(P95_MS)
 
 bench-serving: install
-	$(PY) -m loadtests.bench_serving --repository $(BENCH_REPOSITORY) --report reports/serving-benchmark.md
+	$(PY) -m loadtests.bench_serving --repository $(BENCH_REPOSITORY) --report reports/serving-benchmark.md \
+		$(if $(wildcard $(PEER_VENVS)/bentoml/.installed),--peer-venvs $(PEER_VENVS))
+
+# The serving frameworks bench-serving compares with (loadtests/baselines/), each in its own venv:
+# they pin fastapi/starlette/pydantic versions of their own. Same onnxruntime/tokenizers/numpy as
+# nlpserve's venv, so every server runs the same kernels.
+PEER_VENVS ?= $(CURDIR)/.venv-peers
+export PEER_VENVS  # tests/test_bench_peers.py runs the peers from there
+PEER_PINS = $(shell $(PY) -c "import onnxruntime, tokenizers, numpy; print(f'onnxruntime=={onnxruntime.__version__} tokenizers=={tokenizers.__version__} numpy=={numpy.__version__}')")
+peers: $(PEER_VENVS)/bentoml/.installed $(PEER_VENVS)/ray/.installed
+
+$(PEER_VENVS)/bentoml/.installed: $(VENV)/.installed
+	$(PYTHON) -m venv $(@D)
+	$(@D)/bin/python -m pip install --quiet bentoml==1.4.40 $(PEER_PINS)
+	touch $@
+
+$(PEER_VENVS)/ray/.installed: $(VENV)/.installed
+	$(PYTHON) -m venv $(@D)
+	$(@D)/bin/python -m pip install --quiet "ray[serve]==2.60.0" $(PEER_PINS)
+	touch $@
 
 clean:
 	rm -rf $(RUNS) .pytest_cache .ruff_cache .mypy_cache

@@ -43,11 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(kind, help=f"export a fine-tuned {what}", formatter_class=Formatter)
         _add_common(p)
         p.add_argument("--optimize", action="store_true", help="ORT transformer optimizer fusions")
-        p.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation (CPU)")
+        p.add_argument(
+            "--quantize",
+            choices=["int8"],
+            help="int8 (CPU): static and dynamic candidates, the fastest inside the accuracy gate",
+        )
         p.add_argument("--fp16", action="store_true", help="float16 weights/compute (CUDA)")
         p.add_argument("--dev", type=Path, help="labelled dev TSV for int8 accuracy checks")
-        p.add_argument("--dev-limit", type=int, default=2000, help="first N dev rows")
-        p.add_argument("--atol", type=float, default=1e-4, help="fp32 logits tolerance vs PyTorch")
+        p.add_argument("--dev-limit", type=int, default=2000, help="first N dev rows (2000)")
+        p.add_argument(
+            "--calibration",
+            type=Path,
+            help="labelled TSV of training texts for static int8 (default: the checkpoint's "
+            "recorded training file)",
+        )
+        p.add_argument("--calibration-limit", type=int, default=512, help="texts drawn (512)")
+        p.add_argument(
+            "--int8-candidates", nargs="+", metavar="NAME", help="int8 settings to try (all)"
+        )
+        p.add_argument(
+            "--atol", type=float, default=1e-4, help="fp32 logits tolerance vs PyTorch (1e-4)"
+        )
     p = sub.add_parser(
         "translator",
         help="export a Transformer translator (encoder + decoder)",
@@ -125,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dev_limit=args.dev_limit,
                 threads=args.threads,
                 tolerances=Tolerances(fp32_atol=args.atol),
+                calibration=args.calibration,
+                calibration_limit=args.calibration_limit,
+                int8_candidates=tuple(args.int8_candidates) if args.int8_candidates else None,
             )
     except ParityError as err:
         print(f"error: parity check failed: {err.what}; nothing was written", file=sys.stderr)

@@ -288,6 +288,10 @@ def markdown(result: dict[str, Any]) -> str:
                 + ").",
                 "",
             ]
+        if "int8_attempts" in cls["models"]:
+            from export.int8_choice import attempts_table
+
+            lines += attempts_table(cls["models"]["int8_attempts"], cls["models"].get("int8_speed"))
         lines += [
             "| engine | B | T | seq/s | best seq/s | p50 ms | p90 ms | p99 ms | GFLOP/s | GEMM "
             "| roofline |",

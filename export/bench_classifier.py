@@ -81,6 +81,8 @@ def build_engines(
         except ParityError as err:  # e.g. no int8 setting keeps this model's accuracy
             logger.warning("%s not benchmarked: %s", engine, err)
             facts[engine] = f"not exported: {err.what}"
+            if "attempts" in err.report:
+                facts["int8_attempts"] = err.report["attempts"]
             continue
         logger.info("exported %s in %.1f s", engine, time.perf_counter() - t0)
         session = make_session(version / "model.onnx", threads, spinning=False)
@@ -90,6 +92,8 @@ def build_engines(
             manifest = json.loads((version / "manifest.json").read_text(encoding="utf-8"))
             facts["int8_settings"] = manifest["quantization"]["chosen"]
             facts["int8_parity"] = manifest["parity"]["int8"]
+            facts["int8_attempts"] = manifest["quantization"]["attempts"]
+            facts["int8_speed"] = manifest["quantization"].get("speed")
     return engines, facts
 
 

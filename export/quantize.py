@@ -1,22 +1,20 @@
-"""Dynamic int8 quantisation with settings chosen by measured accuracy.
+"""Dynamic int8 quantisation: the candidate settings and how each is applied.
 
 Dynamic quantisation stores MatMul (and fused Attention) weights as int8 and quantises
 activations to uint8 on the fly. Which settings keep accuracy depends on the model and the CPU:
 on AVX2 machines without VNNI the u8 x s8 kernels can saturate their int16 intermediates, and
 signed per-tensor weights on every MatMul measurably hurt MiniLM
-(../shared/reference/measurements.md). So instead of trusting a default we try candidates from
-the fastest to the most conservative and keep the first that passes the accuracy bound on the
-dev sample; every attempt is recorded in the manifest.
+(../shared/reference/measurements.md). So instead of trusting a default the exporter tries them
+all, with the static candidates of export.quantize_static, and keeps the fastest inside the
+accuracy gate (export.int8_choice); every attempt is recorded in the manifest.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import onnx
 
@@ -34,7 +32,7 @@ class QuantSettings:
     notes: str = ""
 
 
-# Ordered from most aggressive (fastest, least accurate) to most conservative.
+# From most aggressive (fastest, least accurate) to most conservative; every one is tried.
 CANDIDATES: tuple[QuantSettings, ...] = (
     QuantSettings("per-tensor", notes="every MatMul/Attention, one scale per weight"),
     QuantSettings("per-channel", per_channel=True),
@@ -62,22 +60,6 @@ CANDIDATES: tuple[QuantSettings, ...] = (
         notes="feed-forward MatMuls stay fp32 (fused-graph only)",
     ),
 )
-
-
-@dataclass
-class QuantAttempt:
-    settings: QuantSettings
-    metrics: dict[str, Any]
-    passed: bool
-    quantized_nodes: dict[str, int] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "settings": asdict(self.settings),
-            "metrics": self.metrics,
-            "passed": self.passed,
-            "quantized_nodes": self.quantized_nodes,
-        }
 
 
 def last_layer_patterns(node_names: list[str], count: int) -> tuple[str, ...]:
@@ -121,37 +103,3 @@ def quantize_int8(src: Path, dst: Path, settings: QuantSettings) -> dict[str, in
         if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "QAttention"):
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
-
-
-def choose_int8(
-    src: Path,
-    dst: Path,
-    work_dir: Path,
-    evaluate: Callable[[Path], dict[str, Any]],
-    accept: Callable[[dict[str, Any]], bool],
-    candidates: tuple[QuantSettings, ...] = CANDIDATES,
-) -> tuple[QuantAttempt | None, list[QuantAttempt]]:
-    """Try `candidates` in order; copy the first one `accept`ed by its metrics to `dst`.
-
-    Returns (chosen attempt or None, all attempts). Candidates that quantise nothing in this
-    graph (e.g. attention-only on an unfused graph) are skipped.
-    """
-    attempts: list[QuantAttempt] = []
-    for i, settings in enumerate(candidates):
-        candidate = work_dir / f"int8-candidate-{i}.onnx"
-        counts = quantize_int8(src, candidate, settings)
-        if not counts:
-            logger.info("int8 candidate %s quantises nothing in this graph; skipped", settings.name)
-            candidate.unlink(missing_ok=True)
-            continue
-        metrics = evaluate(candidate)
-        passed = accept(metrics)
-        attempts.append(QuantAttempt(settings, metrics, passed, counts))
-        logger.info(
-            "int8 candidate %s: %s -> %s", settings.name, metrics, "pass" if passed else "fail"
-        )
-        if passed:
-            candidate.replace(dst)
-            return attempts[-1], attempts
-        candidate.unlink(missing_ok=True)
-    return None, attempts

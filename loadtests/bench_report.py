@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -37,13 +38,19 @@ class Point:
 class ServerRun:
     key: str
     label: str
-    kind: str  # "batching" | "unbatched" | "baseline"
+    kind: str  # "batching" | "unbatched" | "baseline" | "peer"
     version: int | None
     precision: str
     points: list[Point]
     engine_only: dict[int, float] = field(default_factory=dict)  # batch size -> sequences/s
     variant: str = ""  # bench_serving --variant name ('' = the model's own batching config)
     batching: dict[str, Any] | None = None  # nlpserve's effective policy, from /v1/models
+    labels: list[str] = field(default_factory=list)  # its labels for the probe texts
+    label_agreement: float | None = None  # with the first (a) run's labels
+
+    @property
+    def nlpserve(self) -> bool:
+        return self.kind in ("batching", "unbatched")
 
     def at(self, users: int) -> Point | None:
         return next((p for p in self.points if p.users == users), None)
@@ -142,7 +149,7 @@ def _ms(value: float | None) -> str:
 
 
 def _table(run: ServerRun) -> list[str]:
-    nlpserve = run.kind != "baseline"
+    nlpserve = run.nlpserve
     head = (
         "| users | req/s | p50 ms | p95 ms | p99 ms | errors | server CPU | req/s per server core "
         "| Locust CPU |"
@@ -155,6 +162,11 @@ def _table(run: ServerRun) -> list[str]:
     if run.batching:
         policy = ", ".join(f"{k} {v:g}" for k, v in run.batching.items())
         lines += [f"Batching policy served (from /v1/models): {policy}.", ""]
+    if run.label_agreement is not None:
+        lines += [
+            f"Labels agree with (a) on {run.label_agreement:.1%} of {len(run.labels)} texts.",
+            "",
+        ]
     lines += [head, rule]
     window_s = None
     for p in run.points:
@@ -263,8 +275,14 @@ def _contention_warning(machine: dict[str, Any]) -> list[str]:
     ]
 
 
-def write_report(result: BenchResult, report: Path) -> Path:
-    """report (markdown) and report.png (throughput and latency vs users, every server)."""
+def write_report(
+    result: BenchResult,
+    report: Path,
+    extra_goals: Sequence[tuple[str, str, bool | None]] = (),
+    extra_section: Sequence[str] = (),
+) -> Path:
+    """report (markdown) and report.png (throughput and latency vs users, every server);
+    `extra_goals` join the goals table and `extra_section` (lines) follows it."""
     png = report.with_suffix(".png")
     series = {run.label: [(p.users, p.stats) for p in run.points] for run in result.runs}
     plot_load_curves(series, png, title="serving benchmark: sentiment model, 1 text/request")
@@ -275,7 +293,7 @@ def write_report(result: BenchResult, report: Path) -> Path:
     )
     sources = {v["source_checkpoint"] for v in result.versions}
     lines = [
-        "# Serving benchmark: nlpserve vs. the FastAPI + PyTorch app users write today",
+        "# Serving benchmark: nlpserve vs. serving frameworks and the FastAPI + PyTorch app",
         "",
         f"Command: `{result.command}` ({result.duration_s / 60:.1f} min)",
         "",
@@ -298,11 +316,12 @@ def write_report(result: BenchResult, report: Path) -> Path:
         "| goal | measured | met |",
         "|---|---|---|",
     ]
-    for goal, measured, met in goals(result):
+    for goal, measured, met in [*goals(result), *extra_goals]:
         lines.append(
             f"| {goal} | {measured} | {'yes' if met else 'NO' if met is False else 'n/a'} |"
         )
-    lines += ["", "## Results", "", f"![throughput and latency vs users]({png.name})", ""]
+    lines += ["", *extra_section]
+    lines += ["## Results", "", f"![throughput and latency vs users]({png.name})", ""]
     for run in result.runs:
         lines += _table(run)
     lines += _export_benchmark_table(result.export_benchmark)

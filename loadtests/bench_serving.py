@@ -10,12 +10,17 @@ Servers, one at a time on 127.0.0.1, each serving only the sentiment model:
   (b) nlpserve with max_batch_size=1 (NLPSERVE_MAX_BATCH_SIZE=1), the served version;
   (c) loadtests/baselines/app.py: FastAPI + PyTorch, one forward pass per request, on the
       checkpoint the served version was exported from;
+  (d) BentoML with adaptive batching and (e) Ray Serve with @serve.batch, each in its venv under
+      --peer-venvs (`make peers`), running nlpserve's engine on the served version
+      (loadtests/peers.py; skipped without --peer-venvs);
   and, for each `--variant NAME:SETTING=VALUE[,SETTING=VALUE...]`, one more (a) server on the
   served version with those NLPSERVE_* settings (e.g. `--variant w2t1:workers_per_model=2,
   intra_op_threads=1`): batching policies compared under the same load in the same run.
 Each gets closed-loop ClassifyUser load (one text per request, no think time) at every user
 count. Recorded per point: throughput, p50/p95/p99, errors, server CPU (psutil), Locust's own
-CPU, and for nlpserve the batches it formed (from /metrics). Then, with the servers stopped, the
+CPU, and for nlpserve the batches it formed (from /metrics). Before the load, each server labels
+the same texts; the report gives every server's agreement with (a). Then, with the servers
+stopped, the
 engine-only rate at those batch sizes (loadtests.engine_only). Writes the report (markdown +
 PNG) and results.json under --work-dir. Run time: about (servers x users x (run time + 3 s)).
 """
@@ -36,9 +41,11 @@ from typing import Any, Literal
 
 import psutil
 
+from loadtests.bench_peers import peer_goals, peer_table
 from loadtests.bench_report import BenchResult, Point, ServerRun, write_report
 from loadtests.engine_only import engine_only_rates
 from loadtests.payloads import load_payloads, resolve_data_dir
+from loadtests.peers import PEERS, label_agreement, peer_command, peer_env, probe_labels
 from loadtests.run import HelpFormatter, parse_duration, run_once
 from loadtests.server_metrics import scrape_batch_counters
 from loadtests.servers import nlpserve_command, running_server
@@ -63,7 +70,9 @@ class BenchConfig:
     threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))  # ORT intra-op
     data_dir: str = ""  # payloads: '' = ../shared/data when present, 'bundled', or a path
     versions: tuple[int, ...] = ()  # (a) versions; () = served (+ newest fp32 if that is not)
-    servers: tuple[str, ...] = ("batching", "unbatched", "baseline")
+    servers: tuple[str, ...] = ("batching", "unbatched", "baseline", *PEERS)
+    peer_venvs: Path | None = None  # venvs of the peers (`make peers`); None: no peers
+    label_probe_texts: int = 64  # texts every server labels before its load (agreement check)
     # Extra (a) servers: (name, ((NLPSERVE_ variable, value), ...)) on the served version.
     variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     engine_seconds: float = 3.0  # engine-only measurement per batch size
@@ -77,12 +86,17 @@ class BenchConfig:
 class ServerSpec:
     key: str  # directory name under work_dir
     label: str  # in tables and the plot
-    kind: str  # "batching" | "unbatched" | "baseline"
+    kind: str  # "batching" | "unbatched" | "baseline" | "peer"
     command: list[str]
     env: dict[str, str]
-    version: int | None = None  # nlpserve's pinned version
+    version: int | None = None  # nlpserve's pinned version (and the peers' version)
     precision: str = "fp32"
     variant: str = ""  # name of the --variant this server runs ('' = the model's own config)
+    ready_path: str = "/v2/health/ready"
+
+    @property
+    def nlpserve(self) -> bool:
+        return self.kind in ("batching", "unbatched")
 
 
 class BenchError(RuntimeError):
@@ -212,6 +226,43 @@ def server_specs(
         specs.append(
             ServerSpec("c-baseline", "(c) FastAPI + PyTorch per request", "baseline", command, {})
         )
+    specs += peer_specs(config, repo, served)
+    return specs
+
+
+def peer_specs(config: BenchConfig, repo: Path, served: ModelVersion) -> list[ServerSpec]:
+    """(d), (e): the serving frameworks, on the served version with nlpserve's ORT threads and
+    max batch size."""
+    if config.peer_venvs is None:
+        return []
+    specs = []
+    for name, peer in PEERS.items():
+        if name not in config.servers:
+            continue
+        try:
+            command = peer_command(
+                name,
+                config.peer_venvs,
+                repo,
+                config.model,
+                served.version,
+                config.threads,
+                served.config.batching.max_batch_size,
+            )
+        except FileNotFoundError as e:
+            raise BenchError(str(e)) from None
+        specs.append(
+            ServerSpec(
+                f"peer-{name}",
+                peer.label,
+                "peer",
+                command,
+                peer_env(),
+                served.version,
+                served.manifest.precision,
+                ready_path=peer.ready_path,
+            )
+        )
     return specs
 
 
@@ -238,8 +289,7 @@ def measure_point(
     extra = ["--classify-model", config.model, "--think-time", "0", "--items-per-request", "1"]
     if config.data_dir:
         extra += ["--data-dir", config.data_dir]
-    nlpserve = spec.kind != "baseline"
-    before = scrape_batch_counters(host, config.model) if nlpserve else None
+    before = scrape_batch_counters(host, config.model) if spec.nlpserve else None
     server_cpu, client_cpu = _cpu_seconds(server), _children_cpu_seconds()
     # All users start within a second (spawn rate = users): the run is the steady state.
     stats_csv = run_once(
@@ -253,13 +303,17 @@ def measure_point(
     return Point(users, stats, server_cpu, client_cpu, batches, str(stats_csv))
 
 
-def run_server(spec: ServerSpec, config: BenchConfig) -> ServerRun:
-    """Start one server, measure every user count against it, stop it."""
+def run_server(spec: ServerSpec, config: BenchConfig, probe_texts: list[str]) -> ServerRun:
+    """Start one server, label `probe_texts`, measure every user count against it, stop it."""
     log_path = config.work_dir / "logs" / f"{spec.key}.log"
     logger.info("server %s", spec.label)
-    with running_server(spec.command, spec.env, log_path) as (host, process):
+    with running_server(spec.command, spec.env, log_path, ready_path=spec.ready_path) as (
+        host,
+        process,
+    ):
         server = psutil.Process(process.pid)
-        batching = served_batching(host, config.model) if spec.kind != "baseline" else None
+        batching = served_batching(host, config.model) if spec.nlpserve else None
+        labels = probe_labels(host, config.model, probe_texts)
         points = []
         for users in config.users:
             logger.info("%s: %d users for %s", spec.label, users, config.run_time)
@@ -273,6 +327,7 @@ def run_server(spec: ServerSpec, config: BenchConfig) -> ServerRun:
         points,
         variant=spec.variant,
         batching=batching,
+        labels=labels,
     )
 
 
@@ -312,13 +367,26 @@ def run_benchmark(config: BenchConfig, command_line: str) -> BenchResult:
     checkpoint = baseline_checkpoint(config, versions[0])
     texts = load_payloads(resolve_data_dir(config.data_dir)).texts
     result = BenchResult.describe(config_dict(config), command_line, versions, checkpoint)
+    probe_texts = texts[: config.label_probe_texts]
     for spec in server_specs(config, versions, checkpoint):
-        result.runs.append(run_server(spec, config))
+        result.runs.append(run_server(spec, config, probe_texts))
+    add_label_agreement(result)
     if "batching" in config.servers:
         add_engine_only(result, config, texts)
     if config.engine_json.is_file():
         result.add_export_benchmark(config.engine_json)
     return result
+
+
+def add_label_agreement(result: BenchResult) -> None:
+    """Each run's agreement with the first (a) run's labels on the probe texts (the first run
+    itself included: 1.0), so the report shows every server computed the same answers."""
+    reference = next((r.labels for r in result.runs if r.kind == "batching" and r.labels), None)
+    if reference is None:
+        return
+    for run in result.runs:
+        if run.labels:
+            run.label_agreement = label_agreement(reference, run.labels)
 
 
 def parse_variant(spec: str) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -372,6 +440,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME:SETTING=VALUE[,SETTING=VALUE]",
         help="one more (a) server with these nlpserve settings (repeatable)",
     )
+    parser.add_argument(
+        "--peer-venvs",
+        type=Path,
+        help="folder of the peers' venvs (`make peers`): adds BentoML and Ray Serve servers",
+    )
     parser.add_argument("--engine-seconds", type=float, default=defaults.engine_seconds)
     parser.add_argument(
         "--engine-json",
@@ -397,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         versions=tuple(args.versions),
         servers=tuple(args.servers),
         variants=tuple(args.variant),
+        peer_venvs=args.peer_venvs,
         engine_seconds=args.engine_seconds,
         engine_json=args.engine_json,
         work_dir=args.work_dir,
@@ -416,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     result.duration_s = time.monotonic() - started
     config.work_dir.mkdir(parents=True, exist_ok=True)
     (config.work_dir / "results.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    write_report(result, config.report)
+    write_report(result, config.report, peer_goals(result), peer_table(result))
     print(
         f"wrote {config.report}, {config.report.with_suffix('.png')}, "
         f"{config.work_dir / 'results.json'}"

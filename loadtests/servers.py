@@ -63,9 +63,10 @@ def running_server(
     env: dict[str, str] | None = None,
     log_path: Path | None = None,
     ready_timeout_s: float = 180.0,
+    ready_path: str = "/v2/health/ready",
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Run `command --host 127.0.0.1 --port P`; yield (base URL, process) once
-    /v2/health/ready answers 200; SIGTERM it on exit (nlpserve drains first).
+    `ready_path` answers 200; SIGTERM it on exit (nlpserve drains first).
 
     The environment is this process's minus NLPSERVE_* (so a developer's settings do not leak
     into a measurement), plus env. Output goes to log_path when given.
@@ -83,7 +84,7 @@ def running_server(
     else:
         process = subprocess.Popen(full_command, env=full_env)
     try:
-        wait_ready(host, ready_timeout_s, process=process)
+        wait_ready(host, ready_timeout_s, ready_path, process=process)
         yield host, process
     finally:
         process.terminate()

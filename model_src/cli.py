@@ -62,6 +62,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
         "run",
         "average compatible checkpoints' weights (a model soup)",
     ),
+    ("shrink",): (
+        "model_src.classifier.shrink",
+        "add_arguments",
+        "run",
+        "a shallower student from alternate layers of a fine-tuned classifier",
+    ),
     ("sample-data",): (
         "model_src.sample_data",
         "add_arguments",

@@ -12,7 +12,7 @@ is full, none) and awaits their futures. The loop forms a batch from the head of
   its padded size (items x longest item) over `max_batch_tokens`;
 - only items with the head's `key` join (the translator keys by decoding parameters);
 - inside the batch items are sorted by length and cut into runs of similar length when that saves
-  more padding than a run costs (`split_runs`), so short texts are not padded to a long one; each
+  more padding than a run costs (`split_runs`), started oldest item first (`oldest_first`); each
   run takes a slot of its own, so with several slots the runs of one batch go side by side.
 
 Every future is resolved exactly once on every path: result, the engine's exception, timeout,
@@ -39,7 +39,7 @@ from service.limits import (
     DEFAULT_MAX_BATCH_TOKENS,
     DEFAULT_MAX_QUEUE_DELAY_MS,
 )
-from service.run_split import split_runs
+from service.run_split import oldest_first, split_runs
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class BatchPolicy:
     max_queue_size: int = 1024  # queued sequences; beyond it submit() answers OVERLOADED
     run_overhead_tokens: int = 16  # fixed cost of one engine run, in padded-token equivalents
     max_concurrent_runs: int = 1  # engine runs in flight at once (one per engine worker thread)
+    regroup_wait_s: float = 0.0  # a batch smaller than the last run waits this long past its end
 
 
 @dataclass(eq=False)
@@ -133,6 +134,7 @@ class Batcher(Generic[P, R]):
         self._running = 0  # items taken from the queue and not resolved yet
         self._running_tokens = 0  # tokens of the items counted in _running
         self._admission = Admission(name, policy.max_batch_tokens, policy.max_concurrent_runs)
+        self._last_run_size, self._regroup_until = 0, 0.0  # the last run's size, + regroup_wait_s
         self._tasks: set[asyncio.Task[None]] = set()  # the batching loop
         self._in_flight: set[asyncio.Task[None]] = set()  # engine runs
 
@@ -246,6 +248,8 @@ class Batcher(Generic[P, R]):
             head = self._queue[0]
             batch, full = self._plan(head.key)
             remaining = head.enqueued_at + self.policy.max_queue_delay_s - self._clock.now()
+            if not full and len(batch) < self._last_run_size:  # its clients may be coming back
+                remaining = max(remaining, self._regroup_until - self._clock.now())
             if full or remaining <= 0 or self._stopping:
                 taken = {id(item) for item in batch}
                 self._queue = deque(i for i in self._queue if id(i) not in taken)
@@ -274,14 +278,15 @@ class Batcher(Generic[P, R]):
         one slot (used by the first run); waits for a slot for each further run."""
         batch.sort(key=lambda item: item.tokens)  # stable: FIFO among equal lengths
         runs = split_runs([item.tokens for item in batch], self.policy.run_overhead_tokens)
+        runs = oldest_first(runs, [item.enqueued_at for item in batch])
         self._running += len(batch)
         self._running_tokens += sum(item.tokens for item in batch)
-        started = 0
+        started = 0  # runs that got a slot
         try:
             for index, (start, end) in enumerate(runs):
                 if index:
                     await slots.acquire()
-                started = end
+                started = index + 1
                 group = self._alive(batch[start:end])
                 if not group:
                     self._release(batch[start:end])
@@ -295,9 +300,10 @@ class Batcher(Generic[P, R]):
         except asyncio.CancelledError:
             # Shutdown while waiting for a slot: the runs not started never will be.
             error = ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down")
-            for item in batch[started:]:
-                _fail(item, error)
-            self._release(batch[started:])
+            for start, end in runs[started:]:
+                for item in batch[start:end]:
+                    _fail(item, error)
+                self._release(batch[start:end])
             raise
 
     async def _run_in_slot(
@@ -343,6 +349,8 @@ class Batcher(Generic[P, R]):
         finally:
             now = self._clock.now()
             seconds = now - started
+            self._last_run_size = len(group)
+            self._regroup_until = now + self.policy.regroup_wait_s
             lengths = [item.tokens for item in group]
             if not failed and sum(lengths) > 0:
                 self._admission.observe_run(now, seconds, sum(lengths), bool(self._queue))

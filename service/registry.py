@@ -93,6 +93,7 @@ def batch_policy(config: ModelConfig, settings: Settings) -> BatchPolicy:
         max_queue_size=settings.max_queue_size,
         run_overhead_tokens=settings.run_overhead_tokens,
         max_concurrent_runs=settings.workers_per_model,
+        regroup_wait_s=settings.regroup_wait_ms / 1000,
     )
 
 

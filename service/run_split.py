@@ -33,3 +33,10 @@ def split_runs(lengths: Sequence[int], overhead_tokens: int) -> list[tuple[int, 
         runs.append((starts[i], ends[j - 1]))
         j = i
     return runs[::-1]
+
+
+def oldest_first(runs: list[tuple[int, int]], arrivals: Sequence[float]) -> list[tuple[int, int]]:
+    """`runs` in the order to start them: the run holding the earliest arrival first (ascending
+    length among ties). Shortest first would put a long text that already waited through the
+    previous batch behind every shorter run of its own batch as well."""
+    return sorted(runs, key=lambda run: min(arrivals[run[0] : run[1]]))

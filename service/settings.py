@@ -131,6 +131,13 @@ class Settings(BaseSettings):
         description="per-run cost in padded tokens: a sorted batch is split into runs of similar "
         "length when that saves more padding than this",
     )
+    regroup_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        description="after a run of N items, a smaller batch waits up to this long past the "
+        "run's end for the rest of its clients to come back (0: off)",
+    )
     warmup: bool = Field(
         default=True, description="run a warm-up batch before a model reports ready"
     )

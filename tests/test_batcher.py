@@ -193,6 +193,56 @@ def test_mixed_lengths_split_into_runs() -> None:
     run(body, run_overhead_tokens=32)
 
 
+def test_run_holding_the_oldest_item_goes_first() -> None:
+    """A long text that arrived first is not served after the shorter runs of its batch: runs
+    start in order of their oldest item (here the long run, then the short one)."""
+
+    async def body(batcher: Any, engine: Recorder, clock: FakeClock, _: Any) -> None:
+        old = batcher.submit([1], [100], timeout_s=60)
+        await clock.advance(0.001)
+        young = batcher.submit([2, 3], [5, 6], timeout_s=60)
+        await clock.advance(0.004)
+        assert engine.runs == [[1], [2, 3]]
+        assert [i.future.result() for i in old + young] == [10, 20, 30]
+
+    run(body, run_overhead_tokens=32)
+
+
+def test_regroup_wait_gathers_the_clients_of_the_last_run() -> None:
+    """With regroup_wait, after a run of 3 a lone item waits (up to the wait, counted from the
+    run's end) for the others to come back, then all run together; a batch as large as the last
+    run goes at once, and a lone item that no one joins runs when the wait is over."""
+
+    async def body(batcher: Any, engine: Recorder, clock: FakeClock, _: Any) -> None:
+        submit(batcher, 1, 2, 3)
+        await settle()
+        assert engine.runs == [[1, 2, 3]]
+        submit(batcher, 4)
+        await clock.advance(0.001)
+        assert engine.runs == [[1, 2, 3]]  # waiting for company
+        submit(batcher, 5, 6)
+        await settle()
+        assert engine.runs[-1] == [4, 5, 6]  # as many as last time: no more waiting
+        submit(batcher, 7)
+        await clock.advance(0.0019)
+        assert engine.runs[-1] == [4, 5, 6]
+        await clock.advance(0.0002)  # the wait (2 ms after the last run ended) is over
+        assert engine.runs[-1] == [7]
+
+    run(body, max_queue_delay_s=0.0, regroup_wait_s=0.002)
+
+
+def test_without_regroup_wait_a_lone_item_runs_at_once() -> None:
+    async def body(batcher: Any, engine: Recorder, clock: FakeClock, _: Any) -> None:
+        submit(batcher, 1, 2, 3)
+        await settle()
+        submit(batcher, 4)
+        await settle()
+        assert engine.runs == [[1, 2, 3], [4]]
+
+    run(body, max_queue_delay_s=0.0)
+
+
 def test_split_runs_minimises_padding_plus_overhead() -> None:
     """split_runs cuts only where it pays: never for equal lengths, always for a big jump."""
     assert split_runs([], 10) == []

@@ -31,31 +31,46 @@ def int8_version(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     dev = root / "dev.tsv"
     rows = zip(samples.SENTENCE_LABELS, samples.SENTENCES, strict=True)
     dev.write_text("label\tsentence\n" + "".join(f"{y}\t{x}\n" for y, x in rows))
-    version = export_classifier(ckpt, root / "repo", optimize=True, quantize="int8", dev=dev)
+    # A static and a dynamic candidate (every candidate is built, scored and timed: all of them
+    # would take minutes here; tests/test_export_int8_static.py covers the choice itself).
+    candidates = ("static-minmax", "attention-only")
+    version = export_classifier(
+        ckpt, root / "repo", optimize=True, quantize="int8", dev=dev, int8_candidates=candidates
+    )
     return ckpt, version
 
 
 def test_int8_export_keeps_labels_and_dev_accuracy(int8_version: tuple[Path, Path]) -> None:
-    """The chosen int8 settings agree with fp32 on >= 99% of the dev set and lose <= 1 point."""
+    """The chosen int8 settings agree with fp32 on >= 99% of the dev set and lose <= 0.3 points;
+    of the candidates inside that gate, the fastest measured was chosen (every one is timed)."""
     _, version = int8_version
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["precision"] == "int8"
     int8 = manifest["parity"]["int8"]
     assert int8["label_agreement"] >= 0.99
-    assert int8["accuracy_drop_points"] <= 1.0
+    assert int8["accuracy_drop_points"] <= 0.3
     quantization = manifest["quantization"]
-    assert quantization["chosen"] == quantization["attempts"][-1]["settings"]["name"]
-    assert all(not a["passed"] for a in quantization["attempts"][:-1])  # first passing one wins
+    passed = {
+        a["settings"]["name"]: a["seq_per_s"] for a in quantization["attempts"] if a["passed"]
+    }
+    assert quantization["chosen"] == max(passed, key=lambda name: passed[name])
+    assert all(a["seq_per_s"] > 0 for a in quantization["attempts"])  # every one timed
 
 
 def test_int8_graph_uses_integer_kernels_on_fused_minilm(int8_version: tuple[Path, Path]) -> None:
-    """Real MiniLM gets every BERT fusion, and the int8 graph runs integer attention/matmuls."""
+    """Real MiniLM gets every BERT fusion, and the int8 graph runs integer attention/matmuls
+    (dynamic) or carries the QDQ pairs ONNX Runtime turns into integer MatMuls (static)."""
     _, version = int8_version
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["optimizations"]["fusions"]["Attention"] == 6  # one per layer
     assert set(EXPECTED_BERT_FUSIONS) <= set(manifest["optimizations"]["fusions"])
     ops = {n.op_type for n in onnx.load(str(version / "model.onnx")).graph.node}
-    assert ops & {"QAttention", "MatMulInteger", "DynamicQuantizeMatMul"}
+    if manifest["quantization"]["settings"]["name"].startswith("static"):
+        # QDQ: ONNX Runtime fuses QuantizeLinear -> DequantizeLinear -> MatMul into integer
+        # MatMul kernels when it loads the graph.
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    else:
+        assert ops & {"QAttention", "MatMulInteger", "DynamicQuantizeMatMul"}
 
 
 def test_int8_predictions_agree_with_fp32_pytorch(int8_version: tuple[Path, Path]) -> None:
