@@ -23,7 +23,8 @@ BENCH_REPOSITORY ?= $(if $(wildcard $(REPOSITORY)/sentiment),$(REPOSITORY),$(RUN
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-models models serve test check bench-engine loadtest bench-serving peers clean
+.PHONY: install demo demo-models models release serve test check bench-engine loadtest bench-serving \
+	peers clean
 
 install: $(VENV)/.installed
 
@@ -108,43 +109,127 @@ SNLI = --batch-size 32 --max-length 128 --eval-every 0 --threads $(THREADS) $(TR
 	--dev $(DATA_DIR)/snli/dev.tsv --train $(DATA_DIR)/snli/train.tsv.gz
 NLI_DISTIL = --distill-weight 0.9 --distill-temperature 2 --seed 32
 
-models: install
-	$(PY) -m model_src train classifier $(SST2) --out $(RUNS)/sentiment-1epoch --epochs 1 \
-		--lr 1e-4 --eval-every 300 --seed 13
-	$(PY) -m model_src train classifier $(SST2) --out $(RUNS)/sentiment --epochs 2 --lr 6e-5 \
-		--eval-every 500 --freeze-embeddings --seed 13
-	$(PY) -m model_src train classifier $(SST2) --init $(RUNS)/sentiment \
-		--out $(RUNS)/sentiment-stage2 --epochs 1 --lr 2e-5 --warmup-ratio 0.06 \
-		--eval-every 250 --freeze-embeddings --seed 21
-	$(PY) -m model_src train classifier $(SST2) --out $(RUNS)/sentiment-run3 --epochs 2 \
-		--lr 4e-5 --warmup-ratio 0.1 --eval-every 400 --freeze-embeddings --seed 7
+# Every run and export is a file target: a stamp written when its recipe finished (removed when
+# it starts), so `make -j2 models THREADS=1` trains independent runs side by side and a rerun
+# skips what is done. A stamp holds the finish time and git commit; the checkpoint's config.json
+# records the run's arguments. Export stamps live in the repository's .made/ (the service skips
+# hidden entries), so deleting the repository re-exports without retraining.
+MADE := .made
+EXPORTED := $(REPOSITORY)/.made
+STAMP = @mkdir -p $(@D) && { date -u +%Y-%m-%dT%H:%M:%SZ; git rev-parse HEAD 2>/dev/null || echo "no git"; } > $@
+TRAIN = $(PY) -m model_src train
+SST2_FILES = $(DATA_DIR)/sst2/train.tsv $(DATA_DIR)/sst2/dev.tsv
+SNLI_FILES = $(DATA_DIR)/snli/train.tsv.gz $(DATA_DIR)/snli/dev.tsv
+MULTI30K_FILES = $(addprefix $(DATA_DIR)/multi30k/,train.en.gz train.de.gz val.en val.de)
+run = $(RUNS)/$(1)/$(MADE)
+
+# Longest chains first, so that with -j2 the translator's two stages and the NLI chain start at once.
+models: $(addprefix $(EXPORTED)/,translator nli sentiment-fp32 sentiment-int8)
+
+$(call run,sentiment-1epoch): $(SST2_FILES) | $(VENV)/.installed
+	@rm -f $@
+	$(TRAIN) classifier $(SST2) --out $(@D) --epochs 1 --lr 1e-4 --eval-every 300 --seed 13
+	$(STAMP)
+
+$(call run,sentiment): $(SST2_FILES) | $(VENV)/.installed
+	@rm -f $@
+	$(TRAIN) classifier $(SST2) --out $(@D) --epochs 2 --lr 6e-5 --eval-every 500 \
+		--freeze-embeddings --seed 13
+	$(STAMP)
+
+$(call run,sentiment-stage2): $(call run,sentiment) $(SST2_FILES)
+	@rm -f $@
+	$(TRAIN) classifier $(SST2) --init $(RUNS)/sentiment --out $(@D) --epochs 1 --lr 2e-5 \
+		--warmup-ratio 0.06 --eval-every 250 --freeze-embeddings --seed 21
+	$(STAMP)
+
+$(call run,sentiment-run3): $(SST2_FILES) | $(VENV)/.installed
+	@rm -f $@
+	$(TRAIN) classifier $(SST2) --out $(@D) --epochs 2 --lr 4e-5 --warmup-ratio 0.1 \
+		--eval-every 400 --freeze-embeddings --seed 7
+	$(STAMP)
+
+$(call run,sentiment-soup): $(foreach r,sentiment sentiment-run3 sentiment-1epoch sentiment-stage2,$(call run,$(r)))
+	@rm -f $@
 	$(PY) -m model_src average --checkpoints $(RUNS)/sentiment $(RUNS)/sentiment-run3 \
-		$(RUNS)/sentiment-1epoch $(RUNS)/sentiment-stage2 --out $(RUNS)/sentiment-soup
-	$(PY) -m model_src train nli $(SNLI) --out $(RUNS)/nli-stage1 --epochs 2 --lr 1e-4 --seed 13
-	$(PY) -m model_src train nli $(SNLI) --init $(RUNS)/nli-stage1 --out $(RUNS)/nli-stage2 \
-		--epochs 2 --lr 3e-5 --warmup-ratio 0.05 --freeze-embeddings --seed 14
-	$(PY) -m model_src train nli $(SNLI) --out $(RUNS)/nli-seed21 --epochs 3 --lr 5e-5 \
-		--freeze-embeddings --seed 21
-	$(PY) -m model_src train nli $(SNLI) $(DATA_DIR)/mnli/dev_matched.tsv \
-		--out $(RUNS)/nli-plus-mnli --epochs 3 --lr 5e-5 --freeze-embeddings --seed 22
-	$(PY) -m model_src train nli $(SNLI) --init $(RUNS)/nli-stage2 --out $(RUNS)/nli \
+		$(RUNS)/sentiment-1epoch $(RUNS)/sentiment-stage2 --out $(@D)
+	$(STAMP)
+
+$(call run,nli-stage1): $(SNLI_FILES) | $(VENV)/.installed
+	@rm -f $@
+	$(TRAIN) nli $(SNLI) --out $(@D) --epochs 2 --lr 1e-4 --seed 13
+	$(STAMP)
+
+$(call run,nli-stage2): $(call run,nli-stage1)
+	@rm -f $@
+	$(TRAIN) nli $(SNLI) --init $(RUNS)/nli-stage1 --out $(@D) --epochs 2 --lr 3e-5 \
+		--warmup-ratio 0.05 --freeze-embeddings --seed 14
+	$(STAMP)
+
+$(call run,nli-seed21): $(SNLI_FILES) | $(VENV)/.installed
+	@rm -f $@
+	$(TRAIN) nli $(SNLI) --out $(@D) --epochs 3 --lr 5e-5 --freeze-embeddings --seed 21
+	$(STAMP)
+
+$(call run,nli-plus-mnli): $(SNLI_FILES) $(DATA_DIR)/mnli/dev_matched.tsv | $(VENV)/.installed
+	@rm -f $@
+	$(TRAIN) nli $(SNLI) $(DATA_DIR)/mnli/dev_matched.tsv --out $(@D) --epochs 3 --lr 5e-5 \
+		--freeze-embeddings --seed 22
+	$(STAMP)
+
+$(call run,nli): $(foreach r,nli-stage2 nli-seed21 nli-plus-mnli,$(call run,$(r)))
+	@rm -f $@
+	$(TRAIN) nli $(SNLI) --init $(RUNS)/nli-stage2 --out $(@D) \
 		--teacher $(RUNS)/nli-stage2 $(RUNS)/nli-seed21 $(RUNS)/nli-plus-mnli \
 		$(NLI_DISTIL) --epochs 2 --lr 3e-5 --warmup-ratio 0.05 --freeze-embeddings
-	$(PY) -m model_src train translator --arch transformer $(MULTI30K) \
-		--out $(RUNS)/translator-stage1 --vocab-size 8000 --d-model 256 --heads 8 --ffn 1024 \
-		--layers 3 --dropout 0.1 --label-smoothing 0.1 --lr 1e-3 --warmup 400 --epochs 40 \
-		--max-steps 715 --seed 1
-	$(PY) -m model_src train translator --init $(RUNS)/translator-stage1 $(MULTI30K) \
-		--out $(RUNS)/translator --label-smoothing 0.1 --lr 7e-4 --warmup 300 --epochs 40 \
+	$(STAMP)
+
+$(call run,translator-stage1): $(MULTI30K_FILES) | $(VENV)/.installed
+	@rm -f $@
+	$(TRAIN) translator --arch transformer $(MULTI30K) --out $(@D) --vocab-size 8000 \
+		--d-model 256 --heads 8 --ffn 1024 --layers 3 --dropout 0.1 --label-smoothing 0.1 \
+		--lr 1e-3 --warmup 400 --epochs 40 --max-steps 715 --seed 1
+	$(STAMP)
+
+$(call run,translator): $(call run,translator-stage1)
+	@rm -f $@
+	$(TRAIN) translator --init $(RUNS)/translator-stage1 $(MULTI30K) --out $(@D) \
+		--label-smoothing 0.1 --lr 7e-4 --warmup 300 --epochs 40 \
 		--max-steps $(TRANSLATOR_STAGE2_STEPS) --seed 2
+	$(STAMP)
+
+# Each export adds the next version (the int8 sentiment after the fp32 one, so int8 serves).
+# The NLI export scores the whole SNLI dev set (9,842 pairs) for the release's model card.
+$(EXPORTED)/sentiment-fp32: $(call run,sentiment-soup)
+	@rm -f $@
 	$(PY) -m export classifier --checkpoint $(RUNS)/sentiment-soup --repository $(REPOSITORY) \
 		--name sentiment --optimize --dev $(DATA_DIR)/sst2/dev.tsv
+	$(STAMP)
+
+$(EXPORTED)/sentiment-int8: $(EXPORTED)/sentiment-fp32
+	@rm -f $@
 	$(PY) -m export classifier --checkpoint $(RUNS)/sentiment-soup --repository $(REPOSITORY) \
 		--name sentiment --optimize --quantize int8 --dev $(DATA_DIR)/sst2/dev.tsv
+	$(STAMP)
+
+$(EXPORTED)/nli: $(call run,nli)
+	@rm -f $@
 	$(PY) -m export nli --checkpoint $(RUNS)/nli --repository $(REPOSITORY) \
-		--name nli --optimize --dev $(DATA_DIR)/snli/dev.tsv
+		--name nli --optimize --dev $(DATA_DIR)/snli/dev.tsv --dev-limit 10000
+	$(STAMP)
+
+$(EXPORTED)/translator: $(call run,translator)
+	@rm -f $@
 	$(PY) -m export translator --checkpoint $(RUNS)/translator --repository $(REPOSITORY) \
 		--name translator --dev-src $(DATA_DIR)/multi30k/val.en --dev-ref $(DATA_DIR)/multi30k/val.de
+	$(STAMP)
+
+# The served version of every model in REPOSITORY as one archive with release.json (sha256 of
+# every file, versions, git commit and commands, dev scores) and a model card per model.
+# Check and unpack it with `python -m export unpack FILE --out DIR` (or `python -m service.bundle`).
+RELEASE ?= dist/nlpserve-models.tar.gz
+release: install
+	$(PY) -m export release --repository $(REPOSITORY) --out $(RELEASE)
 
 bench-engine: install
 	$(PY) -m export bench --out reports/engine-benchmark.md

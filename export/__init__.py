@@ -8,7 +8,10 @@ Modules, in pipeline order:
     quantize          dynamic int8 with settings chosen by measured accuracy
     parity            reference logits, comparisons, ParityError
     publish           staging directory -> <repository>/<name>/<version>, all or nothing
+    provenance        git commit, export command, training record, dev scores for the manifest
     classifier        the classifier/NLI export job
     bench*, roofline  `python -m export bench`
     samples, tiny     bundled parity sentences; small checkpoints for tests and --quick
+    release           `python -m export release|unpack`: the repository as one verified archive
+    model_card        MODEL_CARD.md of each released model
 """

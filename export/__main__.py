@@ -1,4 +1,4 @@
-"""`python -m export classifier|nli|translator ...` and `python -m export bench ...`.
+"""`python -m export classifier|nli|translator ...`, `... bench ...`, `... release|unpack ...`.
 
 Exit codes: 0 exported, 1 a parity check failed (the numbers are printed, nothing was written
 into the repository), 2 bad input (missing checkpoint, wrong task, existing version, ...).
@@ -78,11 +78,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128, help="generation default in config")
     p.add_argument("--beam-size", type=int, default=4, help="generation default in config")
 
-    from export import bench
+    from export import bench, release
 
     bench.add_arguments(
         sub.add_parser(
             "bench", help="engine benchmark (PyTorch vs ONNX Runtime)", formatter_class=Formatter
+        )
+    )
+    release.add_arguments(
+        sub.add_parser(
+            "release",
+            help="pack the model repository into one verified archive",
+            formatter_class=Formatter,
+        )
+    )
+    release.add_unpack_arguments(
+        sub.add_parser(
+            "unpack",
+            help="verify a release archive and unpack it as a repository",
+            formatter_class=Formatter,
         )
     )
     for subparser in sub.choices.values():
@@ -110,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from export import bench
 
             return bench.run(args)
+        if args.command in ("release", "unpack"):
+            from export import release
+
+            return release.run(args) if args.command == "release" else release.run_unpack(args)
         if args.command == "translator":
             from export.translator import export_translator
 

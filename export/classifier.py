@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from export import classifier_graph, hf_import, int8_choice, optimize, publish, samples
+from export import classifier_graph, hf_import, int8_choice, optimize, provenance, publish, samples
 from export.parity import (
     LogitsFn,
     ParityError,
@@ -240,6 +240,12 @@ def run_export(job: ClassifierExport) -> Path:
             optimizations = {**(optimizations or {}), "float16": details}
             current = fp16
 
+        dev_metrics = None
+        if dev is not None:  # the served graph's own dev scores, for the release's model card
+            provider = "cuda" if job.fp16 and cuda_available() else "cpu"
+            logits = predict(ort_fn(current, provider), tokenizer, dev.texts)
+            dev_metrics = provenance.classification_scores(logits, dev.labels, labels, str(job.dev))
+
         stage = work / "version"
         stage.mkdir()
         shutil.copyfile(current, stage / "model.onnx")
@@ -253,6 +259,8 @@ def run_export(job: ClassifierExport) -> Path:
             "quantization": quantization,
             "optimizations": optimizations,
             "parity": parity,
+            "dev_metrics": dev_metrics,
+            "provenance": provenance.record(job.checkpoint, ckpt),
         }
         write_model_card(
             stage / "README.md", exported_card(name, task, labels, ckpt, manifest_fields)

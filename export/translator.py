@@ -26,7 +26,7 @@ import onnx
 import torch
 from torch import nn
 
-from export import publish, samples, torchscript
+from export import provenance, publish, samples, torchscript
 from export.parity import ParityError, require
 from export.runtime import make_session
 from export.torchscript import EXPORTER, OPSET
@@ -65,7 +65,8 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderStepGraph(nn.Module):
-    """One decoding step with the self-attention cache in and out (Transformer.decode_step)."""
+    """One decoding step with the self-attention cache in and out (Transformer.decode_step);
+    the self-attention mask lets rows with different cache lengths share a step."""
 
     def __init__(self, model: Transformer) -> None:
         super().__init__()
@@ -80,9 +81,10 @@ class DecoderStepGraph(nn.Module):
         cross_v: torch.Tensor,
         self_k: torch.Tensor,
         self_v: torch.Tensor,
+        self_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.model.decode_step(
-            tokens, position, memory_mask, cross_k, cross_v, self_k, self_v
+            tokens, position, memory_mask, cross_k, cross_v, self_k, self_v, self_mask
         )
 
 
@@ -125,6 +127,7 @@ def export_graphs(model: Transformer, out_dir: Path) -> tuple[Path, Path]:
         cross_v,
         torch.randn(L, B, H, t, hd),  # self_k: a non-empty past so its axis is traced as dynamic
         torch.randn(L, B, H, t, hd),
+        torch.ones(B, t + 1, dtype=torch.bool),  # self_mask: every cached position visible
     )
     torchscript.export(
         DecoderStepGraph(model),
@@ -140,6 +143,7 @@ def export_graphs(model: Transformer, out_dir: Path) -> tuple[Path, Path]:
             "cross_v": {1: "batch", 3: "src_len"},
             "self_k": {1: "batch", 3: "past"},
             "self_v": {1: "batch", 3: "past"},
+            "self_mask": {0: "batch", 1: "past_plus_one"},
             "logits": {0: "batch"},
             "new_self_k": {1: "batch", 3: "past_plus_one"},
             "new_self_v": {1: "batch", 3: "past_plus_one"},
@@ -383,6 +387,7 @@ def run_export(job: TranslatorExport) -> Path:
                 "quantization": None,
                 "optimizations": None,
                 "parity": {"fp32_vs_pytorch": report},
+                "provenance": provenance.record(job.checkpoint, ckpt),
                 "export_seconds": round(export_s, 2),
                 "graphs": {
                     "encoder.onnx": {

@@ -20,6 +20,12 @@ decoder.onnx (one decoding step for every hypothesis)
              cross_v      float32 [L, B, H, S, hd]
              self_k       float32 [L, B, H, t, hd] self-attention keys/values of positions 0..t-1
              self_v       float32 [L, B, H, t, hd] (t = 0 at the first step: an empty axis)
+             self_mask    bool    [B, t+1]         True on the positions a row may attend to: its
+                                                   cached ones and the new one (index t). Rows with
+                                                   shorter caches are left-padded (False) so
+                                                   sequences at different steps share one run
+                                                   (service.engines.decode_batch). Graphs exported
+                                                   before step scheduling lack this input.
     outputs  logits       float32 [B, V]           next-token logits
              new_self_k   float32 [L, B, H, t+1, hd] the cache with this position appended
              new_self_v   float32 [L, B, H, t+1, hd]
@@ -55,7 +61,10 @@ ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 ENCODER_INPUTS = ("src_ids",)
 ENCODER_OUTPUTS = ("memory_mask", "cross_k", "cross_v")
-DECODER_INPUTS = ("tokens", "position", "memory_mask", "cross_k", "cross_v", "self_k", "self_v")
+DECODER_INPUTS = (
+    "tokens", "position", "memory_mask", "cross_k", "cross_v", "self_k", "self_v", "self_mask",
+)  # fmt: skip
+OPTIONAL_DECODER_INPUTS = ("self_mask",)  # absent from graphs exported before step scheduling
 DECODER_OUTPUTS = ("logits", "new_self_k", "new_self_v")
 
 
@@ -109,7 +118,9 @@ class OnnxGenerator:
         self.sos_id = sos_id if sos_id is not None else _metadata_int(decoder, "sos_id", 1)
         self.eos_id = eos_id if eos_id is not None else _metadata_int(decoder, "eos_id", 2)
         self.max_positions = _metadata_int(decoder, "max_positions", None)
-        missing = [n for n in DECODER_INPUTS if n not in {i.name for i in decoder.get_inputs()}]
+        names = {i.name for i in decoder.get_inputs()}
+        missing = [n for n in DECODER_INPUTS if n not in names and n not in OPTIONAL_DECODER_INPUTS]
+        self.has_self_mask = "self_mask" in names
         if missing:
             raise ValueError(f"decoder graph lacks inputs {missing}; expected {DECODER_INPUTS}")
 
@@ -133,8 +144,11 @@ class OnnxGenerator:
         empty = np.zeros((L, B, H, 0, hd), dtype=cross_k.dtype)  # no position decoded yet
         return DecoderState(memory_mask, cross_k, cross_v, empty, empty, np.zeros(B, np.int64))
 
-    def step(self, state: DecoderState, tokens: np.ndarray) -> tuple[np.ndarray, DecoderState]:
-        """Feed tokens [B] at the state's position -> next-token logits [B, V], advanced state."""
+    def step(
+        self, state: DecoderState, tokens: np.ndarray, self_mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, DecoderState]:
+        """Feed tokens [B] at the state's position -> next-token logits [B, V], advanced state.
+        Without `self_mask` every row sees its whole cache (all rows are at the same step)."""
         feeds: dict[str, Any] = {
             "tokens": tokens.astype(np.int64, copy=False),
             "position": state.position,
@@ -144,6 +158,9 @@ class OnnxGenerator:
             "self_k": state.self_k,
             "self_v": state.self_v,
         }
+        if self.has_self_mask:
+            B, t = state.self_k.shape[1], state.self_k.shape[3]
+            feeds["self_mask"] = np.ones((B, t + 1), bool) if self_mask is None else self_mask
         logits, self_k, self_v = self.decoder.run(list(DECODER_OUTPUTS), feeds)
         logits = logits.astype(np.float32, copy=False)
         logits[:, self.pad_id] = -np.inf  # never generate padding or a second start
@@ -153,7 +170,7 @@ class OnnxGenerator:
         )
         return logits, next_state
 
-    def _max_steps(self, max_new_tokens: int) -> int:
+    def max_steps(self, max_new_tokens: int) -> int:
         """Positions beyond the sinusoidal table cannot be represented."""
         if self.max_positions is None:
             return max_new_tokens
@@ -190,7 +207,7 @@ class OnnxGenerator:
         tokens = np.full(B, self.sos_id, dtype=np.int64)
         alive = np.arange(B)  # source row of each hypothesis still being decoded
         out: list[list[int]] = [[] for _ in range(B)]
-        for _ in range(self._max_steps(max_new_tokens)):
+        for _ in range(self.max_steps(max_new_tokens)):
             logits, state = self.step(state, tokens)
             tokens = logits.argmax(-1)
             for row, token in zip(alive.tolist(), tokens.tolist(), strict=True):
@@ -229,20 +246,12 @@ class OnnxGenerator:
             for i in rows.tolist():
                 results[int(alive[i])] = history[i, 0, : lengths[i, 0]].tolist()  # beam 0 is best
 
-        for _ in range(self._max_steps(max_new_tokens)):
+        for _ in range(self.max_steps(max_new_tokens)):
             logits, state = self.step(state, tokens)
             n, V = alive.size, logits.shape[-1]
-            logp = _log_softmax(logits).reshape(n, K, V)
-            cand = scores[..., None] + logp  # (n, K, V) raw scores of every extension
-            cand[finished] = -np.inf
-            cand[..., self.pad_id] = np.where(finished, scores, cand[..., self.pad_id])  # frozen
-            cand_len = np.where(finished, lengths, lengths + 1)  # (n, K)
-            norm = cand / (cand_len[..., None].astype(np.float32) ** length_penalty)
-            top_idx = _topk(norm.reshape(n, K * V), K)  # (n, K), best first
-            beam, token = top_idx // V, top_idx % V
-            scores = np.take_along_axis(cand.reshape(n, K * V), top_idx, 1)
-            lengths = np.take_along_axis(cand_len, beam, 1)
-            finished = np.take_along_axis(finished, beam, 1) | (token == self.eos_id)
+            beam, token, scores, lengths, finished = self.beam_advance(
+                _log_softmax(logits).reshape(n, K, V), scores, lengths, finished, length_penalty
+            )
             history = np.concatenate(
                 [history[np.arange(n)[:, None], beam], token[..., None]], axis=2
             )  # (n, K, t+1)
@@ -263,6 +272,32 @@ class OnnxGenerator:
                 lengths, history, alive = lengths[keep], history[keep], alive[keep]
         emit(np.arange(alive.size))
         return results
+
+    def beam_advance(
+        self,
+        logp: np.ndarray,
+        scores: np.ndarray,
+        lengths: np.ndarray,
+        finished: np.ndarray,
+        length_penalty: float,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One beam step for n sources of K beams: log-probs (n, K, V) and the beams' scores,
+        lengths and finished flags (n, K) -> for the K best extensions of each source (best
+        first): the beam each extends, its token, and the new scores, lengths, finished flags.
+        The rules are in the module docstring; the step scheduler calls this too, so a source
+        decoded beside others ranks its hypotheses exactly as it would alone."""
+        n, K, V = logp.shape
+        cand = scores[..., None] + logp  # (n, K, V) raw scores of every extension
+        cand[finished] = -np.inf
+        cand[..., self.pad_id] = np.where(finished, scores, cand[..., self.pad_id])  # frozen
+        cand_len = np.where(finished, lengths, lengths + 1)  # (n, K)
+        norm = cand / (cand_len[..., None].astype(np.float32) ** length_penalty)
+        top_idx = _topk(norm.reshape(n, K * V), K)  # (n, K), best first
+        beam, token = top_idx // V, top_idx % V
+        new_scores = np.take_along_axis(cand.reshape(n, K * V), top_idx, 1)
+        new_lengths = np.take_along_axis(cand_len, beam, 1)
+        new_finished = np.take_along_axis(finished, beam, 1) | (token == self.eos_id)
+        return beam, token, new_scores, new_lengths, new_finished
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

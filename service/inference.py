@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from service.decode_scheduler import DecodeScheduler
 from service.engines import ClassifierEngine, DecodingParams, Encoded, TranslatorEngine
 from service.errors import ErrorKind, ServiceError, shorten
 from service.lifecycle import Lifecycle
@@ -28,6 +29,7 @@ from service.repository import Task
 from service.request_info import RequestInfo
 from service.settings import Settings
 from service.stats import RequestTiming
+from service.streaming import TranslationStream
 from service.text_checks import unencodable
 
 logger = logging.getLogger(__name__)
@@ -194,6 +196,72 @@ class InferenceService:
                     model.name, model.version_str, translations, self._truncated(model, encoded)
                 )
 
+    async def open_translation_stream(
+        self,
+        model: ServedModel,
+        text: str,
+        info: RequestInfo,
+        *,
+        beam_size: int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> TranslationStream:
+        """Admit one greedy sequence for streaming (service/streaming.py); every refusal is
+        raised here, before the stream starts. The stream holds the drain open until it ends."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self._counted(model, info))
+            engine = self._admit(model, TranslatorEngine)
+            if beam_size not in (None, 1):
+                raise ServiceError(
+                    ErrorKind.VALIDATION,
+                    "streaming is greedy search only: leave beam_size out or set it to 1",
+                )
+            scheduler = model.batcher
+            if not isinstance(scheduler, DecodeScheduler):
+                raise ServiceError(
+                    ErrorKind.UNSUPPORTED,
+                    f"model {model.name!r} is not decoded step by step; streaming needs "
+                    "translation_batching=step and a decoder exported with self_mask",
+                )
+            params = decoding_params(engine.default_params(), 1, max_new_tokens)
+            self._check_texts([text], lambda i: f"texts[{i}]")
+            (encoded,) = await _off_loop_if_large(engine.encoder.encode, [text])
+            if encoded.truncated and not self.settings.truncate:
+                raise ServiceError(
+                    ErrorKind.VALIDATION,
+                    f"input 0 is longer than the model's max_length ({engine.encoder.max_length} "
+                    "tokens) and truncation is disabled",
+                )
+            timeout = self.settings.request_timeout_s
+            loop = asyncio.get_running_loop()
+            if info.started + timeout <= loop.time():  # as in _run: not accepted
+                raise ServiceError(
+                    ErrorKind.OVERLOADED,
+                    f"the server is overloaded: the request spent its request_timeout_s "
+                    f"({timeout:g} s) before it could be queued; retry later",
+                    retry_after=scheduler.retry_after_s(),
+                )
+            stream = TranslationStream(
+                model=model.name,
+                version=model.version_str,
+                engine=engine,
+                truncated=bool(self._truncated(model, [encoded])),
+                deadline=info.started + timeout,
+            )
+            (item,) = scheduler.submit(
+                [encoded],
+                key=params,
+                timeout_s=info.started + timeout - loop.time(),
+                on_token=stream.on_token,
+            )
+            stream.attach(item)
+            info.batch_size = item.batch_size
+            stream.closer = stack.pop_all()
+            # Released when the sequence ends, even if the stream is never iterated (a client
+            # gone before the response started); the stream's own end releases it too.
+            item.future.add_done_callback(lambda _: stream.closer.close())
+            return stream
+        raise AssertionError("unreachable")  # mypy: the with block returns or raises
+
     # ------------------------------------------------------------------ the shared steps
 
     @contextlib.contextmanager
@@ -306,7 +374,10 @@ class InferenceService:
             running=lambda: all(item.batch_size for item in items),
         )
         info.batch_size = max(item.batch_size for item in items)
-        timing.engine(items[0].enqueued_at, max(i.started_at for i in items), time.monotonic())
+        # A step-scheduled translator's sequences join running steps (no one run start): its
+        # time after queueing all counts as compute_infer.
+        started = [getattr(i, "started_at", i.enqueued_at) for i in items]
+        timing.engine(items[0].enqueued_at, max(started), time.monotonic())
         return results
 
 

@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.batcher import RunStats
+from service.decode_metrics import DecodeMetrics, DecodeStepMetrics
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -124,11 +125,16 @@ class ServiceMetrics:
             "nlpserve_failed_runs", "Engine runs that raised", ["model"], registry=r
         )
 
+        self.decode = DecodeMetrics(r)
+
     def watch_models(self, models: Callable[[], Iterable[ModelView]]) -> None:
         self.registry.register(_ModelsCollector(models))
 
     def batch_observer(self, model: str) -> BatchMetrics:
         return BatchMetrics(self, model)
+
+    def decode_observer(self, model: str) -> DecodeStepMetrics:
+        return self.decode.observer(model)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.batcher import Batcher, BatchPolicy
-from service.engines import Engine, ModelWorker, SessionSettings, load_engine
+from service.decode_scheduler import DecodePolicy, DecodeScheduler
+from service.engines import Engine, ModelWorker, SessionSettings, TranslatorEngine, load_engine
 from service.errors import ErrorKind, ServiceError, shorten
 from service.metrics import ServiceMetrics
 from service.repository import (
@@ -58,7 +59,7 @@ class ServedModel:
     version: int | None = None
     provider: str | None = None
     engine: Engine | None = None
-    batcher: Batcher[Any, Any] | None = None
+    batcher: Batcher[Any, Any] | DecodeScheduler | None = None
     worker: ModelWorker | None = None
     reason: str | None = None  # why FAILED (server log wording; not sent to clients)
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -286,8 +287,13 @@ class ModelRegistry:
             return await worker.call(engine.run, payloads, key)
 
         stats = ModelStatistics(version.name, str(version.version))
-        observer = FanOut(self._metrics.batch_observer(version.name), stats)
-        batcher: Batcher[Any, Any] = Batcher(version.name, run_batch, policy, observer=observer)
+        batcher: Batcher[Any, Any] | DecodeScheduler
+        if self._steps_decoding(engine):
+            assert isinstance(engine, TranslatorEngine)
+            batcher = decode_scheduler(version.name, engine, self._settings, self._metrics)
+        else:
+            observer = FanOut(self._metrics.batch_observer(version.name), stats)
+            batcher = Batcher(version.name, run_batch, policy, observer=observer)
         batcher.start()
         model.engine, model.worker, model.batcher = engine, worker, batcher
         model.provider, model.stats = engine.provider, stats
@@ -342,6 +348,20 @@ class ModelRegistry:
             model.state, model.reason = ModelState.RETIRED, "retired"
             logger.info("model %s version %s released", model.name, model.version_str)
 
+    def _steps_decoding(self, engine: Engine) -> bool:
+        """Translators decode step by step unless told otherwise or exported before it."""
+        if not isinstance(engine, TranslatorEngine):
+            return False
+        if self._settings.translation_batching != "step":
+            return False
+        if not engine.generator.has_self_mask:
+            logger.warning(
+                "translator decoder.onnx has no self_mask input (exported before step "
+                "scheduling): request-level batching; re-export to decode step by step"
+            )
+            return False
+        return True
+
     # ------------------------------------------------------------------ shutdown
 
     async def shutdown(self, timeout_s: float) -> None:
@@ -378,4 +398,23 @@ def _placeholder(version: ModelVersion) -> ServedModel:
         version=version.version,
         manifest=version.manifest.model_dump(exclude={"files"}),
         fingerprint=version.fingerprint,
+    )
+
+
+def decode_scheduler(
+    name: str, engine: TranslatorEngine, settings: Settings, metrics: ServiceMetrics
+) -> DecodeScheduler:
+    """The scheduler of a served translator, with the service's settings and metrics."""
+    policy = DecodePolicy(
+        max_running_sequences=settings.decode_max_running_sequences,
+        max_cache_tokens=settings.decode_max_cache_tokens,
+        max_queue_size=settings.max_queue_size,
+    )
+    return DecodeScheduler(
+        name,
+        engine.decode_batch(),
+        policy,
+        finish=engine.finish,
+        max_steps=engine.generator.max_steps,
+        observer=metrics.decode_observer(name),
     )

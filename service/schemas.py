@@ -88,6 +88,12 @@ class TranslateRequest(BaseModel):
         le=MAX_NEW_TOKENS,
         description="default: the model's generation.max_new_tokens",
     )
+    stream: bool = Field(
+        default=False,
+        description="answer Server-Sent Events as the translation decodes: `piece` events "
+        "(whole words), then `done` with the whole translation and its token count; one text, "
+        "greedy search only (beam_size left out or 1)",
+    )
 
 
 class ClassResult(BaseModel):
@@ -130,6 +136,11 @@ class BatchingInfo(BaseModel):
     max_batch_tokens: int
     max_queue_delay_ms: float
     workers: int = Field(description="engine runs in flight at once (NLPSERVE_WORKERS_PER_MODEL)")
+    scheduling: Literal["request", "step"] = Field(
+        default="request",
+        description="step: a translator's sequences join and leave the running decode batch at "
+        "every step (the batch limits above do not apply; NLPSERVE_DECODE_* do)",
+    )
 
 
 class ModelInfo(BaseModel):

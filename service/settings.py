@@ -138,6 +138,20 @@ class Settings(BaseSettings):
         description="after a run of N items, a smaller batch waits up to this long past the "
         "run's end for the rest of its clients to come back (0: off)",
     )
+    # --- translation decoding (service/decode_scheduler.py)
+    translation_batching: Literal["step", "request"] = Field(
+        default="step",
+        description="step: sequences join and leave the running decode batch at every step "
+        "(iteration-level batching); request: a batch decodes until its longest sequence ends",
+    )
+    decode_max_running_sequences: int = Field(
+        default=64, ge=1, le=4096, description="decoder rows running at once (beam-K takes K)"
+    )
+    decode_max_cache_tokens: int = Field(
+        default=16384,
+        ge=1,
+        description="bound on the running batch's caches: rows x (longest source + most steps)",
+    )
     warmup: bool = Field(
         default=True, description="run a warm-up batch before a model reports ready"
     )

@@ -183,8 +183,8 @@ def test_concurrent_load_is_batched(server: ServerProcess) -> None:
 
 
 def test_concurrent_translations_share_batches(server: ServerProcess) -> None:
-    """Translation requests from different clients with the same decoding parameters are
-    decoded together."""
+    """Translation requests from different clients share decoding steps (the step scheduler's
+    running batch held more than one beam-2 sequence per step on average)."""
 
     async def load(n: int) -> list[int]:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
@@ -194,13 +194,18 @@ def test_concurrent_translations_share_batches(server: ServerProcess) -> None:
             )
         return [r.status_code for r in replies]
 
-    def runs() -> float:
+    def rows_and_steps() -> tuple[float, float]:
         text = httpx.get(server.url + "/metrics").text
-        return metric(text, "nlpserve_batch_size_count", model="translator")
+        name = "nlpserve_decode_running_sequences"
+        return metric(text, f"{name}_sum", model="translator"), metric(
+            text, f"{name}_count", model="translator"
+        )
 
-    before = runs()
+    rows_before, steps_before = rows_and_steps()
     assert asyncio.run(load(12)) == [200] * 12
-    assert runs() - before < 12
+    rows_after, steps_after = rows_and_steps()
+    assert 12 * 2 <= rows_after - rows_before <= 12 * 2 * 4  # 12 x 2 beams x 1 to 4 steps
+    assert (rows_after - rows_before) / (steps_after - steps_before) > 2
 
 
 def test_auto_provider_falls_back_to_cpu_with_reason(server: ServerProcess) -> None:

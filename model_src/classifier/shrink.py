@@ -17,17 +17,22 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from model_src.classifier.checkpoint import CHECKPOINT_FORMAT
-from model_src.common.checkpoint import (
-    load_checkpoint_config,
-    load_state_dict,
-    save_state_checkpoint,
+from model_src.bert.heads import SequenceClassifier
+from model_src.bert.model import BertModel
+from model_src.classifier.checkpoint import (
+    CHECKPOINT_FORMAT,
+    is_classifier_checkpoint,
+    load_classifier,
+    save_classifier,
 )
+from model_src.classifier.tasks import task_of_checkpoint
+from model_src.common.checkpoint import load_checkpoint_config
 
 _LAYER_KEY = re.compile(r"^(encoder\.encoder\.layers\.)(\d+)(\..*)$")
 
@@ -55,27 +60,30 @@ def shrink_state(state: dict[str, torch.Tensor], layers: list[int]) -> dict[str,
 
 def shrink_checkpoint(checkpoint: Path, out: Path, layers: list[int] | int) -> dict[str, Any]:
     """Write the shallower checkpoint to `out`; `layers` is a count (alternate layers) or the
-    teacher's layer indices to keep, in order. Returns its config."""
-    config = load_checkpoint_config(checkpoint)
-    if config.get("format") != CHECKPOINT_FORMAT:
+    teacher's layer indices to keep, in order. Returns its config. The teacher is read and the
+    student written through the checkpoint module, so either weight-naming format works."""
+    if not is_classifier_checkpoint(checkpoint):
         raise ValueError(f"{checkpoint}: not a fine-tuned classifier ({CHECKPOINT_FORMAT})")
-    depth = int(config["encoder"]["num_hidden_layers"])
+    teacher, config, tokenizer = load_classifier(checkpoint)
+    depth = teacher.encoder.config.num_hidden_layers
     kept = alternate_layers(depth, layers) if isinstance(layers, int) else list(layers)
     if not kept or any(not 0 <= i < depth for i in kept) or len(set(kept)) != len(kept):
         raise ValueError(f"layers {kept} are not distinct indices of a {depth}-layer encoder")
-    state = shrink_state(load_state_dict(checkpoint), kept)
-    student = dict(config)
-    student["encoder"] = {**config["encoder"], "num_hidden_layers": len(kept)}
-    student["shrunk_from"] = {
+    encoder_config = replace(teacher.encoder.config, num_hidden_layers=len(kept))
+    student = SequenceClassifier(
+        BertModel(encoder_config), len(config["labels"]), dropout=teacher.dropout.p
+    )
+    student.load_state_dict(shrink_state(teacher.state_dict(), kept), strict=True)
+    extra: dict[str, Any] = {k: config[k] for k in ("init", "train_args") if k in config}
+    extra["shrunk_from"] = {
         "checkpoint": str(checkpoint),
         "layers": kept,
         "best": config.get("best"),
     }
-    student.pop("best", None)  # not evaluated at this depth
-    save_state_checkpoint(
-        out, state, student, files={"tokenizer.json": checkpoint / "tokenizer.json"}
-    )
-    return student
+    task = task_of_checkpoint(config["task"]).name
+    # No "best": the student was not evaluated at this depth.
+    save_classifier(out, student, tokenizer, task, config["labels"], config["max_length"], **extra)
+    return load_checkpoint_config(out)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

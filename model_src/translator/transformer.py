@@ -23,7 +23,8 @@ owner builds on (no Python containers in any signature):
         -> cross_k, cross_v (L,B,H,S,hd): every decoder layer's encoder-decoder keys/values,
            computed once per source
     decode_step(tokens (B,) int64, position (B,) int64, memory_mask (B,S) bool,
-                cross_k, cross_v (L,B,H,S,hd), self_k, self_v (L,B,H,t,hd))
+                cross_k, cross_v (L,B,H,S,hd), self_k, self_v (L,B,H,t,hd),
+                [self_mask (B,t+1) bool])
         -> logits (B,V) float, new_self_k, new_self_v (L,B,H,t+1,hd)
 
 `tokens` is the token at `position` (position 0 holds `<sos>`); `self_k/self_v` hold the keys and
@@ -343,13 +344,17 @@ class Transformer(nn.Module):
         cross_v: Tensor,
         self_k: Tensor,
         self_v: Tensor,
+        self_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One new position per hypothesis; shapes in the module docstring."""
+        """One new position per hypothesis; shapes in the module docstring. `self_mask` (B, t+1)
+        bool, True on the cached positions a row may see (and on the new one, index t), lets
+        rows with caches of different lengths share a step: a shorter cache is left-padded."""
         x = self.tgt_embed(tokens[:, None], position[:, None])  # (B, 1, D)
         cross_mask = memory_mask[:, None, None, :]  # (B, 1, 1, S)
+        causal = None if self_mask is None else self_mask[:, None, None, :]  # (B, 1, 1, t+1)
         new_k, new_v = [], []
         for i, layer in enumerate(self.decoder_layers):
-            x, k, v = layer(x, cross_k[i], cross_v[i], cross_mask, self_k[i], self_v[i])
+            x, k, v = layer(x, cross_k[i], cross_v[i], cross_mask, self_k[i], self_v[i], causal)
             new_k.append(k)
             new_v.append(v)
         logits = self.out_proj(self.decoder_norm(x[:, 0]))  # (B, V)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service.engines.decode_batch import DecodeBatch
 from service.engines.tokenization import Encoded, TextEncoder
 from service.generation import OnnxGenerator
 from service.ort_session import SessionSettings, create_session
@@ -52,6 +53,14 @@ class TranslatorEngine:
             length_penalty=self.generation.length_penalty,
         )
         return self.encoder.decode(ids)
+
+    def decode_batch(self) -> DecodeBatch:
+        """A running batch for the step scheduler (iteration-level batching)."""
+        return DecodeBatch(self.generator, self.generation.length_penalty)
+
+    def finish(self, ids: list[int]) -> str:
+        """The text of one finished sequence."""
+        return self.encoder.decode([ids])[0]
 
     def warmup(self, max_batch_size: int) -> None:
         text = "warm up " * self.encoder.max_length

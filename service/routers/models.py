@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from service.decode_scheduler import DecodeScheduler
 from service.dependencies import StateDep
 from service.registry import batch_policy
 from service.schemas import ERROR_RESPONSES, BatchingInfo, ModelInfo, ModelsResponse
@@ -23,6 +24,7 @@ async def list_models(state: StateDep) -> ModelsResponse:
                 max_batch_tokens=policy.max_batch_tokens,
                 max_queue_delay_ms=policy.max_queue_delay_s * 1000,
                 workers=policy.max_concurrent_runs,
+                scheduling="step" if isinstance(m.batcher, DecodeScheduler) else "request",
             )
         models.append(
             ModelInfo(

@@ -1,20 +1,59 @@
-"""POST /v1/translate: translation with greedy or beam search."""
+"""POST /v1/translate: translation with greedy or beam search, or streamed (Server-Sent Events)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
 
 from service.dependencies import InferenceDep, InfoDep, disconnect_watcher
+from service.errors import ErrorKind, ServiceError
 from service.schemas import ERROR_RESPONSES, TranslateRequest, TranslateResponse
+from service.streaming import MEDIA_TYPE
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERROR_RESPONSES)
 
+STREAM_EXAMPLE = (
+    'event: piece\ndata: {"text": "Ein Hund "}\n\n'
+    'event: piece\ndata: {"text": "rennt."}\n\n'
+    'event: done\ndata: {"model": "translator", "version": "1", '
+    '"translation": "Ein Hund rennt.", "tokens": 6, "truncated": false}\n\n'
+)
+STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON; with `stream: true`, Server-Sent Events (`piece`, then `done`, or "
+        "`error`)",
+        "content": {MEDIA_TYPE: {"schema": {"type": "string"}, "example": STREAM_EXAMPLE}},
+    }
+}
 
-@router.post("/translate", summary="Translate texts")
+
+@router.post(
+    "/translate",
+    summary="Translate texts",
+    response_model=TranslateResponse,  # the JSON answer; a stream bypasses it
+    responses=STREAM_RESPONSE,
+)
 async def translate(
     body: TranslateRequest, request: Request, inference: InferenceDep, info: InfoDep
-) -> TranslateResponse:
+) -> TranslateResponse | StreamingResponse:
     model = inference.model_for_task("translation", body.model, body.version)
+    if body.stream:
+        if len(body.texts) != 1:
+            raise ServiceError(ErrorKind.VALIDATION, "streaming translates one text per request")
+        stream = await inference.open_translation_stream(
+            model,
+            body.texts[0],
+            info,
+            beam_size=body.beam_size,
+            max_new_tokens=body.max_new_tokens,
+        )
+        return StreamingResponse(
+            stream.events(),
+            media_type=MEDIA_TYPE,
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     result = await inference.translate(
         model,
         body.texts,

@@ -1,0 +1,248 @@
+"""Translation load benchmark: the step scheduler against request-level batching, in one run.
+
+For each batching mode (NLPSERVE_TRANSLATION_BATCHING=step, then =request) it starts nlpserve on
+the repository, and for each user count runs a closed loop for `--duration` seconds: every user
+sends one sentence per request (`POST /v1/translate`, the sentences in turn from `--sentences`,
+e.g. Multi30k val.en) and sends the next as soon as the answer came. With the scheduler it then
+runs the same loop with `"stream": true`, timing the first piece and the whole stream.
+
+    python -m loadtests.translation_bench --repository runs/demo/model_repository \
+        --sentences ../shared/data/multi30k/val.en --users 1 8 32 64 --duration 20
+
+Per mode and user count: req/s, latency p50/p95/p99, generated tokens/s (answers re-tokenized
+with the model's tokenizer.json, so both modes are counted alike), and from /metrics the mean
+decoder rows per step (scheduler) or sequences per engine run (request-level); for streams the
+time to the first piece. The JSON report goes to `--out`; a Markdown table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from tokenizers import Tokenizer
+
+from loadtests.servers import nlpserve_command, running_server
+from loadtests.translation_inprocess import compare, percentiles
+from service.engines.translator import DecodingParams
+
+logger = logging.getLogger(__name__)
+
+MODES = ("step", "request")
+
+
+def read_metrics(host: str) -> dict[str, float]:
+    """Sums of every sample of the translator, by sample name."""
+    out: dict[str, float] = {}
+    text = httpx.get(host + "/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model") == "translator":
+                out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
+    return out
+
+
+def per_step(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
+    count = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
+    total = after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)
+    return round(total / count, 2) if count else None
+
+
+async def closed_loop(
+    host: str,
+    sentences: Sequence[str],
+    users: int,
+    duration_s: float,
+    body: dict[str, Any],
+    stream: bool,
+) -> dict[str, Any]:
+    """`users` clients sending one sentence per request for `duration_s` seconds."""
+    latencies: list[float] = []
+    first_pieces: list[float] = []
+    translations: list[str] = []
+    errors: dict[str, int] = {}
+    stop_at = time.monotonic() + duration_s
+    limits = httpx.Limits(max_connections=users, max_keepalive_connections=users)
+
+    async def user(index: int, client: httpx.AsyncClient) -> None:
+        i = index
+        while time.monotonic() < stop_at:
+            payload = {**body, "texts": [sentences[i % len(sentences)]]}
+            i += users
+            started = time.monotonic()
+            try:
+                if stream:
+                    payload["stream"] = True
+                    first = None
+                    async with client.stream("POST", "/v1/translate", json=payload) as r:
+                        if r.status_code != 200:
+                            errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+                            await r.aread()
+                            continue
+                        async for line in r.aiter_lines():
+                            if line.startswith("data: ") and first is None:
+                                first = time.monotonic() - started
+                            if line.startswith("data: ") and '"translation"' in line:
+                                translations.append(json.loads(line[6:])["translation"])
+                    first_pieces.append(first if first is not None else float("nan"))
+                else:
+                    r = await client.post("/v1/translate", json=payload)
+                    if r.status_code != 200:
+                        errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+                        continue
+                    translations.append(r.json()["translations"][0])
+            except httpx.HTTPError as e:
+                errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                continue
+            latencies.append(time.monotonic() - started)
+
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=host, timeout=120, limits=limits) as client:
+        await asyncio.gather(*(user(u, client) for u in range(users)))
+    elapsed = time.monotonic() - started
+    return {
+        "requests": len(latencies),
+        "seconds": round(elapsed, 2),
+        "req_per_s": round(len(latencies) / elapsed, 2),
+        "latency_ms": percentiles(latencies),
+        "first_piece_ms": percentiles(first_pieces) if stream else None,
+        "errors": errors,
+        "translations": translations,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    sentences = [s for s in Path(args.sentences).read_text().splitlines() if s.strip()]
+    sentences = sentences[: args.limit]
+    if args.in_process:
+        params = DecodingParams(args.beam_size, args.max_new_tokens)
+        rows = asyncio.run(
+            compare(
+                args.repository,
+                sentences,
+                args.users,
+                args.duration,
+                params,
+                args.threads,
+                args.rates,
+            )
+        )
+        return {**describe(args, sentences), "in_process": True, "results": rows}
+    tokenizer = Tokenizer.from_file(
+        str(max((args.repository / "translator").glob("*/tokenizer.json")))
+    )
+    body: dict[str, Any] = {"beam_size": args.beam_size, "max_new_tokens": args.max_new_tokens}
+    env = {"NLPSERVE_INTRA_OP_THREADS": str(args.threads), "NLPSERVE_ALLOW_SPINNING": "false"}
+    results: list[dict[str, Any]] = []
+    for mode in args.modes:
+        with running_server(
+            nlpserve_command(args.repository),
+            env={**env, "NLPSERVE_TRANSLATION_BATCHING": mode},
+            log_path=args.log_dir / f"server-{mode}.log" if args.log_dir else None,
+        ) as (host, _):
+            phases = [False, True] if mode == "step" and args.beam_size == 1 else [False]
+            for stream in phases:
+                for users in args.users:
+                    before = read_metrics(host)
+                    row = asyncio.run(
+                        closed_loop(host, sentences, users, args.duration, body, stream)
+                    )
+                    after = read_metrics(host)
+                    texts = row.pop("translations")
+                    generated = sum(len(tokenizer.encode(t).ids) for t in texts)
+                    row.update(
+                        mode=mode,
+                        stream=stream,
+                        users=users,
+                        generated_tokens_per_s=round(generated / row["seconds"], 1),
+                        mean_rows_per_step=per_step(
+                            before, after, "nlpserve_decode_running_sequences"
+                        ),
+                        mean_sequences_per_run=per_step(before, after, "nlpserve_batch_size"),
+                    )
+                    logger.info("%s", row)
+                    results.append(row)
+    return {**describe(args, sentences), "in_process": False, "results": results}
+
+
+def describe(args: argparse.Namespace, sentences: Sequence[str]) -> dict[str, Any]:
+    return {
+        "command": " ".join(sys.argv),
+        "machine": f"{platform.machine()}, {args.cpus} (stated by the caller)",
+        "repository": str(args.repository),
+        "sentences": f"{args.sentences} (first {len(sentences)})",
+        "beam_size": args.beam_size,
+        "max_new_tokens": args.max_new_tokens,
+        "duration_s": args.duration,
+        "intra_op_threads": args.threads,
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "| batching | stream | users | req/s | p50 ms | p95 ms | p99 ms | first piece p50 ms "
+        "| gen tok/s | rows/step | seq/run | CPU ms/req | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        first = r["first_piece_ms"]["p50"] if r["first_piece_ms"] else "-"
+        first = "-" if first is None else first
+        lines.append(
+            f"| {r['mode']} | {'yes' if r['stream'] else 'no'} | {r['users']} | {r['req_per_s']} "
+            f"| {r['latency_ms']['p50']} | {r['latency_ms']['p95']} | {r['latency_ms']['p99']} "
+            f"| {first} | {r['generated_tokens_per_s']} | {r['mean_rows_per_step'] or '-'} "
+            f"| {r['mean_sequences_per_run'] or '-'} | {r.get('cpu_ms_per_request', '-')} "
+            f"| {r['errors'] or '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, required=True)
+    parser.add_argument("--sentences", type=Path, required=True, help="one source per line")
+    parser.add_argument("--limit", type=int, default=200, help="sentences used (in turn)")
+    parser.add_argument("--users", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per user count")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--beam-size", type=int, default=1, help="1: greedy (and streams)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads")
+    parser.add_argument("--cpus", default="unspecified CPU", help="machine, for the report")
+    parser.add_argument("--out", type=Path, help="JSON report")
+    parser.add_argument("--log-dir", type=Path, help="server logs")
+    parser.add_argument(
+        "--rates",
+        type=float,
+        nargs="*",
+        default=[],
+        help="--in-process: open-loop runs at these requests/s (Poisson arrivals) as well",
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="no HTTP: users submit straight to the scheduler / batcher (engine-side effect)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
+    report = run(args)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,250 @@
+"""The translation benchmark's closed loop without HTTP: users submit straight to the model's
+step scheduler or to its request-level batcher, as `service.inference` does, in one process.
+
+It separates what scheduling does for the engine from the cost of HTTP and of the load
+generator, which on a small shared CPU dominate an HTTP run (reports/translation-benchmark.md).
+Besides req/s it reports the process's CPU time per request, which other jobs sharing the cores
+disturb less than wall-clock throughput. Time to the first token is when the scheduler hands the
+first decoded token over (a stream detokenises it into a piece right after).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.batcher import Batcher, BatchPolicy, RunStats
+from service.decode_scheduler import DecodePolicy, DecodeScheduler, StepStats
+from service.engines import ModelWorker, SessionSettings, TranslatorEngine
+from service.engines.tokenization import Encoded
+from service.engines.translator import DecodingParams
+from service.repository import scan
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    p50, p95, p99 = np.percentile(np.asarray(values) * 1000, [50, 95, 99])
+    return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "p99": round(float(p99), 1)}
+
+
+class Counts:
+    """Observer of both the scheduler (steps) and the batcher (runs)."""
+
+    def __init__(self) -> None:
+        self.rows = self.steps = self.sequences = self.runs = 0
+
+    def on_step(self, stats: StepStats) -> None:
+        self.rows += stats.rows
+        self.steps += 1
+
+    def on_run(self, stats: RunStats) -> None:
+        self.sequences += stats.size
+        self.runs += 1
+
+    def on_dropped(self, reason: str, count: int) -> None:
+        pass
+
+
+Submit = Callable[[Encoded, Callable[[int], None] | None], Awaitable[Any]]
+
+
+async def closed_loop(
+    submit: Submit,
+    sources: Sequence[Encoded],
+    users: int,
+    duration_s: float,
+    count_tokens: Callable[[str], int],
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    first: list[float] = []
+    tokens = 0
+    stop_at = time.monotonic() + duration_s
+
+    async def user(index: int) -> None:
+        nonlocal tokens
+        i = index
+        while time.monotonic() < stop_at:
+            source = sources[i % len(sources)]
+            i += users
+            started = time.monotonic()
+            seen: list[float] = []
+
+            def on_token(_: int, seen: list[float] = seen) -> None:
+                if not seen:
+                    seen.append(time.monotonic())
+
+            text = await submit(source, on_token)
+            latencies.append(time.monotonic() - started)
+            if seen:
+                first.append(seen[0] - started)
+            tokens += count_tokens(text)
+
+    started, cpu = time.monotonic(), time.process_time()
+    await asyncio.gather(*(user(u) for u in range(users)))
+    return {
+        "elapsed": time.monotonic() - started,
+        "cpu_s": time.process_time() - cpu,  # every thread of this process
+        "latencies": latencies,
+        "first": first,
+        "tokens": tokens,
+    }
+
+
+async def open_loop(
+    submit: Submit,
+    sources: Sequence[Encoded],
+    rate: float,
+    duration_s: float,
+    count_tokens: Callable[[str], int],
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Requests arriving at `rate` per second (Poisson, seeded) for `duration_s`, whatever the
+    answers: the latency a sentence sees at a load the engine can carry."""
+    rng = random.Random(seed)
+    latencies: list[float] = []
+    first: list[float] = []
+    tokens = 0
+
+    async def one(source: Encoded) -> None:
+        nonlocal tokens
+        started = time.monotonic()
+        seen: list[float] = []
+
+        def on_token(_: int) -> None:
+            if not seen:
+                seen.append(time.monotonic())
+
+        text = await submit(source, on_token)
+        latencies.append(time.monotonic() - started)
+        if seen:
+            first.append(seen[0] - started)
+        tokens += count_tokens(text)
+
+    started, cpu = time.monotonic(), time.process_time()
+    tasks, i, at = [], 0, started
+    while at < started + duration_s:
+        at += rng.expovariate(rate)
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        tasks.append(asyncio.ensure_future(one(sources[i % len(sources)])))
+        i += 1
+    await asyncio.gather(*tasks)
+    return {
+        "elapsed": time.monotonic() - started,
+        "cpu_s": time.process_time() - cpu,
+        "latencies": latencies,
+        "first": first,
+        "tokens": tokens,
+    }
+
+
+async def compare(
+    repository: Path,
+    sentences: Sequence[str],
+    users: Sequence[int],
+    duration_s: float,
+    params: DecodingParams,
+    threads: int,
+    rates: Sequence[float] = (),
+) -> list[dict[str, Any]]:
+    """Rows of the benchmark table for both modes (see translation_bench.row)."""
+    versions, _ = scan(repository, {})
+    version = next(v for v in versions if v.name == "translator")
+    settings = SessionSettings(providers="cpu", intra_op_threads=threads, allow_spinning=False)
+    engine = TranslatorEngine(version, settings)
+    sources = engine.encoder.encode(list(sentences))
+
+    def count_tokens(text: str) -> int:  # re-tokenized, as the HTTP run counts
+        return engine.encoder.encode([text])[0].tokens
+
+    worker = ModelWorker("translator")
+    results = []
+    for mode in ("step", "request"):
+        counts = Counts()
+        scheduler: DecodeScheduler | None = None
+        batcher: Batcher[Any, Any] | None = None
+        if mode == "step":
+            scheduler = DecodeScheduler(
+                "translator",
+                engine.decode_batch(),
+                DecodePolicy(),
+                finish=engine.finish,
+                max_steps=engine.generator.max_steps,
+                observer=counts,
+            )
+            scheduler.start()
+            submit = _scheduler_submit(scheduler, params)
+        else:
+            batcher = Batcher(
+                "translator", _run_batch(worker, engine), BatchPolicy(), observer=counts
+            )
+            batcher.start()
+            submit = _batcher_submit(batcher, params)
+        loads = [("users", n) for n in users] + [("rate", r) for r in rates]
+        for kind, n in loads:
+            before = (counts.rows, counts.steps, counts.sequences, counts.runs)
+            if kind == "users":
+                run = await closed_loop(submit, sources, int(n), duration_s, count_tokens)
+            else:
+                run = await open_loop(submit, sources, float(n), duration_s, count_tokens)
+            rows, steps = counts.rows - before[0], counts.steps - before[1]
+            seqs, runs = counts.sequences - before[2], counts.runs - before[3]
+            results.append(
+                {
+                    "mode": mode,
+                    "in_process": True,
+                    "stream": False,
+                    "users": n if kind == "users" else f"{n:g}/s open",
+                    "requests": len(run["latencies"]),
+                    "seconds": round(run["elapsed"], 2),
+                    "req_per_s": round(len(run["latencies"]) / run["elapsed"], 2),
+                    "latency_ms": percentiles(run["latencies"]),
+                    "first_piece_ms": percentiles(run["first"]) if mode == "step" else None,
+                    "errors": {},
+                    "generated_tokens_per_s": round(run["tokens"] / run["elapsed"], 1),
+                    # CPU time per request: less sensitive than req/s to other jobs on the cores
+                    "cpu_ms_per_request": round(
+                        run["cpu_s"] * 1000 / max(1, len(run["latencies"])), 2
+                    ),
+                    "mean_rows_per_step": round(rows / steps, 2) if steps else None,
+                    "mean_sequences_per_run": round(seqs / runs, 2) if runs else None,
+                }
+            )
+        if scheduler is not None:
+            await scheduler.stop(30)
+        if batcher is not None:
+            await batcher.stop(30)
+    worker.shutdown()
+    return results
+
+
+def _scheduler_submit(scheduler: DecodeScheduler, params: DecodingParams) -> Submit:
+    async def submit(source: Encoded, on_token: Callable[[int], None] | None) -> Any:
+        (item,) = scheduler.submit([source], key=params, timeout_s=600, on_token=on_token)
+        return await item.future
+
+    return submit
+
+
+def _batcher_submit(batcher: Batcher[Any, Any], params: DecodingParams) -> Submit:
+    async def submit(source: Encoded, on_token: Callable[[int], None] | None) -> Any:
+        (item,) = batcher.submit([source], [source.tokens], key=params, timeout_s=600)
+        return await item.future
+
+    return submit
+
+
+def _run_batch(
+    worker: ModelWorker, engine: TranslatorEngine
+) -> Callable[[list[Any], Hashable], Awaitable[list[str]]]:
+    async def run_batch(payloads: list[Any], key: Hashable) -> list[str]:
+        assert isinstance(key, DecodingParams)
+        return await worker.call(engine.run, payloads, key)
+
+    return run_batch

@@ -1,0 +1,362 @@
+"""The running decode batch of the step scheduler: tensors only (the mechanism; who joins and
+leaves is `service.decode_scheduler`'s policy).
+
+Sequences at different steps share one decoder run. The batch axis holds slots (rows):
+
+- a sequence holds `beam_size` rows (greedy: one), anywhere in the batch;
+- self-attention cache [L, B, H, T, hd], T = the longest cache among the rows. A row that has
+  decoded t positions keeps them in the last t columns and the decoder's `self_mask` hides the
+  columns before them. The graph appends the new position at column T, so every row stays
+  right-aligned and the graph's output is the next step's input as it is;
+- cross-attention keys/values [L, B, H, S, hd] and memory_mask [B, S], S = the longest source,
+  right-padded like a padded batch;
+- a row whose sequence left is free: the next joiner is written into it in place (its source
+  keys/values and mask; its old self-attention columns are simply masked), so a step where one
+  sequence leaves and another joins copies one row, not the batch. Free rows still run until
+  reused; when more than a quarter of the rows are free they are compacted away, and columns no
+  live row needs are cut off the left edge of the self-attention cache.
+
+Why this layout (measured, reports/translation-benchmark.md): one decoder run per step whatever
+the mix of steps, where grouping rows by cache length needs one run per distinct length, and a
+cache preallocated to the maximum length attends over (and copies) every column at every step.
+Rebuilding the batch arrays at every join and leave (the first version) spent more time copying
+than decoding under a closed loop of 32 users.
+
+A masked column gets exactly zero attention weight, so every rule of the search (argmax; beam
+ranking, frozen finished beams, the best beam as answer) is `service.generation`'s and a sequence
+decodes to the same ids as it does alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.generation import DecoderState, OnnxGenerator, _log_softmax
+
+
+@dataclass(frozen=True)
+class Join:
+    """A sequence entering the batch: its encoded source (ending in <eos>) and search."""
+
+    seq_id: int
+    src_ids: Sequence[int]
+    beam_size: int
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one step did for one sequence."""
+
+    seq_id: int
+    token: int | None  # greedy: the token decoded this step (beam search: None until done)
+    result: list[int] | None  # the final ids, when the sequence finished this step
+
+
+@dataclass(eq=False)
+class _Sequence:
+    seq_id: int
+    beams: int
+    src_len: int
+    max_steps: int
+    steps: int = 0  # positions decoded = cached self-attention columns of each of its rows
+    greedy_ids: list[int] = field(default_factory=list)
+    scores: np.ndarray | None = None  # beam search: (K,) float32
+    lengths: np.ndarray | None = None  # (K,) int64, generated tokens incl. <eos>
+    finished: np.ndarray | None = None  # (K,) bool
+    history: np.ndarray | None = None  # (K, steps) int64
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # its batch rows
+
+
+COMPACT_FREE_FRACTION = 0.25  # compact when more than this share of the rows is free
+TRIM_SLACK_COLUMNS = 8  # cut unneeded cache columns once there are this many (amortised copy)
+
+
+class DecodeBatch:
+    """Not thread-safe: one thread (the scheduler's) calls `step` at a time."""
+
+    def __init__(self, generator: OnnxGenerator, length_penalty: float = 1.0) -> None:
+        if not generator.has_self_mask:
+            raise ValueError(
+                "decoder.onnx has no self_mask input (exported before step scheduling); "
+                "re-export the translator to decode step by step"
+            )
+        self.generator = generator
+        self.length_penalty = length_penalty
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every sequence (also after a failed step, whose state cannot be trusted)."""
+        self.sequences: dict[int, _Sequence] = {}
+        self.state: DecoderState | None = None
+        self.tokens = np.zeros(0, np.int64)  # next input token per row
+        self.owner: list[int | None] = []  # seq_id of each row; None: free
+        self.src_len = np.zeros(0, np.int64)  # source tokens of each row (0: free)
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def rows(self) -> int:
+        """Rows of live sequences (free rows not counted)."""
+        return sum(s.beams for s in self.sequences.values())
+
+    @property
+    def slots(self) -> int:
+        """Rows in the arrays, free ones included."""
+        return len(self.owner)
+
+    @property
+    def cache_tokens(self) -> int:
+        """Padded positions the caches hold: slots x (source columns + self-attention columns)."""
+        if self.state is None:
+            return 0
+        return self.slots * (self.state.cross_k.shape[3] + self.state.self_k.shape[3])
+
+    # ------------------------------------------------------------------ the step
+
+    def step(self, joins: Sequence[Join], leaves: Iterable[int]) -> list[Outcome]:
+        """Free the rows of `leaves` (seq ids), write `joins` into free rows (their encoder runs
+        once, batched), run one decoder step for every row, advance every search; finished
+        sequences leave at once."""
+        self._free(set(leaves))
+        if joins:
+            self._join(joins)
+        if not self.sequences:
+            self.reset()
+            return []
+        self._maybe_compact()
+        assert self.state is not None
+        state = self.state
+        T = state.self_k.shape[3]
+        steps = state.position  # positions decoded = cached columns of each row (free rows: 0)
+        self_mask = np.arange(T + 1)[None, :] >= (T - steps)[:, None]  # (B, T+1)
+        logits, state = self.generator.step(state, self.tokens, self_mask)
+        next_tokens = np.full_like(self.tokens, self.generator.eos_id)
+        order = np.arange(self.tokens.size)  # beam reordering of the rows (within sequences)
+        outcomes: list[Outcome] = []
+        done: set[int] = set()
+        greedy = [s for s in self.sequences.values() if s.beams == 1]
+        if greedy:
+            rows = np.concatenate([s.rows for s in greedy])
+            chosen = logits[rows].argmax(-1)
+            next_tokens[rows] = chosen
+            for seq, token in zip(greedy, chosen.tolist(), strict=True):
+                seq.steps += 1
+                seq.greedy_ids.append(token)
+                finished = token == self.generator.eos_id or seq.steps >= seq.max_steps
+                outcomes.append(Outcome(seq.seq_id, token, seq.greedy_ids if finished else None))
+                if finished:
+                    done.add(seq.seq_id)
+        for K in sorted({s.beams for s in self.sequences.values()} - {1}):
+            group = [s for s in self.sequences.values() if s.beams == K]
+            self._advance_beams(group, logits, next_tokens, order, outcomes, done)
+        if (order != np.arange(order.size)).any():
+            state = state.select(order, cross=False)
+        free = np.asarray([o is None for o in self.owner])
+        state.position[free] = 0  # free rows stay at position 0: always a valid table row
+        self.state, self.tokens = state, next_tokens
+        self._free(done)
+        if not self.sequences:
+            self.reset()
+        self._trim_columns()
+        return outcomes
+
+    def _advance_beams(
+        self,
+        seqs: list[_Sequence],
+        logits: np.ndarray,
+        next_tokens: np.ndarray,
+        order: np.ndarray,
+        outcomes: list[Outcome],
+        done: set[int],
+    ) -> None:
+        """One beam step for the sequences `seqs` (all with the same beam size)."""
+        n, K, V = len(seqs), seqs[0].beams, logits.shape[-1]
+        rows = np.stack([s.rows for s in seqs])  # (n, K)
+        logp = _log_softmax(logits[rows.reshape(-1)]).reshape(n, K, V)
+        beam, token, scores, lengths, finished = self.generator.beam_advance(
+            logp,
+            np.stack([s.scores for s in seqs]),  # type: ignore[misc]
+            np.stack([s.lengths for s in seqs]),  # type: ignore[misc]
+            np.stack([s.finished for s in seqs]),  # type: ignore[misc]
+            self.length_penalty,
+        )
+        order[rows.reshape(-1)] = np.take_along_axis(rows, beam, 1).reshape(-1)
+        next_tokens[rows.reshape(-1)] = token.reshape(-1)
+        for j, seq in enumerate(seqs):
+            assert seq.history is not None
+            seq.history = np.concatenate([seq.history[beam[j]], token[j][:, None]], axis=1)
+            seq.scores, seq.lengths, seq.finished = scores[j], lengths[j], finished[j]
+            seq.steps += 1
+            if finished[j].all() or seq.steps >= seq.max_steps:
+                best = seq.history[0, : lengths[j][0]].tolist()  # beam 0 is the best
+                outcomes.append(Outcome(seq.seq_id, None, best))
+                done.add(seq.seq_id)
+
+    # ------------------------------------------------------------------ membership
+
+    def _join(self, joins: Sequence[Join]) -> None:
+        """Encode the joiners, one encoder run per source length, into free rows: a padded run
+        costs as if every source were as long as the longest (8 Multi30k sentences of 19 to 64
+        tokens: 3.0 ms padded, 2.7 ms one run each, 1.4 ms for 8 of one 27-token sentence;
+        busy 2-core VM), so equal lengths share a run and nothing is padded."""
+        by_length: dict[int, list[Join]] = {}
+        for join in joins:
+            by_length.setdefault(len(join.src_ids), []).append(join)
+        for group in by_length.values():
+            self._join_unpadded(group)
+
+    def _join_unpadded(self, joins: Sequence[Join]) -> None:
+        g = self.generator
+        fresh = g.start(np.asarray([j.src_ids for j in joins], np.int64))
+        beams = [j.beam_size for j in joins]
+        fresh = fresh.select(np.repeat(np.arange(len(joins)), beams))
+        needed = sum(beams)
+        free_rows = [r for r, o in enumerate(self.owner) if o is None]
+        if len(free_rows) < needed:
+            self._grow(needed - len(free_rows), fresh)
+            free_rows = [r for r, o in enumerate(self.owner) if o is None]
+        rows = np.asarray(free_rows[:needed])
+        self._write_rows(rows, fresh)
+        lengths = np.repeat([len(j.src_ids) for j in joins], beams)
+        self.src_len[rows] = lengths
+        start = 0
+        for j in joins:
+            K = j.beam_size
+            seq = _Sequence(j.seq_id, K, len(j.src_ids), g.max_steps(j.max_new_tokens))
+            seq.rows = rows[start : start + K]
+            start += K
+            if K > 1:
+                seq.scores = np.full(K, -np.inf, np.float32)
+                seq.scores[0] = 0.0  # all beams start identical: let only the first one propose
+                seq.lengths = np.zeros(K, np.int64)
+                seq.finished = np.zeros(K, bool)
+                seq.history = np.zeros((K, 0), np.int64)
+            for r in seq.rows.tolist():
+                self.owner[r] = seq.seq_id
+            self.sequences[seq.seq_id] = seq
+
+    def _grow(self, extra: int, like: DecoderState) -> None:
+        """Append `extra` free rows (zeros) to every array."""
+        L, _, H, S_new, hd = like.cross_k.shape
+        if self.state is None:
+            S, T = S_new, 0
+            old = None
+        else:
+            old = self.state
+            S, T = max(old.cross_k.shape[3], S_new), old.self_k.shape[3]
+        B = len(self.owner)
+        dtype = like.cross_k.dtype
+
+        def grown(shape: tuple[int, ...], prev: np.ndarray | None, fill_dtype: Any) -> np.ndarray:
+            out = np.zeros(shape, fill_dtype)
+            if prev is not None and B:
+                if prev.ndim == 5:
+                    out[:, :B, :, : prev.shape[3]] = prev
+                else:
+                    out[:B, : prev.shape[1]] = prev
+            return out
+
+        self.state = DecoderState(
+            memory_mask=grown((B + extra, S), old.memory_mask if old else None, bool),
+            cross_k=grown((L, B + extra, H, S, hd), old.cross_k if old else None, dtype),
+            cross_v=grown((L, B + extra, H, S, hd), old.cross_v if old else None, dtype),
+            self_k=grown((L, B + extra, H, T, hd), old.self_k if old else None, dtype),
+            self_v=grown((L, B + extra, H, T, hd), old.self_v if old else None, dtype),
+            position=np.concatenate([old.position if old else np.zeros(0, np.int64),
+                                     np.zeros(extra, np.int64)]),
+        )  # fmt: skip
+        self.tokens = np.concatenate([self.tokens, np.zeros(extra, np.int64)])
+        self.owner.extend([None] * extra)
+        self.src_len = np.concatenate([self.src_len, np.zeros(extra, np.int64)])
+
+    def _write_rows(self, rows: np.ndarray, fresh: DecoderState) -> None:
+        """Put the joiners' encoder outputs into free `rows`, in place (the source axis grows
+        for everyone only when a joiner's source is longer than every other)."""
+        assert self.state is not None
+        state = self.state
+        S_new = fresh.cross_k.shape[3]
+        if S_new > state.cross_k.shape[3]:
+            state = self.state = DecoderState(
+                memory_mask=_pad_axis(state.memory_mask, 1, S_new),
+                cross_k=_pad_axis(state.cross_k, 3, S_new),
+                cross_v=_pad_axis(state.cross_v, 3, S_new),
+                self_k=state.self_k,
+                self_v=state.self_v,
+                position=state.position,
+            )
+        state.memory_mask[rows] = False
+        state.memory_mask[rows, :S_new] = fresh.memory_mask
+        state.cross_k[:, rows] = 0.0
+        state.cross_k[:, rows, :, :S_new] = fresh.cross_k
+        state.cross_v[:, rows] = 0.0
+        state.cross_v[:, rows, :, :S_new] = fresh.cross_v
+        state.position[rows] = 0  # no column is theirs yet: the mask hides whatever is there
+        self.tokens[rows] = self.generator.sos_id or 0  # always set; typed Optional
+
+    def _free(self, seq_ids: set[int]) -> None:
+        for seq_id in seq_ids:
+            seq = self.sequences.pop(seq_id, None)
+            if seq is None:
+                continue
+            for r in seq.rows.tolist():
+                self.owner[r] = None
+            self.src_len[seq.rows] = 0
+            if self.state is not None:
+                self.state.position[seq.rows] = 0
+
+    def _maybe_compact(self) -> None:
+        """Drop free rows when they are more than COMPACT_FREE_FRACTION of the batch, and the
+        source columns no live row needs."""
+        free = sum(o is None for o in self.owner)
+        if self.state is None or free <= COMPACT_FREE_FRACTION * len(self.owner):
+            return
+        keep = np.asarray([r for r, o in enumerate(self.owner) if o is not None])
+        remap = {int(r): i for i, r in enumerate(keep)}
+        S = int(self.src_len[keep].max())  # sources are right-padded: cut the tail
+        state = self.state
+        self.state = DecoderState(
+            memory_mask=state.memory_mask[keep, :S],
+            cross_k=state.cross_k[:, keep, :, :S],
+            cross_v=state.cross_v[:, keep, :, :S],
+            self_k=state.self_k[:, keep],
+            self_v=state.self_v[:, keep],
+            position=state.position[keep],
+        )  # fancy indexing: one contiguous copy each
+        self.tokens = self.tokens[keep]
+        self.owner = [self.owner[r] for r in keep.tolist()]
+        self.src_len = self.src_len[keep]
+        for seq in self.sequences.values():
+            seq.rows = np.asarray([remap[int(r)] for r in seq.rows], np.int64)
+
+    def _trim_columns(self) -> None:
+        """Cut self-attention columns no live row needs (caches are right-aligned: the head)."""
+        if self.state is None or not self.sequences:
+            return
+        T = self.state.self_k.shape[3]
+        needed = int(self.state.position.max())
+        if T - needed < TRIM_SLACK_COLUMNS:
+            return
+        state = self.state
+        self.state = DecoderState(
+            memory_mask=state.memory_mask,
+            cross_k=state.cross_k,
+            cross_v=state.cross_v,
+            self_k=np.ascontiguousarray(state.self_k[:, :, :, T - needed :]),
+            self_v=np.ascontiguousarray(state.self_v[:, :, :, T - needed :]),
+            position=state.position,
+        )
+
+
+def _pad_axis(x: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """Right-pad `x` along `axis` to `size` with zeros (False for masks)."""
+    missing = size - x.shape[axis]
+    if missing == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, missing)
+    return np.pad(x, widths)

@@ -1,0 +1,125 @@
+"""Streamed translation: `POST /v1/translate` with `"stream": true` answers Server-Sent Events.
+
+Events (each `data:` is one JSON object):
+
+    event: piece   data: {"text": "Ein Hund "}          newly decoded text, whole words only
+    event: done    data: {"model", "version", "translation", "tokens", "truncated"}
+    event: error   data: {"error": "...", "type": "timeout"}   the stream ends without `done`
+
+The text decoded so far is detokenised after every step, and what is new is sent up to its last
+space: a word whose subwords are still arriving waits for the next one, so a client never sees
+"Hun" then "d". The `done` event carries the whole translation (the same text as without
+streaming) and the number of generated tokens (without <eos>).
+
+Greedy search only: beam search reorders its hypotheses until the end, so it has no stable prefix
+to stream. Refusals (404, 413, 422, 429, 503) happen before the stream starts, as plain HTTP
+errors. A client that closes the stream cancels its sequence, whose rows leave the running batch
+at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from service.decode_scheduler import DecodeItem
+from service.engines.translator import TranslatorEngine
+from service.errors import ErrorKind, ServiceError
+
+MEDIA_TYPE = "text/event-stream"
+_END = -1  # queue marker: the sequence finished or failed
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+class TranslationStream:
+    """One admitted greedy sequence; `events()` yields its SSE frames as it decodes."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        version: str,
+        engine: TranslatorEngine,
+        truncated: bool,
+        deadline: float,
+    ) -> None:
+        self.model, self.version = model, version
+        self.engine = engine
+        self.truncated = truncated
+        self.deadline = deadline  # event loop time
+        # The admitted request's place in the drain (and its counting), released at the end.
+        self.closer = contextlib.ExitStack()
+        self.tokens: asyncio.Queue[int] = asyncio.Queue()
+        self.item: DecodeItem | None = None
+
+    def on_token(self, token: int) -> None:
+        self.tokens.put_nowait(token)
+
+    def attach(self, item: DecodeItem) -> None:
+        self.item = item
+        item.future.add_done_callback(lambda _: self.tokens.put_nowait(_END))
+
+    async def events(self) -> AsyncIterator[bytes]:
+        assert self.item is not None
+        loop = asyncio.get_running_loop()
+        ids: list[int] = []
+        sent = ""
+        try:
+            while True:
+                remaining = self.deadline - loop.time()
+                try:
+                    token = await asyncio.wait_for(self.tokens.get(), max(remaining, 0))
+                except asyncio.TimeoutError:
+                    yield _error(ServiceError(ErrorKind.TIMEOUT, "the request timed out"))
+                    return
+                if token == _END:
+                    break
+                ids.append(token)
+                text = self.engine.finish(ids)
+                piece = _whole_words(text, sent)
+                if piece:
+                    sent += piece
+                    yield sse("piece", {"text": piece})
+            try:
+                translation = self.item.future.result()
+            except ServiceError as e:
+                yield _error(e)
+                return
+            except Exception:
+                yield _error(ServiceError(ErrorKind.INTERNAL, "inference failed"))
+                return
+            if translation.startswith(sent) and len(translation) > len(sent):
+                yield sse("piece", {"text": translation[len(sent) :]})
+            generated = len(ids) - (1 if ids and ids[-1] == self.engine.generator.eos_id else 0)
+            yield sse(
+                "done",
+                {
+                    "model": self.model,
+                    "version": self.version,
+                    "translation": translation,
+                    "tokens": generated,
+                    "truncated": self.truncated,
+                },
+            )
+        finally:
+            self.item.future.cancel()  # client gone or stream over: the rows leave next step
+            self.closer.close()
+
+
+def _whole_words(text: str, sent: str) -> str:
+    """The new part of `text` after `sent`, up to and including its last space ("" if none, or
+    if the detokenised text no longer extends what was sent)."""
+    if not text.startswith(sent):
+        return ""
+    cut = text.rfind(" ", len(sent))
+    return text[len(sent) : cut + 1] if cut >= 0 else ""
+
+
+def _error(error: ServiceError) -> bytes:
+    return sse("error", {"error": error.message, "type": error.kind.value})

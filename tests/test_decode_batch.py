@@ -1,0 +1,148 @@
+"""service/engines/decode_batch.py: sequences at different steps share decoder runs, and each
+decodes to exactly the ids it gets alone (greedy and beam search), whoever joins or leaves.
+
+The graphs are the tiny translator of tests/conftest.py (exported by the real export pipeline).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from service.engines.decode_batch import TRIM_SLACK_COLUMNS, DecodeBatch, Join
+from service.generation import OnnxGenerator
+
+
+@pytest.fixture(scope="module")
+def generator(model_repository: Path) -> OnnxGenerator:
+    return OnnxGenerator.from_directory(model_repository / "translator" / "1")
+
+
+def random_sources(n: int, seed: int, vocab: int = 200) -> list[list[int]]:
+    """n sources of 1 to 24 random subword ids, each ending in <eos> (id 2)."""
+    rng = random.Random(seed)
+    return [[rng.randrange(4, vocab) for _ in range(rng.randint(1, 24))] + [2] for _ in range(n)]
+
+
+def alone(generator: OnnxGenerator, join: Join) -> list[int]:
+    return generator.generate([join.src_ids], join.beam_size, join.max_new_tokens)[0]
+
+
+def run_schedule(
+    batch: DecodeBatch, arrivals: dict[int, list[Join]], leaves: dict[int, list[int]] | None = None
+) -> tuple[dict[int, list[int]], dict[int, list[int]], list[int]]:
+    """Step until every sequence finished: `arrivals[step]` join before that step, `leaves[step]`
+    are dropped. -> results, greedy tokens as streamed, rows of each step."""
+    results: dict[int, list[int]] = {}
+    streamed: dict[int, list[int]] = {}
+    rows: list[int] = []
+    total = sum(len(j) for j in arrivals.values())
+    left = sum(len(x) for x in (leaves or {}).values())
+    step = 0
+    while len(results) + left < total:
+        outcomes = batch.step(arrivals.get(step, []), (leaves or {}).get(step, []))
+        rows.append(batch.rows)
+        for o in outcomes:
+            if o.token is not None:
+                streamed.setdefault(o.seq_id, []).append(o.token)
+            if o.result is not None:
+                results[o.seq_id] = list(o.result)
+        step += 1
+        assert step < 500, "the schedule never finished"
+    return results, streamed, rows
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mixed_arrivals_decode_as_if_alone(generator: OnnxGenerator, seed: int) -> None:
+    """Greedy, beam 2 and beam 4 sequences of mixed lengths and limits join at random steps;
+    each one's ids equal decoding it alone, and greedy tokens stream in the same order."""
+    rng = random.Random(seed)
+    joins = [
+        Join(i, src, rng.choice([1, 1, 2, 4]), rng.randint(1, 16))
+        for i, src in enumerate(random_sources(14, seed))
+    ]
+    arrivals: dict[int, list[Join]] = {}
+    for join in joins:
+        arrivals.setdefault(rng.randint(0, 12), []).append(join)
+    results, streamed, rows = run_schedule(DecodeBatch(generator), arrivals)
+    for join in joins:
+        assert results[join.seq_id] == alone(generator, join), join
+        if join.beam_size == 1:
+            assert streamed[join.seq_id] == results[join.seq_id]
+    assert max(rows) > 4  # sequences really shared steps
+
+
+def test_finished_sequences_leave_the_same_step(generator: OnnxGenerator) -> None:
+    """A sequence limited to 2 tokens is answered after 2 steps and its row leaves, while a
+    16-token one keeps decoding (rows 2 -> 1), then the batch is empty."""
+    short, long = random_sources(2, 7)
+    batch = DecodeBatch(generator)
+    first = batch.step([Join(0, short, 1, 2), Join(1, long, 1, 16)], [])
+    assert [o.result for o in first] == [None, None] and batch.rows == 2
+    second = batch.step([], [])
+    assert second[0].seq_id == 0 and second[0].result is not None and len(second[0].result) == 2
+    assert batch.rows == 1
+    for _ in range(14):
+        batch.step([], [])
+    assert batch.rows == 0 and batch.slots == 0 and batch.cache_tokens == 0
+
+
+def test_leaving_frees_rows_and_leaves_others_unchanged(generator: OnnxGenerator) -> None:
+    """Cancelled sequences (one greedy, one beam 4) leave at the next step, freeing their rows;
+    the others still decode to their alone ids."""
+    joins = [Join(i, src, (1, 4, 4, 1)[i], 16) for i, src in enumerate(random_sources(4, 3))]
+    batch = DecodeBatch(generator)
+    results, _, rows = run_schedule(batch, {0: joins[:2], 3: joins[2:]}, {5: [1, 3]})
+    assert rows[3] == 10 and rows[5] == 5  # 1+4+4+1 rows, then 1 and 3 gone
+    assert set(results) == {0, 2}
+    for join in (joins[0], joins[2]):
+        assert results[join.seq_id] == alone(generator, join)
+
+
+def test_a_joiner_reuses_a_free_row_in_place(generator: OnnxGenerator) -> None:
+    """One of four sequences leaves and another joins: the joiner takes the free row (the
+    arrays keep 4 rows, nothing is rebuilt) and still decodes to its alone ids."""
+    joins = [Join(i, src, 1, 16) for i, src in enumerate(random_sources(5, 11))]
+    batch = DecodeBatch(generator)
+    batch.step(joins[:4], [])
+    batch.step([], [])
+    row_of_1 = int(batch.sequences[1].rows[0])
+    outcomes = batch.step([joins[4]], [1])
+    while not any(o.seq_id == 4 and o.result is not None for o in outcomes):
+        outcomes = batch.step([], [])
+    assert next(o.result for o in outcomes if o.seq_id == 4) == alone(generator, joins[4])
+    batch2 = DecodeBatch(generator)
+    batch2.step(joins[:4], [])
+    outcomes = batch2.step([joins[4]], [1])
+    assert batch2.slots == 4  # no row added
+    if 4 in batch2.sequences:  # (unless it already finished: a random model may stop at once)
+        assert int(batch2.sequences[4].rows[0]) == row_of_1
+    else:
+        assert any(o.seq_id == 4 and o.result is not None for o in outcomes)
+
+
+def test_free_rows_and_unneeded_columns_are_compacted(generator: OnnxGenerator) -> None:
+    """When the sequence with the longest source leaves, half the rows are free: the next step
+    drops its row and its source columns; cache columns no live row needs are cut."""
+    short, long = [5, 2], [5] * 30 + [2]
+    batch = DecodeBatch(generator)
+    batch.step([Join(0, long, 1, 16)], [])
+    for _ in range(10):
+        batch.step([], [])
+    batch.step([Join(1, short, 1, 16)], [])
+    assert batch.slots == 2 and batch.state is not None and batch.state.cross_k.shape[3] == 31
+    batch.step([], [0])
+    assert batch.slots == 1 and batch.state.cross_k.shape[3] == 2
+    assert batch.state.self_k.shape[3] < 2 + TRIM_SLACK_COLUMNS
+    assert batch.cache_tokens == 1 * (2 + batch.state.self_k.shape[3])
+
+
+def test_graphs_without_self_mask_are_refused(generator: OnnxGenerator) -> None:
+    """A decoder exported before step scheduling cannot share steps: a clear error, not wrong
+    output."""
+    old = OnnxGenerator(generator.encoder, generator.decoder)
+    old.has_self_mask = False
+    with pytest.raises(ValueError, match="re-export"):
+        DecodeBatch(old)

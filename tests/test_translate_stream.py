@@ -1,0 +1,154 @@
+"""Streamed translation (POST /v1/translate with "stream": true) on a real uvicorn, read with an
+httpx streaming client: Server-Sent Events of whole words, then the whole translation; refusals
+before the stream; a client that closes the stream frees its sequence at the next step.
+
+The translator is a tiny random one with a long positional table, so a greedy decode of 1000
+tokens takes long enough for a client to leave in the middle of it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ServerProcess
+
+TEXT = "A dog runs through the park."
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, launch_server: Callable[..., ServerProcess]
+) -> ServerProcess:
+    from export.tiny import tiny_translator_checkpoint
+    from export.translator import export_translator
+
+    root = tmp_path_factory.mktemp("stream")
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation noise (conftest)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        checkpoint = tiny_translator_checkpoint(root / "checkpoint", max_positions=2048)
+        export_translator(checkpoint, root / "repository", threads=1, max_new_tokens=16)
+    return launch_server(root / "repository")
+
+
+def read_events(response: httpx.Response) -> list[tuple[str, dict[str, object]]]:
+    events, event = [], None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            event = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            events.append((event or "message", json.loads(line.removeprefix("data: "))))
+    return events
+
+
+def metric(server: ServerProcess, name: str, **labels: str) -> float:
+    text = httpx.get(server.url + "/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def test_stream_sends_whole_word_pieces_then_the_translation(server: ServerProcess) -> None:
+    """Pieces end at a space (no word split), join to the final translation, which equals the
+    non-streamed greedy answer; `tokens` counts the generated tokens."""
+    body = {"texts": [TEXT], "max_new_tokens": 24}
+    with httpx.stream(
+        "POST", server.url + "/v1/translate", json={**body, "stream": True}, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = read_events(response)
+    plain = httpx.post(server.url + "/v1/translate", json={**body, "beam_size": 1}, timeout=30)
+    names = [name for name, _ in events]
+    assert names[-1] == "done" and set(names[:-1]) == {"piece"} and len(names) > 2
+    pieces = [str(data["text"]) for _, data in events[:-1]]
+    assert all(p.endswith(" ") for p in pieces[:-1])
+    done = events[-1][1]
+    assert "".join(pieces) == done["translation"] == plain.json()["translations"][0]
+    assert done["model"] == "translator" and done["truncated"] is False
+    assert 0 < int(str(done["tokens"])) <= 24
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"texts": [TEXT], "stream": True, "beam_size": 4}, 422, "greedy"),
+        ({"texts": [TEXT, TEXT], "stream": True}, 422, "one text"),
+        ({"texts": [TEXT], "stream": "yes"}, 422, "stream"),
+    ],
+)
+def test_streams_that_cannot_be_served_are_refused_before_they_start(
+    server: ServerProcess, body: dict[str, object], status: int, words: str
+) -> None:
+    """Beam search, several texts or a non-boolean flag: a JSON 422 naming the problem."""
+    response = httpx.post(server.url + "/v1/translate", json=body, timeout=30)
+    assert response.status_code == status
+    assert words in response.text
+
+
+def test_closing_the_stream_frees_the_sequence(server: ServerProcess) -> None:
+    """A client that reads one piece of a 1000-token decode and closes the stream: the
+    scheduler drops its sequence (cancelled) instead of decoding it to the end."""
+    before = metric(
+        server, "nlpserve_decode_dropped_sequences_total", model="translator", reason="cancelled"
+    )
+    finished_before = metric(server, "nlpserve_decode_finished_sequences_total", model="translator")
+    body = {"texts": [TEXT], "stream": True, "max_new_tokens": 1000}
+    with httpx.stream("POST", server.url + "/v1/translate", json=body, timeout=30) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                break  # first piece read: leave
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        dropped = metric(
+            server,
+            "nlpserve_decode_dropped_sequences_total",
+            model="translator",
+            reason="cancelled",
+        )
+        if dropped > before:
+            break
+        time.sleep(0.05)
+    assert dropped == before + 1
+    finished = metric(server, "nlpserve_decode_finished_sequences_total", model="translator")
+    assert finished == finished_before
+    assert metric(server, "nlpserve_decode_running_sequences_count", model="translator") > 0
+
+
+def test_openapi_documents_the_event_stream(server: ServerProcess) -> None:
+    """/openapi.json lists text/event-stream for /v1/translate and the `stream` field."""
+    spec = httpx.get(server.url + "/openapi.json").json()
+    ok = spec["paths"]["/v1/translate"]["post"]["responses"]["200"]["content"]
+    assert "text/event-stream" in ok
+    assert "stream" in spec["components"]["schemas"]["TranslateRequest"]["properties"]
+
+
+def test_scheduler_metrics_are_exported(server: ServerProcess) -> None:
+    """/metrics has the step scheduler's families for the translator after some decoding:
+    rows per step, joins per step, step time, cache tokens, finished sequences."""
+    httpx.post(server.url + "/v1/translate", json={"texts": [TEXT, "A cat."]}, timeout=30)
+    name = "nlpserve_decode_"
+    for sample in (
+        "running_sequences_count",
+        "joins_per_step_sum",
+        "step_seconds_count",
+        "finished_sequences_total",
+    ):
+        assert metric(server, name + sample, model="translator") > 0, sample
+    text = httpx.get(server.url + "/metrics").text
+    assert 'nlpserve_decode_cache_tokens{model="translator"}' in text
+
+
+def test_models_list_says_the_translator_is_step_scheduled(server: ServerProcess) -> None:
+    """/v1/models reports scheduling "step" for the translator."""
+    models = httpx.get(server.url + "/v1/models").json()["models"]
+    (translator,) = [m for m in models if m["name"] == "translator"]
+    assert translator["batching"]["scheduling"] == "step"

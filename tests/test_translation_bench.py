@@ -1,0 +1,68 @@
+"""loadtests/translation_bench.py end to end, very briefly, on the tiny translator: both
+batching modes in one run, every figure of the report present."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from loadtests.translation_bench import main
+
+
+def test_benchmark_compares_step_and_request_batching(
+    copy_repository: Callable[..., Path], tmp_path: Path, capsys
+) -> None:
+    """Two user counts per mode, plus streams for the scheduler: requests answered without
+    errors, latency percentiles, tokens/s, rows per step (scheduler) and sequences per run
+    (request-level), time to the first piece (streams); a Markdown table on stdout."""
+    sentences = tmp_path / "val.en"
+    sentences.write_text("A dog runs.\nTwo men play football in a park.\nA woman reads.\n")
+    out = tmp_path / "report.json"
+    argv = [
+        "--repository", str(copy_repository("translator")), "--sentences", str(sentences),
+        "--users", "1", "4", "--duration", "0.5", "--max-new-tokens", "8", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["mode"], r["stream"], r["users"]) for r in rows] == [
+        ("step", False, 1), ("step", False, 4), ("step", True, 1), ("step", True, 4),
+        ("request", False, 1), ("request", False, 4),
+    ]  # fmt: skip
+    for r in rows:
+        assert r["requests"] > 0 and r["errors"] == {} and r["req_per_s"] > 0
+        assert r["latency_ms"]["p50"] <= r["latency_ms"]["p95"] <= r["latency_ms"]["p99"]
+        assert r["generated_tokens_per_s"] > 0
+        if r["mode"] == "step":
+            assert r["mean_rows_per_step"] >= 1 and r["mean_sequences_per_run"] is None
+        else:
+            assert r["mean_sequences_per_run"] >= 1 and r["mean_rows_per_step"] is None
+        assert (r["first_piece_ms"] is not None) == r["stream"]
+    assert "| step | yes | 4 |" in capsys.readouterr().out
+
+
+def test_in_process_benchmark_reports_cpu_per_request(
+    copy_repository: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--in-process drives the scheduler and the batcher without HTTP, closed loop and open
+    loop (--rates): both modes, rows per step / sequences per run, first tokens for the
+    scheduler, CPU ms per request."""
+    sentences = tmp_path / "val.en"
+    sentences.write_text("A dog runs.\nTwo men play football in a park.\n")
+    out = tmp_path / "report.json"
+    argv = [
+        "--repository", str(copy_repository("translator")), "--sentences", str(sentences),
+        "--users", "2", "--rates", "20", "--duration", "0.5", "--max-new-tokens", "6",
+        "--in-process",
+        "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["mode"], r["users"]) for r in rows] == [
+        ("step", 2), ("step", "20/s open"), ("request", 2), ("request", "20/s open"),
+    ]  # fmt: skip
+    step, request = rows[0], rows[2]
+    assert step["requests"] > 0 and request["requests"] > 0
+    assert step["mean_rows_per_step"] >= 1 and request["mean_sequences_per_run"] >= 1
+    assert step["first_piece_ms"]["p50"] is not None and request["first_piece_ms"] is None
+    assert step["cpu_ms_per_request"] > 0 and request["cpu_ms_per_request"] > 0
