@@ -93,7 +93,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /home/nlpserve
 USER 10001:10001
 VOLUME ["/models"]
-EXPOSE 8000
+# 8000: HTTP (task API, Open Inference Protocol, metrics); 8001: the protocol over gRPC.
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2).status != 200)"]
 STOPSIGNAL SIGTERM
@@ -120,7 +121,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /home/nlpserve
 USER 10001:10001
 VOLUME ["/models"]
-EXPOSE 8000
+# 8000: HTTP (task API, Open Inference Protocol, metrics); 8001: the protocol over gRPC.
+EXPOSE 8000 8001
 # Ready = every model loaded and warmed up. The slim image has no curl; Python's urllib does.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2).status != 200)"]

@@ -52,7 +52,9 @@ def wait_ready(
 
 def nlpserve_command(repository: Path) -> list[str]:
     """`python -m service` on a model repository, with this interpreter."""
-    return [sys.executable, "-m", "service", "--model-repository", str(repository)]
+    command = [sys.executable, "-m", "service", "--model-repository", str(repository)]
+    # gRPC off: the benchmarks speak HTTP, and a fixed gRPC port would collide between runs.
+    return [*command, "--grpc-port", "0"]
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from pydantic.fields import FieldInfo
 
 from service.app import create_app
 from service.connections import ConnectionLimits, limited_protocol
+from service.grpc_server import port_problem
 from service.lifecycle import Lifecycle
 from service.logs import configure_logging
 from service.settings import ENV_PREFIX, Settings, describe_error
@@ -136,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings(**vars(args))
     except ValidationError as e:
         print(f"nlpserve: {describe_error(e)}", file=sys.stderr)
+        return 2
+    problem = settings.grpc_port and port_problem(settings.host, settings.grpc_port)
+    if problem:
+        print(f"nlpserve: {problem}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)

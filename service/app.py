@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI
 
 import service
+from service import grpc_server
 from service.context import ServiceState
 from service.dependencies import require_api_key
 from service.http_errors import install_error_handlers
@@ -25,6 +26,7 @@ from service.inference import InferenceService
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 from service.middleware import RequestMiddleware
+from service.model_control import ModelControl
 from service.registry import ModelRegistry
 from service.routers import (
     classify,
@@ -33,6 +35,7 @@ from service.routers import (
     models,
     nli,
     playground,
+    repository,
     stats,
     translate,
     v2,
@@ -62,11 +65,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifecycle=lifecycle,
         inference=InferenceService(registry, settings, lifecycle, service_metrics),
         metrics=service_metrics,
+        control=ModelControl(registry, settings),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(registry.load_all(), name="load-models")
+        grpc = await grpc_server.start(state) if settings.grpc_port else None
+        loading = asyncio.create_task(state.control.run(), name="load-models")
         loading.add_done_callback(_log_crash)
         try:
             yield
@@ -75,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
+            if grpc is not None:  # new calls are refused; let the running ones answer
+                await grpc.stop(settings.drain_timeout_s)
             await registry.shutdown(settings.drain_timeout_s)
             logger.info("shut down")
 
@@ -92,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, dependencies=guarded)
     app.include_router(v2.router)
     app.include_router(v2.models_router)  # guarded in its own declaration
+    app.include_router(repository.router)  # guarded in its own declaration
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(stats.router, dependencies=guarded)

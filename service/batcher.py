@@ -67,7 +67,7 @@ class WorkItem(Generic[P, R]):
     enqueued_at: float
     deadline: float
     batch_size: int = 0  # size of the run it went into, for the request log
-    run_started: float | None = None  # when that run started, for the request's trace
+    run_started: float | None = None  # when that run started, for traces and statistics
     padded_tokens: int = 0  # that run's padded tokens, for the request's trace
 
 

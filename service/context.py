@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from service.inference import InferenceService
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
+from service.model_control import ModelControl
 from service.registry import ModelRegistry
 from service.settings import Settings
 
@@ -24,3 +25,4 @@ class ServiceState:
     lifecycle: Lifecycle
     inference: InferenceService
     metrics: ServiceMetrics
+    control: ModelControl

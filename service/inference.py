@@ -28,6 +28,7 @@ from service.registry import ModelRegistry, ModelState, ServedModel
 from service.repository import Task
 from service.request_info import RequestInfo
 from service.settings import Settings
+from service.stats import RequestTiming
 from service.streaming import TranslationStream
 from service.text_checks import unencodable
 from service.tracing import mark_admission, mark_batches, mark_tokenization
@@ -75,8 +76,15 @@ class InferenceService:
 
     # ------------------------------------------------------------------ model resolution
 
-    def model_for_task(self, task: Task, name: str | None) -> ServedModel:
-        """The named model (checked to serve `task`), or the only (not failed) model serving it."""
+    def model_for_task(
+        self, task: Task, name: str | None, version: str | None = None
+    ) -> ServedModel:
+        """The named model (checked to serve `task`), or the only (not failed) model serving it;
+        its default version, or `version`."""
+        model = self._model_for_task(task, name)
+        return model if version is None else self.registry.get(model.name, version)
+
+    def _model_for_task(self, task: Task, name: str | None) -> ServedModel:
         if name is None:
             candidates = [  # a model that failed to load serves nothing
                 m
@@ -114,15 +122,8 @@ class InferenceService:
         return model
 
     def model_by_name(self, name: str, version: str | None = None) -> ServedModel:
-        """A model by name, and by version when one is given (only the served one exists)."""
-        model = self.registry.get(name)
-        if version is not None and version != model.version_str:
-            raise ServiceError(
-                ErrorKind.NOT_FOUND,
-                f"model {shorten(name)} has no version {shorten(version)} "
-                f"(serving {model.version_str or 'none'})",
-            )
-        return model
+        """A model by name: its default version, or the version given."""
+        return self.registry.get(name, version)
 
     # ------------------------------------------------------------------ the tasks
 
@@ -133,18 +134,20 @@ class InferenceService:
         info: RequestInfo,
         disconnected: Disconnected | None = None,
     ) -> ClassificationResult:
-        with self._counted(model, info):
+        with self._counted(model, info) as timing:
             engine = self._admit(model, ClassifierEngine)
             self._check_texts(texts, lambda i: f"texts[{i}]")
-            encoded = await self._tokenize(model, engine.encoder.encode, texts)
-            probabilities = await self._run(model, encoded, None, info, disconnected)
-            return ClassificationResult(
-                model.name,
-                model.version_str,
-                engine.labels,
-                probabilities,
-                self._truncated(model, encoded),
-            )
+            with timing.phase("compute_input"):
+                encoded = await self._tokenize(model, engine.encoder.encode, texts)
+            probabilities = await self._run(model, encoded, None, info, disconnected, timing)
+            with timing.phase("compute_output"):
+                return ClassificationResult(
+                    model.name,
+                    model.version_str,
+                    engine.labels,
+                    probabilities,
+                    self._truncated(model, encoded),
+                )
 
     async def nli(
         self,
@@ -153,22 +156,24 @@ class InferenceService:
         info: RequestInfo,
         disconnected: Disconnected | None = None,
     ) -> ClassificationResult:
-        with self._counted(model, info):
+        with self._counted(model, info) as timing:
             engine = self._admit(model, ClassifierEngine)
             self._check_texts(
                 [text for pair in pairs for text in pair],
                 lambda i: f"pairs[{i // 2}].{('premise', 'hypothesis')[i % 2]}",
                 items=len(pairs),
             )
-            encoded = await self._tokenize(model, engine.encoder.encode_pairs, pairs)
-            probabilities = await self._run(model, encoded, None, info, disconnected)
-            return ClassificationResult(
-                model.name,
-                model.version_str,
-                engine.labels,
-                probabilities,
-                self._truncated(model, encoded),
-            )
+            with timing.phase("compute_input"):
+                encoded = await self._tokenize(model, engine.encoder.encode_pairs, pairs)
+            probabilities = await self._run(model, encoded, None, info, disconnected, timing)
+            with timing.phase("compute_output"):
+                return ClassificationResult(
+                    model.name,
+                    model.version_str,
+                    engine.labels,
+                    probabilities,
+                    self._truncated(model, encoded),
+                )
 
     async def translate(
         self,
@@ -180,15 +185,17 @@ class InferenceService:
         max_new_tokens: int | None = None,
         disconnected: Disconnected | None = None,
     ) -> TranslationResult:
-        with self._counted(model, info):
+        with self._counted(model, info) as timing:
             engine = self._admit(model, TranslatorEngine)
             params = decoding_params(engine.default_params(), beam_size, max_new_tokens)
             self._check_texts(texts, lambda i: f"texts[{i}]")
-            encoded = await self._tokenize(model, engine.encoder.encode, texts)
-            translations = await self._run(model, encoded, params, info, disconnected)
-            return TranslationResult(
-                model.name, model.version_str, translations, self._truncated(model, encoded)
-            )
+            with timing.phase("compute_input"):
+                encoded = await self._tokenize(model, engine.encoder.encode, texts)
+            translations = await self._run(model, encoded, params, info, disconnected, timing)
+            with timing.phase("compute_output"):
+                return TranslationResult(
+                    model.name, model.version_str, translations, self._truncated(model, encoded)
+                )
 
     async def open_translation_stream(
         self,
@@ -259,27 +266,38 @@ class InferenceService:
     # ------------------------------------------------------------------ the shared steps
 
     @contextlib.contextmanager
-    def _counted(self, model: ServedModel, info: RequestInfo) -> Iterator[None]:
-        """Count refusals by reason, and hold the drain open while accepted work runs."""
+    def _counted(self, model: ServedModel, info: RequestInfo) -> Iterator[RequestTiming]:
+        """Count refusals by reason, hold the drain open while accepted work runs, and record
+        the request in the model version's statistics."""
         info.model = model.name
         mark_admission()
         accepted = False
+        timing = RequestTiming()
+        ok = False
         try:
             if self.lifecycle.draining:
                 raise ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down")
             self.lifecycle.work_started()
             accepted = True
-            yield
+            yield timing
+            ok = True
         except ServiceError as e:
             self.metrics.rejected.labels(model.name, e.kind.value).inc()
             raise
         finally:
+            if model.stats is not None:
+                model.stats.record(timing, ok)
             if accepted:
                 self.lifecycle.work_finished()
 
     def _admit(self, model: ServedModel, engine_type: type[Any]) -> Any:
         if model.state is ModelState.LOADING:
             raise ServiceError(ErrorKind.NOT_READY, f"model {model.name!r} is still loading")
+        if model.state is ModelState.RETIRED:
+            raise ServiceError(
+                ErrorKind.NOT_READY,
+                f"model {model.name!r} version {model.version_str} is no longer served; retry",
+            )
         if model.state is ModelState.FAILED or model.engine is None:
             raise ServiceError(
                 ErrorKind.NOT_READY, f"model {model.name!r} failed to load (see the server log)"
@@ -337,6 +355,7 @@ class InferenceService:
         key: Hashable,
         info: RequestInfo,
         disconnected: Disconnected | None,
+        timing: RequestTiming,
     ) -> list[Any]:
         if not self.settings.truncate:
             for i, e in enumerate(encoded):
@@ -369,6 +388,10 @@ class InferenceService:
         )
         info.batch_size = max(item.batch_size for item in items)
         mark_batches(items)
+        # A step-scheduled translator's sequences join running steps (no one run start): its
+        # time after queueing all counts as compute_infer.
+        started = [getattr(i, "run_started", None) or i.enqueued_at for i in items]
+        timing.engine(items[0].enqueued_at, max(started), time.monotonic())
         return results
 
 

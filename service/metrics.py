@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from service.batcher import RunStats
 from service.decode_metrics import DecodeMetrics, DecodeStepMetrics
-from service.stats import LiveStats
+from service.live_stats import LiveStats
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)

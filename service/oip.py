@@ -186,17 +186,8 @@ def _input(raw: Any, position: int, blob: bytes, offset: int) -> tuple[Tensor, i
     if not isinstance(name, str) or not name:
         raise bad(f"input {position} needs a string 'name'")
     where = f"input {shorten(name)}"
-    if datatype == "BF16":
-        raise ServiceError(ErrorKind.UNSUPPORTED, f"{where}: BF16 is not supported")
-    if datatype not in NUMPY_TYPES:
-        raise bad(f"{where}: unknown datatype {shorten(str(datatype))}")
-    if (
-        not isinstance(shape, list)
-        or len(shape) > MAX_DIMS
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
-        raise bad(f"{where}: 'shape' must be a list of at most {MAX_DIMS} non-negative integers")
-    count = math.prod(shape)
+    count = check_tensor_spec(datatype, shape, where)
+    assert isinstance(datatype, str) and isinstance(shape, list)  # for the type checker
     params = _parameters(raw.get("parameters"), where)
     size = params.get("binary_data_size")
     if size is not None:
@@ -207,13 +198,28 @@ def _input(raw: Any, position: int, blob: bytes, offset: int) -> tuple[Tensor, i
                 f"{where}: binary_data_size {size} runs past the end of the body "
                 f"({len(blob) - offset} bytes left)"
             )
-        data = _from_binary(blob[offset : offset + size], datatype, count, where)
+        data = from_binary(blob[offset : offset + size], datatype, count, where)
         return Tensor(name, datatype, shape, data), size
     if "data" not in raw:
         raise bad(f"{where} needs 'data' or parameters.binary_data_size")
     if datatype in JSON_UNSAFE:
         raise bad(f"{where}: {datatype} tensors must be sent as binary data")
     return Tensor(name, datatype, shape, _from_json(raw["data"], datatype, count, where)), 0
+
+
+def check_tensor_spec(datatype: Any, shape: Any, where: str) -> int:
+    """Check an input's datatype and shape; the number of elements the shape holds."""
+    if datatype == "BF16":
+        raise ServiceError(ErrorKind.UNSUPPORTED, f"{where}: BF16 is not supported")
+    if datatype not in NUMPY_TYPES:
+        raise bad(f"{where}: unknown datatype {shorten(str(datatype))}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise bad(f"{where}: 'shape' must be a list of at most {MAX_DIMS} non-negative integers")
+    return math.prod(shape)
 
 
 def _flatten(data: Any, out: list[Any], where: str, depth: int = 0) -> None:
@@ -259,7 +265,8 @@ def _from_json(data: Any, datatype: str, count: int, where: str) -> np.ndarray:
         raise bad(f"{where}: a value is out of range for {datatype}") from None
 
 
-def _from_binary(blob: bytes, datatype: str, count: int, where: str) -> np.ndarray:
+def from_binary(blob: bytes, datatype: str, count: int, where: str) -> np.ndarray:
+    """A flat tensor from its raw little-endian bytes (BYTES: length-prefixed elements)."""
     if datatype == "BYTES":
         items = deserialize_bytes(blob, where)
         if len(items) != count:
@@ -341,21 +348,7 @@ def encode_response(
     parameters: dict[str, Any] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and headers; binary where the request asked for it."""
-    available = {t.name: t for t in outputs}
-    if request.outputs is None:
-        chosen = [(t, request.binary_output_default) for t in outputs]
-    else:
-        chosen = []
-        for wanted in request.outputs:
-            tensor = available.get(wanted.name)
-            if tensor is None:
-                raise bad(
-                    f"unknown output {shorten(wanted.name)}; "
-                    f"model {model_name!r} has {', '.join(available)}"
-                )
-            binary = request.binary_output_default if wanted.binary is None else wanted.binary
-            chosen.append((tensor, binary))
-
+    chosen = choose_outputs(request, model_name, outputs)
     header: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request.id is not None:
         header["id"] = request.id
@@ -370,7 +363,7 @@ def encode_response(
             "shape": tensor.shape,
         }
         if binary:
-            blob = _to_binary(tensor)
+            blob = to_binary(tensor)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
@@ -385,7 +378,28 @@ def encode_response(
     }
 
 
-def _to_binary(tensor: Tensor) -> bytes:
+def choose_outputs(
+    request: InferRequest, model_name: str, outputs: Sequence[Tensor]
+) -> list[tuple[Tensor, bool]]:
+    """The outputs the request asked for (all by default), each with whether to send it binary."""
+    available = {t.name: t for t in outputs}
+    if request.outputs is None:
+        return [(t, request.binary_output_default) for t in outputs]
+    chosen = []
+    for wanted in request.outputs:
+        tensor = available.get(wanted.name)
+        if tensor is None:
+            raise bad(
+                f"unknown output {shorten(wanted.name)}; "
+                f"model {model_name!r} has {', '.join(available)}"
+            )
+        binary = request.binary_output_default if wanted.binary is None else wanted.binary
+        chosen.append((tensor, binary))
+    return chosen
+
+
+def to_binary(tensor: Tensor) -> bytes:
+    """A tensor's raw little-endian bytes (BYTES: length-prefixed elements)."""
     if tensor.datatype == "BYTES":
         return serialize_bytes(
             [x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in tensor.data.tolist()]

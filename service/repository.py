@@ -105,6 +105,30 @@ class GenerationConfig(BaseModel):
     eos_token_id: int = Field(default=2, ge=0)
 
 
+class VersionPolicy(BaseModel):
+    """Which versions of a model serve side by side (Triton's version_policy): the `latest` N
+    versions, or the `specific` ones listed. The highest serving version is the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latest: int | None = Field(default=None, ge=1, le=64, description="the N highest versions")
+    specific: list[int] | None = Field(default=None, min_length=1, description="these versions")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> VersionPolicy:
+        if (self.latest is None) == (self.specific is None):
+            raise ValueError("give either latest or specific")
+        if self.specific is not None and any(v < 1 for v in self.specific):
+            raise ValueError("versions are positive integers")
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve out of `available` (ascending)."""
+        if self.specific is not None:
+            return [v for v in available if v in self.specific]
+        return available[-(self.latest or 1) :]
+
+
 class ModelConfig(BaseModel):
     """`<repository>/<name>/config.json`: what a model does and how to batch it."""
 
@@ -119,6 +143,9 @@ class ModelConfig(BaseModel):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     generation: GenerationConfig | None = Field(default=None, description="translation only")
     description: str | None = None
+    version_policy: VersionPolicy | None = Field(
+        default=None, description="versions served side by side; default: the latest one"
+    )
 
     @model_validator(mode="after")
     def _check_task_fields(self) -> ModelConfig:
@@ -246,6 +273,7 @@ class ModelVersion:
     path: Path  # the version directory
     config: ModelConfig
     manifest: Manifest
+    fingerprint: str = ""  # sha256 of manifest.json: a changed version is loaded again
 
     def read_verified(self, file_name: str) -> bytes:
         """The bytes of one file of this version, checked against the manifest's sha256."""
@@ -340,7 +368,11 @@ def read_model(model_dir: Path, pinned_version: int | None = None) -> ModelVersi
         raise RepositoryError(
             f"{model_dir}: pinned version {pinned_version} does not exist (found {versions})"
         )
-    version_dir = model_dir / str(version)
+    return read_version(model_dir / str(version), config)
+
+
+def read_version(version_dir: Path, config: ModelConfig) -> ModelVersion:
+    """One version directory of a model whose config is `config`; RepositoryError says why not."""
     manifest = read_manifest(version_dir)
     missing = [f for f in REQUIRED_FILES[config.task] if f not in manifest.files]
     if missing:
@@ -348,7 +380,69 @@ def read_model(model_dir: Path, pinned_version: int | None = None) -> ModelVersi
             f"{version_dir / MANIFEST_FILE} does not list {', '.join(missing)}, "
             f"which a {config.task} model needs"
         )
-    return ModelVersion(config.name, version, version_dir, config, manifest)
+    try:
+        fingerprint = sha256_file(version_dir / MANIFEST_FILE)
+    except OSError as e:  # replaced between the two reads
+        raise RepositoryError(f"{version_dir / MANIFEST_FILE} cannot be read: {e}") from None
+    return ModelVersion(
+        config.name, int(version_dir.name), version_dir, config, manifest, fingerprint
+    )
+
+
+@dataclass(frozen=True)
+class ModelDirectory:
+    """One model directory as its version policy selects it: the versions to serve (readable
+    ones) and, by version, why a selected version cannot be read. `config` is None when
+    config.json itself is broken (`problem` says why)."""
+
+    name: str
+    config: ModelConfig | None
+    versions: list[ModelVersion]
+    broken: dict[int, str]
+    problem: str | None = None
+
+    @property
+    def selected(self) -> set[int]:
+        return {v.version for v in self.versions} | set(self.broken)
+
+
+def read_model_versions(model_dir: Path, pinned_version: int | None = None) -> ModelDirectory:
+    """Every version of one model directory its version policy (or a pin) selects; never raises
+    for a broken directory or version (they are reported in the result)."""
+    name = model_dir.name
+    try:
+        config = read_model_config(model_dir)
+        available = list_versions(model_dir)
+    except (RepositoryError, OSError) as e:
+        return ModelDirectory(name, None, [], {}, str(e))
+    if not available:
+        return ModelDirectory(
+            name, config, [], {}, f"{model_dir} has no version directories (integer names)"
+        )
+    if pinned_version is not None:
+        policy = VersionPolicy(specific=[pinned_version])
+    else:
+        policy = config.version_policy or VersionPolicy(latest=1)
+    selected = policy.select(available)
+    if not selected:
+        return ModelDirectory(
+            name, config, [], {}, f"{model_dir}: no version {policy.specific} (found {available})"
+        )
+    versions, broken = [], {}
+    for number in selected:
+        try:
+            versions.append(read_version(model_dir / str(number), config))
+        except RepositoryError as e:
+            broken[number] = str(e)
+    return ModelDirectory(name, config, versions, broken)
+
+
+def model_directories(repository: Path) -> list[Path]:
+    """The model directories of a repository (non-hidden directories), sorted by name."""
+    repository = Path(repository)
+    if not repository.is_dir():
+        raise RepositoryError(f"model repository {repository} is not a directory")
+    return sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def scan(

@@ -20,6 +20,10 @@ ModelName = Field(
     default=None,
     description="model name; may be left out when exactly one model serves the task",
 )
+ModelVersion = Field(
+    default=None,
+    description="model version to use (a version serving side by side); default: the highest",
+)
 
 
 class ClassifyRequest(BaseModel):
@@ -33,6 +37,7 @@ class ClassifyRequest(BaseModel):
 
     texts: list[str] = Field(min_length=1, description="texts to classify")
     model: str | None = ModelName
+    version: str | None = ModelVersion
 
 
 class Pair(BaseModel):
@@ -59,6 +64,7 @@ class NliRequest(BaseModel):
 
     pairs: list[Pair] = Field(min_length=1, description="premise/hypothesis pairs")
     model: str | None = ModelName
+    version: str | None = ModelVersion
 
 
 class TranslateRequest(BaseModel):
@@ -72,6 +78,7 @@ class TranslateRequest(BaseModel):
 
     texts: list[str] = Field(min_length=1, description="source texts")
     model: str | None = ModelName
+    version: str | None = ModelVersion
     beam_size: int | None = Field(
         default=None, ge=1, le=MAX_BEAM_SIZE, description="1 = greedy; default: the model's"
     )
@@ -139,7 +146,10 @@ class BatchingInfo(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     task: str | None
-    version: str | None
+    version: str | None = Field(description="the default version (the highest ready one)")
+    versions: list[str] = Field(
+        default_factory=list, description="every version serving side by side (version policy)"
+    )
     state: Literal["loading", "ready", "failed"]
     ready: bool
     labels: list[str] | None = None

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     model_repository: Path = Field(description="directory holding <model>/config.json and versions")
     host: str = Field(default="127.0.0.1", description="interface to bind (0.0.0.0 in containers)")
     port: int = Field(default=8000, ge=1, le=65535)
+    grpc_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="Open Inference Protocol over gRPC (tritonclient.grpc) on this port; 0: off",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "text"] = Field(
         default="auto",
@@ -163,6 +169,15 @@ class Settings(BaseSettings):
     )
     drain_timeout_s: float = Field(
         default=30.0, ge=0, description="on SIGTERM, wait this long for work"
+    )
+    model_control_mode: Literal["none", "poll", "explicit"] = Field(
+        default="none",
+        description="Triton's: none reads the repository once; poll follows it (new and changed "
+        "versions load without a restart); explicit changes models only through "
+        "POST /v2/repository/models/<name>/load|unload",
+    )
+    repository_poll_secs: float = Field(
+        default=15.0, gt=0, le=86_400, description="poll mode: seconds between repository scans"
     )
 
     @field_validator("api_keys", mode="before")

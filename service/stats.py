@@ -1,164 +1,149 @@
-"""Live per-model numbers for the playground (`GET /v1/stats`), computed from the service's own
-Prometheus metrics the way a dashboard would: rates and quantiles over a sliding window.
+"""Triton's statistics extension: per model version, request counts and cumulative nanoseconds.
 
-Each call reads the cumulative counters and histograms, keeps the reading, and compares it with
-the newest reading at least `window_s` old (or the first one, taken when the app was built), so
-polling once a second gives the last `window_s` seconds without a background task.
+Two observers fill one `ModelStatistics`, neither inside the batcher's loop:
+- the batcher's `BatchObserver` hook (`on_run`): engine executions, inferences (sequences run)
+  and `batch_stats` by batch size (only `compute_infer`: tokenisation and result assembly happen
+  per request, outside the batch, so a batch's `compute_input`/`compute_output` are zero);
+- the inference path (`record`): per request, success or fail with its whole duration, and the
+  time it spent tokenising (`compute_input`), queued (`queue`), in the engine (`compute_infer`) and
+  assembling its result (`compute_output`).
+
+`as_json` is the Open Inference Protocol / Triton statistics JSON (what `tritonclient.http`'s
+`get_inference_statistics` returns); the gRPC service parses the same dict into its protobuf.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from prometheus_client.metrics import MetricWrapperBase
+from service.batcher import BatchObserver, RunStats
 
-DEFAULT_WINDOW_S = 10.0  # long enough to smooth 1 Hz polling, short enough to follow a load test
+NS = 1_000_000_000
 
 
 @dataclass
-class Histo:
-    """A cumulative histogram summed over the labels other than `model`."""
+class Duration:
+    count: int = 0
+    ns: int = 0
 
-    buckets: dict[float, float] = field(default_factory=dict)  # upper bound -> cumulative count
-    count: float = 0.0
-    total: float = 0.0
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.ns += max(0, round(seconds * NS))
 
-    def minus(self, before: Histo) -> Histo:
-        return Histo(
-            {le: n - before.buckets.get(le, 0.0) for le, n in self.buckets.items()},
-            self.count - before.count,
-            self.total - before.total,
-        )
-
-    def mean(self) -> float | None:
-        return self.total / self.count if self.count > 0 else None
-
-    def quantile(self, q: float) -> float | None:
-        """Prometheus' histogram_quantile: linear inside the bucket; the largest finite bound
-        when the quantile falls in +Inf."""
-        if self.count <= 0:
-            return None
-        rank = q * self.count
-        lower, below = 0.0, 0.0
-        finite = [le for le in sorted(self.buckets) if math.isfinite(le)]
-        for le in finite:
-            cumulative = self.buckets[le]
-            if cumulative >= rank:
-                inside = cumulative - below
-                return lower + (le - lower) * ((rank - below) / inside if inside else 1.0)
-            lower, below = le, cumulative
-        return finite[-1] if finite else None
+    def as_json(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
 
 
-Reading = dict[str, dict[str, Histo]]  # metric -> model -> histogram
+@dataclass
+class RequestTiming:
+    """The phases of one request, in seconds, as the inference path measures them."""
+
+    started: float = field(default_factory=time.monotonic)
+    compute_input: float = 0.0
+    queue: float = 0.0
+    compute_infer: float = 0.0
+    compute_output: float = 0.0
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the time spent in the `with` block to phase `name` (compute_input/output)."""
+        begun = time.monotonic()
+        try:
+            yield
+        finally:
+            setattr(self, name, getattr(self, name) + time.monotonic() - begun)
+
+    def engine(self, enqueued: float, run_started: float, finished: float) -> None:
+        """The queue and engine share of a request whose sequences were queued at `enqueued`,
+        the last of them started running at `run_started`, and all were done at `finished`."""
+        self.queue += max(0.0, run_started - enqueued)
+        self.compute_infer += max(0.0, finished - run_started)
 
 
-class SummarisedMetrics(Protocol):
-    """The histograms of `service.metrics.ServiceMetrics` summarised here (a protocol, so the
-    metrics module can own a LiveStats without an import cycle)."""
+class ModelStatistics(BatchObserver):
+    def __init__(self, name: str, version: str) -> None:
+        self.name = name
+        self.version = version
+        self.success = Duration()
+        self.fail = Duration()
+        self.queue = Duration()
+        self.compute_input = Duration()
+        self.compute_infer = Duration()
+        self.compute_output = Duration()
+        self.inference_count = 0  # sequences that ran (Triton: inferences, batch items)
+        self.execution_count = 0  # engine runs
+        self.last_inference_ms = 0  # wall-clock ms since the epoch (Triton's field), 0: never
+        self._batches: dict[int, Duration] = {}
 
-    @property
-    def request_seconds(self) -> MetricWrapperBase: ...
+    # ------------------------------------------------------------------ BatchObserver
 
-    @property
-    def batch_size(self) -> MetricWrapperBase: ...
+    def on_run(self, stats: RunStats) -> None:
+        self.execution_count += 1
+        if not stats.failed:
+            self.inference_count += stats.size
+        self._batches.setdefault(stats.size, Duration()).add(stats.run_seconds)
+        self.last_inference_ms = int(time.time() * 1000)  # a timestamp, not an interval
 
-    @property
-    def padding_efficiency(self) -> MetricWrapperBase: ...
+    def on_dropped(self, reason: str, count: int) -> None:
+        pass  # the requests concerned are counted as failures by `record`
 
-    @property
-    def queue_wait(self) -> MetricWrapperBase: ...
+    # ------------------------------------------------------------------ the inference path
 
-    @property
-    def inference_seconds(self) -> MetricWrapperBase: ...
+    def record(self, timing: RequestTiming, ok: bool) -> None:
+        (self.success if ok else self.fail).add(time.monotonic() - timing.started)
+        if not ok:
+            return
+        self.compute_input.add(timing.compute_input)
+        self.queue.add(timing.queue)
+        self.compute_infer.add(timing.compute_infer)
+        self.compute_output.add(timing.compute_output)
 
+    # ------------------------------------------------------------------ the protocol's form
 
-def _read(metric: MetricWrapperBase, models: dict[str, Histo]) -> None:
-    for family in metric.collect():
-        for sample in family.samples:
-            model = sample.labels.get("model", "")
-            if not model:
-                continue  # requests that never named a model (404s, /metrics, the page)
-            histo = models.setdefault(model, Histo())
-            if sample.name.endswith("_bucket"):
-                le = float(sample.labels["le"])
-                histo.buckets[le] = histo.buckets.get(le, 0.0) + sample.value
-            elif sample.name.endswith("_count"):
-                histo.count += sample.value
-            elif sample.name.endswith("_sum"):
-                histo.total += sample.value
-
-
-class LiveStats:
-    def __init__(
-        self,
-        metrics: SummarisedMetrics,
-        window_s: float = DEFAULT_WINDOW_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._metrics = metrics
-        self._window_s = window_s
-        self._clock = clock
-        self._readings: deque[tuple[float, Reading]] = deque([(clock(), {})])
-
-    def _reading(self) -> Reading:
-        m = self._metrics
-        reading: Reading = {}
-        for name, metric in (
-            ("latency", m.request_seconds),
-            ("batch_size", m.batch_size),
-            ("padding", m.padding_efficiency),
-            ("queue_wait", m.queue_wait),
-            ("engine", m.inference_seconds),
-        ):
-            _read(metric, reading.setdefault(name, {}))
-        return reading
-
-    def summary(self, queue_depths: Iterable[tuple[str, int]]) -> dict[str, Any]:
-        now, current = self._clock(), self._reading()
-        while len(self._readings) > 1 and self._readings[1][0] <= now - self._window_s:
-            self._readings.popleft()  # the newest reading that is still a full window old stays
-        since, before = self._readings[0]
-        self._readings.append((now, current))
-        elapsed = max(now - since, 1e-9)
-
-        def delta(name: str, model: str) -> Histo:
-            empty = Histo()
-            return (
-                current.get(name, {})
-                .get(model, empty)
-                .minus(before.get(name, {}).get(model, empty))
-            )
-
-        def ms(seconds: float | None) -> float | None:
-            return None if seconds is None else round(seconds * 1000, 2)
-
-        depths = dict(queue_depths)
-        names = sorted(set(depths) | set(current.get("latency", {})))
-        models = []
-        for model in names:
-            latency, batch = delta("latency", model), delta("batch_size", model)
-            padding, wait = delta("padding", model), delta("queue_wait", model)
-            mean_batch, mean_padding = batch.mean(), padding.mean()
-            models.append(
+    def as_json(self) -> dict[str, Any]:
+        zero = Duration().as_json()
+        return {
+            "name": self.name,
+            "version": self.version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.as_json(),
+                "fail": self.fail.as_json(),
+                "queue": self.queue.as_json(),
+                "compute_input": self.compute_input.as_json(),
+                "compute_infer": self.compute_infer.as_json(),
+                "compute_output": self.compute_output.as_json(),
+                "cache_hit": zero,  # no response cache
+                "cache_miss": zero,
+            },
+            "batch_stats": [
                 {
-                    "model": model,
-                    "requests_per_s": round(latency.count / elapsed, 3),
-                    "sequences_per_s": round(batch.total / elapsed, 3),
-                    "latency_p50_ms": ms(latency.quantile(0.5)),
-                    "latency_p95_ms": ms(latency.quantile(0.95)),
-                    "queue_depth": depths.get(model, 0),
-                    "queue_wait_p95_ms": ms(wait.quantile(0.95)),
-                    "batch_size_mean": None if mean_batch is None else round(mean_batch, 2),
-                    "padding_efficiency_mean": (
-                        None if mean_padding is None else round(mean_padding, 3)
-                    ),
-                    "engine_ms_mean": ms(delta("engine", model).mean()),
+                    "batch_size": size,
+                    "compute_input": {"count": d.count, "ns": 0},
+                    "compute_infer": d.as_json(),
+                    "compute_output": {"count": d.count, "ns": 0},
                 }
-            )
-        return {"window_s": round(elapsed, 3), "models": models}
+                for size, d in sorted(self._batches.items())
+            ],
+        }
+
+
+class FanOut(BatchObserver):
+    """Several observers of one batcher (Prometheus metrics and the statistics extension)."""
+
+    def __init__(self, *observers: BatchObserver) -> None:
+        self._observers = observers
+
+    def on_run(self, stats: RunStats) -> None:
+        for observer in self._observers:
+            observer.on_run(stats)
+
+    def on_dropped(self, reason: str, count: int) -> None:
+        for observer in self._observers:
+            observer.on_dropped(reason, count)

@@ -28,7 +28,12 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Test servers share 2 cores with everything else: one ORT thread, no spinning.
-QUIET_SERVICE_SETTINGS: dict[str, Any] = {"intra_op_threads": 1, "allow_spinning": False}
+# gRPC off unless a test asks for it: a fixed port (8001 by default) would collide between tests.
+QUIET_SERVICE_SETTINGS: dict[str, Any] = {
+    "intra_op_threads": 1,
+    "allow_spinning": False,
+    "grpc_port": 0,
+}
 
 
 @pytest.fixture(scope="session")

@@ -95,6 +95,7 @@ def test_compose_command_line_serves_the_demo_repository_ready_and_healthy(
         NLPSERVE_PORT=str(port),
         NLPSERVE_HOST="127.0.0.1",  # 0.0.0.0 inside the container; loopback here
         NLPSERVE_INTRA_OP_THREADS="1",
+        NLPSERVE_GRPC_PORT=str(free_port()),  # the default 8001 could be taken here
     )
     environ = {k: v for k, v in os.environ.items() if not k.startswith("NLPSERVE_")}
     log = (tmp_path / "server.log").open("wb")

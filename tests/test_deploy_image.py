@@ -20,7 +20,9 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from loadtests.servers import free_port, wait_ready
 from tests.test_deploy_manifests import dockerfile_stages, image_env
@@ -86,14 +88,15 @@ def test_image_command_serves_from_the_serve_only_venv(
 ) -> None:
     """The CPU image's ENTRYPOINT (the `nlpserve` script of the serve-only venv) starts the
     service on the shared tiny repository (sentiment, nli, translator) with an appended option;
-    it turns ready, classifies, and exits cleanly on SIGTERM (docker stop, Kubernetes)."""
+    it turns ready, classifies, answers over gRPC, and exits cleanly on SIGTERM (docker stop,
+    Kubernetes)."""
     cpu = dockerfile_stages()["cpu"]
     command = [
         *json.loads(dict(cpu)["ENTRYPOINT"]),
         "--max-batch-size",
         "8",
     ]  # docker run IMAGE --max-batch-size 8
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("NLPSERVE_")},
         **image_env("cpu"),
@@ -102,6 +105,7 @@ def test_image_command_serves_from_the_serve_only_venv(
         # as the image's ENV PATH=/opt/venv/bin:$PATH
         "PATH": f"{serve_venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
         "NLPSERVE_INTRA_OP_THREADS": "1",  # the test shares 2 cores
+        "NLPSERVE_GRPC_PORT": str(grpc_port),  # the image's 8001 could be taken here
     }
     env.pop("VIRTUAL_ENV", None)
     server = subprocess.Popen(command, env=env, cwd=tmp_path)  # WORKDIR outside the source
@@ -116,6 +120,10 @@ def test_image_command_serves_from_the_serve_only_venv(
             body = json.load(response)
         assert body["model"] == "sentiment"
         assert body["results"][0]["label"] in ("negative", "positive")
+        # The serve extras carry the gRPC server too (grpcio and the protocol's generated code).
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=40) == 0
     finally:
@@ -136,6 +144,7 @@ def test_serve_model_in_the_image_serves_a_cached_export_and_explains_a_missing_
     nlpserve = str(serve_venv / "bin" / "nlpserve")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NLPSERVE_", "VIRTUAL_ENV"))}
     env["NLPSERVE_INTRA_OP_THREADS"] = "1"
+    env["NLPSERVE_GRPC_PORT"] = "0"  # the default 8001 could be taken on a shared machine
 
     empty = subprocess.run(
         [nlpserve, "serve", "--model", str(checkpoint), "--cache-dir", str(tmp_path / "empty")],

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from service.live_stats import Histo, LiveStats
 from service.metrics import ServiceMetrics
-from service.stats import Histo, LiveStats
 
 
 @pytest.fixture(scope="module")

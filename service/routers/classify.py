@@ -14,6 +14,6 @@ router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERROR_RESPONSES)
 async def classify(
     body: ClassifyRequest, request: Request, inference: InferenceDep, info: InfoDep
 ) -> ClassifyResponse:
-    model = inference.model_for_task("text-classification", body.model)
+    model = inference.model_for_task("text-classification", body.model, body.version)
     result = await inference.classify(model, body.texts, info, disconnect_watcher(request))
     return ClassifyResponse.from_result(result)

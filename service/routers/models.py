@@ -31,6 +31,7 @@ async def list_models(state: StateDep) -> ModelsResponse:
                 name=m.name,
                 task=m.config.task if m.config else None,
                 version=m.version_str or None,
+                versions=[v.version_str for v in state.registry.versions(m.name) if v.ready],
                 state=m.state.value,
                 ready=m.ready,
                 labels=m.config.labels if m.config else None,

@@ -14,7 +14,7 @@ router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERROR_RESPONSES)
 async def nli(
     body: NliRequest, request: Request, inference: InferenceDep, info: InfoDep
 ) -> ClassifyResponse:
-    model = inference.model_for_task("text-pair-classification", body.model)
+    model = inference.model_for_task("text-pair-classification", body.model, body.version)
     pairs = [(p.premise, p.hypothesis) for p in body.pairs]
     result = await inference.nli(model, pairs, info, disconnect_watcher(request))
     return ClassifyResponse.from_result(result)

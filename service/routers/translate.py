@@ -38,7 +38,7 @@ STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
 async def translate(
     body: TranslateRequest, request: Request, inference: InferenceDep, info: InfoDep
 ) -> TranslateResponse | StreamingResponse:
-    model = inference.model_for_task("translation", body.model)
+    model = inference.model_for_task("translation", body.model, body.version)
     if body.stream:
         if len(body.texts) != 1:
             raise ServiceError(ErrorKind.VALIDATION, "streaming translates one text per request")

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
 import service
-from service import oip
+from service import oip, oip_infer, oip_models
+from service.context import ServiceState
 from service.dependencies import (
     InferenceDep,
     InfoDep,
@@ -26,14 +26,12 @@ from service.dependencies import (
 )
 from service.errors import ErrorKind, ServiceError, shorten
 from service.registry import ServedModel
-from service.repository import ModelConfig
 from service.schemas import (
     ERROR_RESPONSES,
     V2InferResponse,
     V2ModelMetadata,
     V2ModelReady,
     V2ServerMetadata,
-    V2Tensor,
 )
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
@@ -44,58 +42,56 @@ models_router = APIRouter(
     responses=ERROR_RESPONSES,
 )
 
-INPUTS = {
-    "text-classification": ("text",),
-    "text-pair-classification": ("premise", "hypothesis"),
-    "translation": ("text",),
-}
-
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> V2ServerMetadata:
     return V2ServerMetadata(
-        name="nlpserve", version=service.__version__, extensions=["binary_tensor_data"]
+        name="nlpserve", version=service.__version__, extensions=oip_models.EXTENSIONS
     )
 
 
-def _config(model: ServedModel) -> ModelConfig:
-    if model.config is None:
-        raise ServiceError(
-            ErrorKind.NOT_READY, f"model {model.name!r} failed to load (see the server log)"
-        )
-    return model.config
+def _metadata(model: ServedModel, state: ServiceState) -> V2ModelMetadata:
+    return V2ModelMetadata.model_validate(oip_models.metadata(model, state.registry))
 
 
-def _metadata(model: ServedModel) -> V2ModelMetadata:
-    config = _config(model)
-    inputs = [V2Tensor(name=n, datatype="BYTES", shape=[-1]) for n in INPUTS[config.task]]
-    if config.task == "translation":
-        outputs = [V2Tensor(name="translation", datatype="BYTES", shape=[-1])]
-    else:
-        assert config.labels is not None
-        outputs = [
-            V2Tensor(name="label", datatype="BYTES", shape=[-1]),
-            V2Tensor(name="probabilities", datatype="FP32", shape=[-1, len(config.labels)]),
-        ]
-    return V2ModelMetadata(
-        name=model.name,
-        versions=[model.version_str] if model.version_str else [],
-        platform="onnxruntime_onnx",
-        inputs=inputs,
-        outputs=outputs,
-    )
+# Declared before /{name}: "stats" is not a model name here.
+@models_router.get("/stats", summary="Statistics of every model (statistics extension)")
+async def all_statistics(state: StateDep) -> dict[str, Any]:
+    return oip_models.statistics(state.registry)
 
 
 @models_router.get("/{name}", summary="Model metadata")
-async def model_metadata(name: str, inference: InferenceDep) -> V2ModelMetadata:
-    return _metadata(inference.model_by_name(name))
+async def model_metadata(name: str, inference: InferenceDep, state: StateDep) -> V2ModelMetadata:
+    return _metadata(inference.model_by_name(name), state)
 
 
 @models_router.get("/{name}/versions/{version}", summary="Model metadata (one version)")
 async def model_version_metadata(
-    name: str, version: str, inference: InferenceDep
+    name: str, version: str, inference: InferenceDep, state: StateDep
 ) -> V2ModelMetadata:
-    return _metadata(inference.model_by_name(name, version))
+    return _metadata(inference.model_by_name(name, version), state)
+
+
+@models_router.get("/{name}/config", summary="Model configuration (Triton's JSON form)")
+async def model_config(name: str, inference: InferenceDep, state: StateDep) -> dict[str, Any]:
+    return oip_models.model_config(inference.model_by_name(name), state.settings)
+
+
+@models_router.get("/{name}/versions/{version}/config", summary="Model configuration (one version)")
+async def model_version_config(
+    name: str, version: str, inference: InferenceDep, state: StateDep
+) -> dict[str, Any]:
+    return oip_models.model_config(inference.model_by_name(name, version), state.settings)
+
+
+@models_router.get("/{name}/stats", summary="Statistics of a model's versions")
+async def model_statistics(name: str, state: StateDep) -> dict[str, Any]:
+    return oip_models.statistics(state.registry, name)
+
+
+@models_router.get("/{name}/versions/{version}/stats", summary="Statistics of one version")
+async def model_version_statistics(name: str, version: str, state: StateDep) -> dict[str, Any]:
+    return oip_models.statistics(state.registry, name, version)
 
 
 def _ready(model: ServedModel, state: Any) -> Response:
@@ -194,65 +190,20 @@ async def infer_version(
     return await _infer(inference.model_by_name(name, version), request, inference, info)
 
 
-def _int_parameter(parameters: dict[str, Any], key: str) -> int | None:
-    value = parameters.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise oip.bad(f"parameter {key!r} must be an integer")
-    return value
-
-
-async def _infer(model: ServedModel, request: Request, inference: Any, info: Any) -> Response:
+async def _infer(
+    model: ServedModel, request: Request, inference: InferenceDep, info: InfoDep
+) -> Response:
     info.model = model.name
-    config = _config(model)
+    oip_models.config_of(model)
     body = oip.decompress(
         await request.body(),
         request.headers.get("content-encoding"),
         inference.settings.max_body_bytes,
     )
     parsed = oip.parse_request(body, request.headers.get("inference-header-content-length"))
-    oip.check_input_names(parsed, INPUTS[config.task], model.name)
-    disconnected = disconnect_watcher(request)
-    parameters: dict[str, Any] = {}
-    if config.task == "translation":
-        texts = oip.text_input(parsed, "text", model.name)
-        result = await inference.translate(
-            model,
-            texts,
-            info,
-            beam_size=_int_parameter(parsed.parameters, "beam_size"),
-            max_new_tokens=_int_parameter(parsed.parameters, "max_new_tokens"),
-            disconnected=disconnected,
-        )
-        outputs = [
-            oip.Tensor(
-                "translation", "BYTES", [len(texts)], np.array(result.translations, dtype=object)
-            )
-        ]
-    else:
-        if config.task == "text-pair-classification":
-            premises = oip.text_input(parsed, "premise", model.name)
-            hypotheses = oip.text_input(parsed, "hypothesis", model.name)
-            if len(premises) != len(hypotheses):
-                raise oip.bad(
-                    f"premise has {len(premises)} elements but hypothesis has {len(hypotheses)}"
-                )
-            result = await inference.nli(
-                model, list(zip(premises, hypotheses, strict=True)), info, disconnected
-            )
-        else:
-            texts = oip.text_input(parsed, "text", model.name)
-            result = await inference.classify(model, texts, info, disconnected)
-        n = len(result.probabilities)
-        labels = [result.best(i)[0] for i in range(n)]
-        probabilities = np.stack(result.probabilities).astype(np.float32)
-        outputs = [
-            oip.Tensor("label", "BYTES", [n], np.array(labels, dtype=object)),
-            oip.Tensor("probabilities", "FP32", [n, len(result.labels)], probabilities.reshape(-1)),
-        ]
-    if result.truncated:
-        parameters["truncated_inputs"] = ",".join(str(i) for i in result.truncated)
+    outputs, parameters = await oip_infer.run(
+        inference, model, parsed, info, disconnect_watcher(request)
+    )
     content, headers = oip.encode_response(
         parsed, model.name, model.version_str, outputs, parameters
     )
