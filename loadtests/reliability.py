@@ -41,12 +41,19 @@ QUIET = {"NLPSERVE_INTRA_OP_THREADS": "1", "NLPSERVE_LOG_LEVEL": "warning"}
 
 
 @contextmanager
-def sentiment_server(repository: Path, **settings: str) -> Iterator[tuple[str, Any]]:
+def sentiment_server(
+    repository: Path, cpus: str | None = None, **settings: str
+) -> Iterator[tuple[str, Any]]:
+    """The server on a copy of the repository holding only `sentiment`; pinned to `cpus`
+    (taskset's list) when given, so a load generator pinned elsewhere does not compete with it."""
     with tempfile.TemporaryDirectory() as tmp:
         only = Path(tmp) / "repository"
         shutil.copytree(repository / "sentiment", only / "sentiment")
         env = {**QUIET, **{f"NLPSERVE_{k.upper()}": v for k, v in settings.items()}}
-        with running_server(nlpserve_command(only), env=env) as (host, process):
+        command = nlpserve_command(only)
+        if cpus:
+            command = ["taskset", "-c", cpus, *command]
+        with running_server(command, env=env) as (host, process):
             yield host, process
 
 
@@ -125,6 +132,57 @@ async def overload(host: str, seconds: float, users: int, texts: int) -> dict[st
         "offered_requests_per_s": round(sent / seconds, 1),
         "offered_x_capacity": round(sent / seconds / capacity, 1),
         "sent": sent,
+        "statuses": dict(statuses),
+        "server_errors": sum(v for k, v in statuses.items() if k.startswith("5")),
+        "connection_errors": sum(v for k, v in statuses.items() if not k.isdigit()),
+        "measured_drain_s": round(drain_s, 2),
+        "retry_after_last_2s": dict(Counter(late)),
+        "ready_after_burst_s": round(ready_after, 3),
+    }
+
+
+async def overload_open_loop(
+    host: str, seconds: float, factor: float, texts: int
+) -> dict[str, Any]:
+    """Arrivals at `factor` x the measured capacity whether or not answers came back (open
+    loop: the offered rate does not fall when the server slows down)."""
+    capacity = (await closed_loop(host, 8, 5, texts))["requests_per_s"]
+    rate = factor * capacity
+    statuses: Counter[str] = Counter()
+    retry_after: list[tuple[float, int]] = []
+    answered_at: list[float] = []
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
+    async with httpx.AsyncClient(base_url=host, timeout=120, limits=limits) as http:
+
+        async def one() -> None:
+            try:
+                reply = await http.post("/v1/classify", json={"texts": [TEXT] * texts})
+            except httpx.TransportError as e:
+                statuses[type(e).__name__] += 1
+                return
+            statuses[str(reply.status_code)] += 1
+            answered_at.append(time.monotonic())
+            if reply.status_code == 429:
+                retry_after.append((time.monotonic(), int(reply.headers["retry-after"])))
+
+        tasks = []
+        started = time.monotonic()
+        burst_end = started + seconds
+        while (now := time.monotonic()) < burst_end:
+            due = started + len(tasks) / rate
+            if due > now:
+                await asyncio.sleep(due - now)
+            tasks.append(asyncio.create_task(one()))
+        sent_by = time.monotonic()
+        await asyncio.gather(*tasks)
+        ready_after = await _seconds_until_ready(http)
+    drain_s = max(0.0, max(answered_at, default=burst_end) - burst_end)
+    late = [s for t, s in retry_after if t >= burst_end - 2]
+    return {
+        "capacity_requests_per_s": capacity,
+        "offered_requests_per_s": round(len(tasks) / (sent_by - started), 1),
+        "offered_x_capacity": round(len(tasks) / (sent_by - started) / capacity, 1),
+        "sent": len(tasks),
         "statuses": dict(statuses),
         "server_errors": sum(v for k, v in statuses.items() if k.startswith("5")),
         "connection_errors": sum(v for k, v in statuses.items() if not k.isdigit()),
@@ -237,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20, help="overload burst (default 20)")
     parser.add_argument("--users", type=int, default=256, help="overload users (256)")
     parser.add_argument(
+        "--open-loop-factor", type=float, help="overload: arrivals at this x capacity instead"
+    )
+    parser.add_argument(
         "--request-timeout-s", default="2", help="overload: the server's deadline (2 s)"
     )
     parser.add_argument("--texts", type=int, default=4, help="texts per overload request")
@@ -244,14 +305,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--silent", type=int, default=200)
     parser.add_argument("--trickling", type=int, default=50)
     parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--server-cpus", help="pin the server (taskset list, e.g. 0)")
+    parser.add_argument("--client-cpus", help="pin this load generator (e.g. 1)")
     args = parser.parse_args(argv)
     settings = {
         "slow": {"header_timeout_s": "30"},
         "overload": {"request_timeout_s": args.request_timeout_s},
     }.get(args.scenario, {})
-    with sentiment_server(args.repository, **settings) as (host, process):
+    if args.client_cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
+    with sentiment_server(args.repository, args.server_cpus, **settings) as (host, process):
         if args.scenario == "overload":
-            result = asyncio.run(overload(host, args.seconds, args.users, args.texts))
+            if args.open_loop_factor:
+                result = asyncio.run(
+                    overload_open_loop(host, args.seconds, args.open_loop_factor, args.texts)
+                )
+            else:
+                result = asyncio.run(overload(host, args.seconds, args.users, args.texts))
             broken = result["server_errors"] or result["connection_errors"]
         elif args.scenario == "sigterm":
             result = asyncio.run(sigterm(host, process, args.clients or 32))
