@@ -165,7 +165,7 @@ async def overload_open_loop(
             if reply.status_code == 429:
                 retry_after.append((time.monotonic(), int(reply.headers["retry-after"])))
 
-        tasks = []
+        tasks: list[asyncio.Task[None]] = []
         started = time.monotonic()
         burst_end = started + seconds
         while (now := time.monotonic()) < burst_end:
