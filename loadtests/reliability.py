@@ -98,47 +98,64 @@ def _ms(seconds: float | None) -> float | None:
 # ----------------------------------------------------------------------------- overload
 
 
+class Burst:
+    """What a burst's answers said: statuses, when answers came, the Retry-After values."""
+
+    def __init__(self, texts: int) -> None:
+        self.body = {"texts": [TEXT] * texts}
+        self.statuses: Counter[str] = Counter()
+        self.answered_at: list[float] = []
+        self.retry_after: list[tuple[float, int]] = []  # (when, seconds)
+
+    async def send(self, http: httpx.AsyncClient) -> None:
+        try:
+            reply = await http.post("/v1/classify", json=self.body)
+        except httpx.TransportError as e:
+            self.statuses[type(e).__name__] += 1
+            return
+        self.statuses[str(reply.status_code)] += 1
+        self.answered_at.append(time.monotonic())
+        if reply.status_code == 429:
+            self.retry_after.append((time.monotonic(), int(reply.headers["retry-after"])))
+
+    def result(
+        self, capacity: float, sending_s: float, burst_end: float, ready_after: float
+    ) -> dict[str, Any]:
+        """The figures; the drain time runs from `burst_end` to the last answer, and the
+        Retry-After values compared with it are those given in the burst's last 2 s."""
+        sent = sum(self.statuses.values())
+        drain_s = max(0.0, max(self.answered_at, default=burst_end) - burst_end)
+        late = [s for t, s in self.retry_after if t >= burst_end - 2]
+        return {
+            "capacity_requests_per_s": capacity,
+            "offered_requests_per_s": round(sent / sending_s, 1),
+            "offered_x_capacity": round(sent / sending_s / capacity, 1),
+            "sent": sent,
+            "statuses": dict(self.statuses),
+            "server_errors": sum(v for k, v in self.statuses.items() if k.startswith("5")),
+            "connection_errors": sum(v for k, v in self.statuses.items() if not k.isdigit()),
+            "measured_drain_s": round(drain_s, 2),
+            "retry_after_last_2s": dict(Counter(late)),
+            "ready_after_burst_s": round(ready_after, 3),
+        }
+
+
 async def overload(host: str, seconds: float, users: int, texts: int) -> dict[str, Any]:
     """`users` users sending back to back for `seconds`, ignoring Retry-After (so the offered
-    rate is a multiple of capacity), then stopping together. The drain time measured is from
-    the stop to the last answer; Retry-After values given in the last 2 s are compared with it."""
+    rate is a multiple of capacity), then stopping together."""
     capacity = (await closed_loop(host, 8, 5, texts))["requests_per_s"]
-    statuses: Counter[str] = Counter()
-    retry_after: list[tuple[float, int]] = []  # (when, seconds)
-    answered_at: list[float] = []
+    burst = Burst(texts)
     burst_end = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=users, max_keepalive_connections=users)
     async with httpx.AsyncClient(base_url=host, timeout=120, limits=limits) as http:
 
         async def user() -> None:
             while time.monotonic() < burst_end:
-                try:
-                    reply = await http.post("/v1/classify", json={"texts": [TEXT] * texts})
-                except httpx.TransportError as e:
-                    statuses[type(e).__name__] += 1
-                    continue
-                statuses[str(reply.status_code)] += 1
-                answered_at.append(time.monotonic())
-                if reply.status_code == 429:
-                    retry_after.append((time.monotonic(), int(reply.headers["retry-after"])))
+                await burst.send(http)
 
         await asyncio.gather(*(user() for _ in range(users)))
         ready_after = await _seconds_until_ready(http)
-    sent = sum(statuses.values())
-    drain_s = max(0.0, max(answered_at, default=burst_end) - burst_end)
-    late = [s for t, s in retry_after if t >= burst_end - 2]
-    return {
-        "capacity_requests_per_s": capacity,
-        "offered_requests_per_s": round(sent / seconds, 1),
-        "offered_x_capacity": round(sent / seconds / capacity, 1),
-        "sent": sent,
-        "statuses": dict(statuses),
-        "server_errors": sum(v for k, v in statuses.items() if k.startswith("5")),
-        "connection_errors": sum(v for k, v in statuses.items() if not k.isdigit()),
-        "measured_drain_s": round(drain_s, 2),
-        "retry_after_last_2s": dict(Counter(late)),
-        "ready_after_burst_s": round(ready_after, 3),
-    }
+    return burst.result(capacity, seconds, burst_end, ready_after)
 
 
 async def overload_open_loop(
@@ -148,23 +165,9 @@ async def overload_open_loop(
     loop: the offered rate does not fall when the server slows down)."""
     capacity = (await closed_loop(host, 8, 5, texts))["requests_per_s"]
     rate = factor * capacity
-    statuses: Counter[str] = Counter()
-    retry_after: list[tuple[float, int]] = []
-    answered_at: list[float] = []
+    burst = Burst(texts)
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
     async with httpx.AsyncClient(base_url=host, timeout=120, limits=limits) as http:
-
-        async def one() -> None:
-            try:
-                reply = await http.post("/v1/classify", json={"texts": [TEXT] * texts})
-            except httpx.TransportError as e:
-                statuses[type(e).__name__] += 1
-                return
-            statuses[str(reply.status_code)] += 1
-            answered_at.append(time.monotonic())
-            if reply.status_code == 429:
-                retry_after.append((time.monotonic(), int(reply.headers["retry-after"])))
-
         tasks: list[asyncio.Task[None]] = []
         started = time.monotonic()
         burst_end = started + seconds
@@ -172,24 +175,11 @@ async def overload_open_loop(
             due = started + len(tasks) / rate
             if due > now:
                 await asyncio.sleep(due - now)
-            tasks.append(asyncio.create_task(one()))
-        sent_by = time.monotonic()
+            tasks.append(asyncio.create_task(burst.send(http)))
+        sending_s = time.monotonic() - started
         await asyncio.gather(*tasks)
         ready_after = await _seconds_until_ready(http)
-    drain_s = max(0.0, max(answered_at, default=burst_end) - burst_end)
-    late = [s for t, s in retry_after if t >= burst_end - 2]
-    return {
-        "capacity_requests_per_s": capacity,
-        "offered_requests_per_s": round(len(tasks) / (sent_by - started), 1),
-        "offered_x_capacity": round(len(tasks) / (sent_by - started) / capacity, 1),
-        "sent": len(tasks),
-        "statuses": dict(statuses),
-        "server_errors": sum(v for k, v in statuses.items() if k.startswith("5")),
-        "connection_errors": sum(v for k, v in statuses.items() if not k.isdigit()),
-        "measured_drain_s": round(drain_s, 2),
-        "retry_after_last_2s": dict(Counter(late)),
-        "ready_after_burst_s": round(ready_after, 3),
-    }
+    return burst.result(capacity, sending_s, burst_end, ready_after)
 
 
 async def _seconds_until_ready(http: httpx.AsyncClient) -> float:

@@ -7,6 +7,7 @@ seconds per real token), the predicted wait of the work ahead, the 429 decision 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from service.errors import ErrorKind, ServiceError
 
@@ -15,6 +16,34 @@ from service.errors import ErrorKind, ServiceError
 # busy with parsing and tokenising other requests delays its answer further (0.8 still let
 # 12 of 988 requests time out in loadtests/reliability.py's overload run; 0.5 none).
 ADMISSION_MARGIN = 0.5
+
+
+def refuse_if_late(
+    name: str,
+    predicted_s: float | None,
+    timeout_s: float,
+    *,
+    cold_overflow: bool,
+    retry_after: Callable[[], int],
+    what: str,
+) -> None:
+    """The 429 decision both the batcher and the decoding scheduler take: refuse when `what`
+    would likely take past ADMISSION_MARGIN of the deadline (`predicted_s`), or, before anything
+    was measured (`predicted_s` None), when the caller's cold-start budget overflowed."""
+    if predicted_s is None:
+        if cold_overflow:
+            raise ServiceError(
+                ErrorKind.OVERLOADED,
+                f"model {name!r} is warming up under load; retry later",
+                retry_after=1,
+            )
+    elif predicted_s > timeout_s * ADMISSION_MARGIN:
+        raise ServiceError(
+            ErrorKind.OVERLOADED,
+            f"model {name!r} is overloaded: {what} would take about {predicted_s:.1f} s, "
+            "past this request's deadline; retry later",
+            retry_after=retry_after(),
+        )
 
 
 class Admission:
@@ -32,22 +61,15 @@ class Admission:
         """Refuse (OVERLOADED) work that would likely still be queued at its deadline. Before
         any run was measured there is no throughput to predict from: then at most one full batch
         per slot is taken in, so a burst on a cold server cannot queue work that times out."""
-        predicted = self.predicted_wait_s(tokens_ahead + tokens)
-        if predicted is None:
-            budget = self.max_batch_tokens * self.slots
-            if tokens_ahead and tokens_ahead + tokens > budget:
-                raise ServiceError(
-                    ErrorKind.OVERLOADED,
-                    f"model {self.name!r} is warming up under load; retry later",
-                    retry_after=1,
-                )
-        elif predicted > timeout_s * ADMISSION_MARGIN:
-            raise ServiceError(
-                ErrorKind.OVERLOADED,
-                f"model {self.name!r} is overloaded: the queued work would take about "
-                f"{predicted:.1f} s, past this request's deadline; retry later",
-                retry_after=self._whole_seconds(self.predicted_wait_s(tokens_ahead) or 0.0),
-            )
+        budget = self.max_batch_tokens * self.slots
+        refuse_if_late(
+            self.name,
+            self.predicted_wait_s(tokens_ahead + tokens),
+            timeout_s,
+            cold_overflow=bool(tokens_ahead) and tokens_ahead + tokens > budget,
+            retry_after=lambda: self._whole_seconds(self.predicted_wait_s(tokens_ahead) or 0.0),
+            what="the queued work",
+        )
 
     def predicted_wait_s(self, tokens: int) -> float | None:
         """Seconds until `tokens` of queued and running work are likely done: the tokens over

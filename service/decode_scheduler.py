@@ -43,7 +43,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.admission import ADMISSION_MARGIN
+from service.admission import refuse_if_late
 from service.engines.decode_batch import Join, Outcome
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams
@@ -225,23 +225,16 @@ class DecodeScheduler:
         batch at their deadline, as the batcher does (same margin). Before any sequence finished
         there is no throughput to predict from: then at most one full batch may wait beyond the
         free rows."""
-        predicted = self.predicted_wait_s(rows)
-        if predicted is None:
-            waiting_rows = sum(item.beam_size for item in self.waiting)
-            room = 2 * self.policy.max_running_sequences - self._rows
-            if waiting_rows and waiting_rows + rows > room:
-                raise ServiceError(
-                    ErrorKind.OVERLOADED,
-                    f"model {self.name!r} is warming up under load; retry later",
-                    retry_after=1,
-                )
-        elif predicted > timeout_s * ADMISSION_MARGIN:
-            raise ServiceError(
-                ErrorKind.OVERLOADED,
-                f"model {self.name!r} is overloaded: the waiting sequences would take about "
-                f"{predicted:.1f} s to get a place, past this request's deadline; retry later",
-                retry_after=self.retry_after_s(),
-            )
+        waiting_rows = sum(item.beam_size for item in self.waiting)
+        room = 2 * self.policy.max_running_sequences - self._rows
+        refuse_if_late(
+            self.name,
+            self.predicted_wait_s(rows),
+            timeout_s,
+            cold_overflow=bool(waiting_rows) and waiting_rows + rows > room,
+            retry_after=self.retry_after_s,
+            what="the waiting sequences, to get a place,",
+        )
 
     def predicted_wait_s(self, rows: int = 0) -> float | None:
         """Seconds until `rows` more decoder rows would get a place in the running batch: the

@@ -134,20 +134,9 @@ class InferenceService:
         info: RequestInfo,
         disconnected: Disconnected | None = None,
     ) -> ClassificationResult:
-        with self._counted(model, info) as timing:
-            engine = self._admit(model, ClassifierEngine)
-            self._check_texts(texts, lambda i: f"texts[{i}]")
-            with timing.phase("compute_input"):
-                encoded = await self._tokenize(model, engine.encoder.encode, texts)
-            probabilities = await self._run(model, encoded, None, info, disconnected, timing)
-            with timing.phase("compute_output"):
-                return ClassificationResult(
-                    model.name,
-                    model.version_str,
-                    engine.labels,
-                    probabilities,
-                    self._truncated(model, encoded),
-                )
+        return await self._classification(
+            model, texts, texts, lambda i: f"texts[{i}]", info, disconnected, pairs=False
+        )
 
     async def nli(
         self,
@@ -156,15 +145,35 @@ class InferenceService:
         info: RequestInfo,
         disconnected: Disconnected | None = None,
     ) -> ClassificationResult:
+        return await self._classification(
+            model,
+            pairs,
+            [text for pair in pairs for text in pair],
+            lambda i: f"pairs[{i // 2}].{('premise', 'hypothesis')[i % 2]}",
+            info,
+            disconnected,
+            pairs=True,
+        )
+
+    async def _classification(
+        self,
+        model: ServedModel,
+        inputs: Sequence[Any],
+        texts: Sequence[str],
+        where: Callable[[int], str],
+        info: RequestInfo,
+        disconnected: Disconnected | None,
+        *,
+        pairs: bool,
+    ) -> ClassificationResult:
+        """classify and nli: `inputs` are texts or (premise, hypothesis) pairs, `texts` every
+        text in them for the limits, `where(i)` names text i for the client."""
         with self._counted(model, info) as timing:
             engine = self._admit(model, ClassifierEngine)
-            self._check_texts(
-                [text for pair in pairs for text in pair],
-                lambda i: f"pairs[{i // 2}].{('premise', 'hypothesis')[i % 2]}",
-                items=len(pairs),
-            )
+            self._check_texts(texts, where, items=len(inputs) if pairs else None)
+            encode = engine.encoder.encode_pairs if pairs else engine.encoder.encode
             with timing.phase("compute_input"):
-                encoded = await self._tokenize(model, engine.encoder.encode_pairs, pairs)
+                encoded = await self._tokenize(model, encode, inputs)
             probabilities = await self._run(model, encoded, None, info, disconnected, timing)
             with timing.phase("compute_output"):
                 return ClassificationResult(
