@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 import psutil
 
+from loadtests.raw_http import RawHttpPool
 from loadtests.servers import nlpserve_command, running_server
 
 TEXT = "a thoughtful, quietly moving film that stays with you long after the credits"
@@ -103,6 +104,7 @@ class Burst:
 
     def __init__(self, texts: int) -> None:
         self.body = {"texts": [TEXT] * texts}
+        self.raw_body = json.dumps(self.body).encode()
         self.statuses: Counter[str] = Counter()
         self.answered_at: list[float] = []
         self.retry_after: list[tuple[float, int]] = []  # (when, seconds)
@@ -113,10 +115,21 @@ class Burst:
         except httpx.TransportError as e:
             self.statuses[type(e).__name__] += 1
             return
-        self.statuses[str(reply.status_code)] += 1
+        self.record(reply.status_code, reply.headers)
+
+    async def send_raw(self, pool: RawHttpPool) -> None:
+        try:
+            status, headers = await pool.post_json("/v1/classify", self.raw_body)
+        except (OSError, asyncio.IncompleteReadError) as e:
+            self.statuses[type(e).__name__] += 1
+            return
+        self.record(status, headers)
+
+    def record(self, status: int, headers: Mapping[str, str]) -> None:
+        self.statuses[str(status)] += 1
         self.answered_at.append(time.monotonic())
-        if reply.status_code == 429:
-            self.retry_after.append((time.monotonic(), int(reply.headers["retry-after"])))
+        if status == 429:
+            self.retry_after.append((time.monotonic(), int(headers["retry-after"])))
 
     def result(
         self, capacity: float, sending_s: float, burst_end: float, ready_after: float
@@ -166,18 +179,20 @@ async def overload_open_loop(
     capacity = (await closed_loop(host, 8, 5, texts))["requests_per_s"]
     rate = factor * capacity
     burst = Burst(texts)
-    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
-    async with httpx.AsyncClient(base_url=host, timeout=120, limits=limits) as http:
-        tasks: list[asyncio.Task[None]] = []
-        started = time.monotonic()
-        burst_end = started + seconds
-        while (now := time.monotonic()) < burst_end:
-            due = started + len(tasks) / rate
-            if due > now:
-                await asyncio.sleep(due - now)
-            tasks.append(asyncio.create_task(burst.send(http)))
-        sending_s = time.monotonic() - started
-        await asyncio.gather(*tasks)
+    address = httpx.URL(host)
+    pool = RawHttpPool(address.host, address.port or 80)  # httpx would be the bottleneck
+    tasks: list[asyncio.Task[None]] = []
+    started = time.monotonic()
+    burst_end = started + seconds
+    while (now := time.monotonic()) < burst_end:
+        due = started + len(tasks) / rate
+        if due > now:
+            await asyncio.sleep(due - now)
+        tasks.append(asyncio.create_task(burst.send_raw(pool)))
+    sending_s = time.monotonic() - started
+    await asyncio.gather(*tasks)
+    pool.close()
+    async with httpx.AsyncClient(base_url=host, timeout=120) as http:
         ready_after = await _seconds_until_ready(http)
     return burst.result(capacity, sending_s, burst_end, ready_after)
 
@@ -295,6 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--silent", type=int, default=200)
     parser.add_argument("--trickling", type=int, default=50)
     parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="a server setting (e.g. max_in_flight=100000), repeatable",
+    )
     parser.add_argument("--server-cpus", help="pin the server (taskset list, e.g. 0)")
     parser.add_argument("--client-cpus", help="pin this load generator (e.g. 1)")
     args = parser.parse_args(argv)
@@ -302,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "slow": {"header_timeout_s": "30"},
         "overload": {"request_timeout_s": args.request_timeout_s},
     }.get(args.scenario, {})
+    settings.update(item.split("=", 1) for item in args.set)
     if args.client_cpus:
         os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
     with sentiment_server(args.repository, args.server_cpus, **settings) as (host, process):

@@ -46,6 +46,11 @@ def refuse_if_late(
         )
 
 
+def whole_seconds(seconds: float) -> int:
+    """A Retry-After value: whole seconds, 1 to 60."""
+    return max(1, min(60, math.ceil(round(seconds, 3))))  # round: 2.0000001 s is 2 s
+
+
 class Admission:
     def __init__(self, name: str, max_batch_tokens: int, slots: int) -> None:
         self.name = name
@@ -67,7 +72,7 @@ class Admission:
             self.predicted_wait_s(tokens_ahead + tokens),
             timeout_s,
             cold_overflow=bool(tokens_ahead) and tokens_ahead + tokens > budget,
-            retry_after=lambda: self._whole_seconds(self.predicted_wait_s(tokens_ahead) or 0.0),
+            retry_after=lambda: whole_seconds(self.predicted_wait_s(tokens_ahead) or 0.0),
             what="the queued work",
         )
 
@@ -83,11 +88,7 @@ class Admission:
         predicted = self.predicted_wait_s(tokens_ahead)
         if predicted is None:  # nothing measured yet: a guess from the item count
             predicted = items_ahead * 0.01 / self.slots
-        return self._whole_seconds(predicted)
-
-    @staticmethod
-    def _whole_seconds(seconds: float) -> int:
-        return max(1, min(60, math.ceil(round(seconds, 3))))  # round: 2.0000001 s is 2 s
+        return whole_seconds(predicted)
 
     def observe_run(self, now: float, run_seconds: float, tokens: int, backlog: bool) -> None:
         """Update the drain rate after a run of `tokens` real tokens; `backlog`: work is waiting.

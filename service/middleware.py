@@ -21,6 +21,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -31,6 +32,7 @@ from service.context import INFO_KEY, ServiceState
 from service.errors import ErrorKind
 from service.http_errors import error_body
 from service.request_info import RequestInfo
+from service.shedding import InFlightGate, is_inference
 
 access_log = logging.getLogger("nlpserve.access")
 logger = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ class RequestMiddleware:
     def __init__(self, app: ASGIApp, state: ServiceState) -> None:
         self.app = app
         self.state = state
+        settings = state.settings
+        self.gate = InFlightGate(settings.request_timeout_s, settings.max_in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -119,6 +123,8 @@ class RequestMiddleware:
                     send_with_id, path, 413, too_large_message(limit),
                     ErrorKind.PAYLOAD_TOO_LARGE,
                 )  # fmt: skip
+            elif is_inference(scope["method"], path):
+                await self._gated(scope, receive_limited, send_with_id, lambda: status)
             else:
                 await self.app(scope, receive_limited, send_with_id)
         except Exception:
@@ -131,6 +137,25 @@ class RequestMiddleware:
             )  # fmt: skip
         finally:
             self._record(scope, info, status or 500, time.perf_counter() - started)
+
+    async def _gated(
+        self, scope: Scope, receive: Receive, send: Send, status: Callable[[], int]
+    ) -> None:
+        """Run an inference request if the in-flight cap allows it, else answer 429 unparsed."""
+        loop = asyncio.get_running_loop()
+        retry_after = self.gate.try_enter(loop.time())
+        if retry_after is not None:
+            self.state.metrics.rejected.labels("", "in_flight_cap").inc()
+            await _send_error(
+                send, scope["path"], 429,
+                "the server is overloaded: too many requests in flight; retry later",
+                ErrorKind.OVERLOADED, [(b"retry-after", str(retry_after).encode())],
+            )  # fmt: skip
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.gate.leave(loop.time(), answered=200 <= status() < 300)
 
     def _authorized(self, headers: Headers) -> bool:
         keys = self.state.settings.api_key_values()

@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(
         default=1024, ge=1, description="queued sequences per model; 429 above"
     )
+    max_in_flight: int = Field(
+        default=0,
+        ge=0,
+        description="inference requests in flight before 429 is answered unparsed; 0: derived "
+        "from the measured answer rate and request_timeout_s",
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="comma-separated; when set, inference routes need one"
     )

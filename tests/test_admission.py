@@ -6,6 +6,7 @@ import pytest
 
 from service.admission import ADMISSION_MARGIN, Admission
 from service.errors import ErrorKind, ServiceError
+from service.shedding import MIN_IN_FLIGHT, RATE_WINDOW_S, InFlightGate, is_inference
 
 
 def test_time_between_runs_counts_while_work_waits() -> None:
@@ -49,3 +50,38 @@ def test_refuses_past_the_margin_with_the_drain_time_as_retry_after() -> None:
         admission.check(tokens_ahead=fits - 100, tokens=101, timeout_s=deadline)
     assert refused.value.kind is ErrorKind.OVERLOADED
     assert refused.value.retry_after == 5  # the 4,900 tokens ahead: 4.9 s, rounded up
+
+
+def test_in_flight_gate_derives_its_cap_from_the_answer_rate() -> None:
+    gate = InFlightGate(timeout_s=2.0)
+    for _ in range(MIN_IN_FLIGHT):  # nothing measured yet: the floor holds
+        assert gate.try_enter(0.0) is None
+    assert gate.try_enter(0.0) == 1  # 64 in flight, no rate: 1 s
+    for i in range(MIN_IN_FLIGHT):  # 64 answered over the window: 12.8/s, cap stays the floor
+        gate.leave(i * 0.05, answered=True)
+    assert gate.answer_rate(5.0) == MIN_IN_FLIGHT / RATE_WINDOW_S
+    assert gate.limit(5.0) == MIN_IN_FLIGHT
+
+    busy = InFlightGate(timeout_s=2.0)
+    now = 100.0
+    for k in range(int(500 * RATE_WINDOW_S)):  # 500 answers/s over the whole window
+        busy.in_flight += 1
+        busy.leave(now - RATE_WINDOW_S + k / 500, answered=True)
+    assert busy.answer_rate(now) == 500
+    assert busy.limit(now) == int(500 * 2.0 * ADMISSION_MARGIN)  # answered in half the deadline
+    busy.in_flight = busy.limit(now)
+    assert busy.try_enter(now) == 1  # 500 in flight at 500/s: a second
+    busy.leave(now, answered=False)  # refusals and errors do not count toward the rate
+    assert busy.answer_rate(now) == 500
+    assert busy.try_enter(now) is None
+
+
+def test_in_flight_gate_fixed_limit_and_routes() -> None:
+    gate = InFlightGate(timeout_s=30.0, fixed_limit=2)
+    assert gate.try_enter(0.0) is None and gate.try_enter(0.0) is None
+    assert gate.try_enter(0.0) == 1
+    assert is_inference("POST", "/v1/classify") and is_inference("POST", "/v2/models/m/infer")
+    assert is_inference("POST", "/v2/models/m/versions/2/infer")
+    assert not is_inference("GET", "/v1/classify")
+    assert not is_inference("POST", "/v2/repository/models/m/load")
+    assert not is_inference("GET", "/v2/health/ready")

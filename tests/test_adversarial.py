@@ -497,6 +497,37 @@ def test_overload_with_a_deadline_is_refused_up_front(
     assert server.stop() == 0
 
 
+def test_in_flight_cap_refuses_before_reading_the_body(
+    copy_repository: Callable[..., Path], launch_server: Callable[..., ServerProcess]
+) -> None:
+    """With max_in_flight 1 and one request held in flight (its body half sent), the next
+    inference request is refused with 429 + Retry-After before its body is parsed (malformed
+    JSON gets 429, not 422), health stays open, and the cap frees once the first is answered."""
+    server = launch_server(copy_repository("sentiment"), max_in_flight=1)
+    body = json.dumps({"texts": ["held in flight"]}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as held:
+        held.sendall(
+            b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:5]
+        )
+        with httpx.Client(base_url=server.url, timeout=10) as h:
+            deadline = time.monotonic() + 10
+            while (reply := post_raw(h, "/v1/classify", b"{not json")).status_code != 429:
+                assert reply.status_code == 422  # the held request has not reached the app yet
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert int(reply.headers["retry-after"]) >= 1
+            assert "in flight" in reply.json()["error"]
+            assert h.get("/v2/health/ready").status_code == 200  # not an inference route
+            held.sendall(body[5:])
+            assert held.recv(65536).startswith(b"HTTP/1.1 200")
+            assert post_raw(h, "/v1/classify", body).status_code == 200
+            metrics = h.get("/metrics").text
+    assert 'nlpserve_rejected_requests_total{model="",reason="in_flight_cap"}' in metrics
+    assert server.stop() == 0
+
+
 # A socket some earlier test's objects left for the garbage collector may be finalised while
 # these threads run; that warning is not about this server.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
