@@ -41,7 +41,7 @@ from service.routers import (
     v2,
 )
 from service.settings import Settings, get_settings
-from service.tracing import Tracing, install_tracing
+from service.tracing import Tracing, install_tracing, installed_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        grpc = await grpc_server.start(state) if settings.grpc_port else None
+        tracing = installed_tracing(app)
+        grpc = await grpc_server.start(state, tracing) if settings.grpc_port else None
         loading = asyncio.create_task(state.control.run(), name="load-models")
         loading.add_done_callback(_log_crash)
         try:

@@ -10,6 +10,9 @@ Triton's grpc_service.proto, as `tritonclient` ships it; methods nlpserve does n
 Errors keep their `ErrorKind` and map to status codes in `grpc_status`, the gRPC twin of
 `errors.status_code`; an overloaded model answers RESOURCE_EXHAUSTED with `retry-after` (seconds)
 and gRPC's own `grpc-retry-pushback-ms` in the trailing metadata.
+
+With tracing on (service/tracing.py) every call is a server span with the same step children as
+an HTTP request, continuing a `traceparent` sent as metadata.
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ from service import grpc_codec, oip_infer, oip_models
 from service.auth import bearer_token, key_matches
 from service.errors import ErrorKind, ServiceError
 from service.request_info import RequestInfo
+from service.tracing import RpcSpan
 
 if TYPE_CHECKING:
     from service.context import ServiceState
+    from service.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("nlpserve.access")
@@ -63,16 +68,30 @@ def grpc_status(kind: ErrorKind) -> grpc.StatusCode:
     }[kind]
 
 
+# Server-side failures, by OpenTelemetry's RPC conventions: the span's status is ERROR.
+SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
 Method = Callable[[Any, Any, Any, RequestInfo], Awaitable[Any]]  # (self, request, context, info)
 Handler = Callable[[Any, Any, Any], Awaitable[Any]]  # what grpc calls: (self, request, context)
 
 
 def rpc(guarded: bool = True) -> Callable[[Method], Handler]:
     """Wrap a servicer method: API key check (when `guarded`), ServiceError -> status code,
-    unexpected exceptions -> INTERNAL (logged, never sent), latency metric and access log."""
+    unexpected exceptions -> INTERNAL (logged, never sent), latency metric, access log and,
+    with tracing on, the call's span."""
 
     def wrap(method: Method) -> Handler:
-        route = f"/{SERVICE}/{getattr(method, '__name__', 'unknown')}"
+        name = getattr(method, "__name__", "unknown")
+        route = f"/{SERVICE}/{name}"
 
         @functools.wraps(method)
         async def handler(self: InferenceServicer, request: Any, context: Any) -> Any:
@@ -81,6 +100,10 @@ def rpc(guarded: bool = True) -> Callable[[Method], Handler]:
                 request_id=getattr(request, "id", "") or uuid.uuid4().hex,
                 started=asyncio.get_running_loop().time(),
             )
+            span = None
+            if self.tracing is not None:
+                metadata = context.invocation_metadata() or ()
+                span = RpcSpan(self.tracing, SERVICE, name, metadata)
             code = grpc.StatusCode.OK
             try:
                 if isinstance(request, Malformed):
@@ -103,6 +126,8 @@ def rpc(guarded: bool = True) -> Callable[[Method], Handler]:
                 await context.abort(code, "internal server error")
                 raise
             finally:
+                if span is not None:
+                    span.response_ready()
                 seconds = time.perf_counter() - started
                 self.state.metrics.request_seconds.labels(
                     route, info.model or "", code.name
@@ -120,7 +145,9 @@ def rpc(guarded: bool = True) -> Callable[[Method], Handler]:
                         "latency_ms": round(seconds * 1000, 2),
                         "batch_size": info.batch_size,
                     },
-                )
+                )  # inside the span: the line carries its trace id
+                if span is not None:
+                    span.end(code.value[0], error=code in SERVER_ERRORS)
 
         return handler
 
@@ -180,8 +207,9 @@ def _trailers(error: ServiceError) -> tuple[tuple[str, str], ...]:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, state: ServiceState) -> None:
+    def __init__(self, state: ServiceState, tracing: Tracing | None = None) -> None:
         self.state = state
+        self.tracing = tracing  # None: tracing off, nothing traced
 
     def check_api_key(self, context: Any) -> None:
         keys = self.state.settings.api_key_values()
@@ -313,8 +341,9 @@ def port_problem(host: str, port: int) -> str | None:
     return None
 
 
-async def start(state: ServiceState) -> grpc.aio.Server:
-    """The gRPC server listening on settings.host:grpc_port (RuntimeError if it cannot bind)."""
+async def start(state: ServiceState, tracing: Tracing | None = None) -> grpc.aio.Server:
+    """The gRPC server listening on settings.host:grpc_port (RuntimeError if it cannot bind);
+    with `tracing`, every call is traced."""
     settings = state.settings
     limit = settings.max_body_bytes
     server = grpc.aio.server(
@@ -324,7 +353,7 @@ async def start(state: ServiceState) -> grpc.aio.Server:
             ("grpc.so_reuseport", 0),  # a busy port is an error, not a shared listener
         ]
     )
-    handlers = _method_handlers(InferenceServicer(state))
+    handlers = _method_handlers(InferenceServicer(state, tracing))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)
     address = f"{settings.host}:{settings.grpc_port}"

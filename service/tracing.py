@@ -1,14 +1,16 @@
 """OpenTelemetry traces, optional: on with `NLPSERVE_OTLP_ENDPOINT` (and the `otel` extra).
 
-One server span per HTTP request (the client's W3C `traceparent` continues its trace) with child
-spans for the steps of inference: admission, tokenization, queue wait, engine run (batch size and
-padded tokens as attributes) and response encoding. The trace id goes into the request's log line.
+One server span per HTTP request and per gRPC call (the client's W3C `traceparent`, a header or
+gRPC metadata, continues its trace) with child spans for the steps of inference: admission,
+tokenization, queue wait, engine run (batch size and padded tokens as attributes) and response
+encoding. The trace id goes into the request's log line.
 
 The inference path only leaves timestamps on the request's `RequestTrace` (found through a
 context variable, so nothing is passed around); the spans are built from them, with their real
-start and end times, when the response starts. With tracing off no middleware is installed, the
-context variable stays empty, every `mark_*` call returns at its first line, and opentelemetry
-is never imported.
+start and end times, when the response is ready. With tracing off no middleware is installed,
+the gRPC server gets no `Tracing`, the context variable stays empty, every `mark_*` call returns
+at its first line, and nlpserve never imports opentelemetry (recent FastAPI releases import the
+OpenTelemetry API itself, the SDK stays out).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -157,12 +159,23 @@ class TraceIdFilter(logging.Filter):
 
 
 def install_tracing(app: FastAPI, tracing: Tracing) -> None:
-    """Trace every request of `app` (call before it starts serving). Outermost middleware, so
-    the request log line, written by the request middleware inside it, carries the trace id."""
+    """Trace every request of `app` (call before it starts serving), its gRPC calls included.
+    Outermost middleware, so the request log line, written by the request middleware inside it,
+    carries the trace id; the lifespan hands the same `Tracing` to the gRPC server
+    (`installed_tracing`)."""
     app.add_middleware(TracingMiddleware, tracing=tracing)
     access_log = logging.getLogger(ACCESS_LOGGER)
     if not any(isinstance(f, TraceIdFilter) for f in access_log.filters):
         access_log.addFilter(TraceIdFilter())
+
+
+def installed_tracing(app: FastAPI) -> Tracing | None:
+    """The `Tracing` that `install_tracing` gave `app`, or None when tracing is off."""
+    for middleware in app.user_middleware:
+        tracing = middleware.kwargs.get("tracing")
+        if middleware.cls is TracingMiddleware and isinstance(tracing, Tracing):
+            return tracing
+    return None
 
 
 # ------------------------------------------------------------------ the middleware
@@ -198,7 +211,7 @@ class TracingMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                self._emit_steps(request_trace)
+                emit_steps(self.tracing, request_trace)
             await send(message)
 
         try:
@@ -218,38 +231,88 @@ class TracingMiddleware:
             context.detach(context_token)
             _current.reset(trace_token)
 
-    def _emit_steps(self, rt: RequestTrace) -> None:
-        """The child spans, from the timestamps the inference path left (none for a request
-        that never reached inference)."""
-        if rt.emitted or rt.admission_at is None:
-            return
-        rt.emitted = True
-        now = time.monotonic()
-        tokenization_start = rt.tokenization[0] if rt.tokenization else None
-        steps: list[tuple[str, float, float | None, dict[str, Any]]] = [
-            ("admission", rt.admission_at, tokenization_start or rt.enqueued_at or now, {}),
-        ]
-        if rt.tokenization:
-            steps.append(("tokenization", *rt.tokenization, {}))
-        if rt.enqueued_at is not None:
-            attributes: dict[str, Any] = {
-                "nlpserve.batch_size": rt.batch_size,
-                "nlpserve.padded_tokens": rt.padded_tokens,
-                "nlpserve.runs": rt.runs,
-            }
-            if rt.run_started is not None:
-                steps.append(("queue wait", rt.enqueued_at, rt.run_started, {}))
-                steps.append(("engine run", rt.run_started, rt.results_at, attributes))
-            else:  # a scheduler that does not say when the run started: one span for both
-                attributes["nlpserve.includes_queue_wait"] = True
-                steps.append(("engine run", rt.enqueued_at, rt.results_at, attributes))
-        if rt.results_at is not None:
-            steps.append(("response encoding", rt.results_at, now, {}))
-        from opentelemetry import trace
 
-        parent = trace.set_span_in_context(rt.span)
-        for name, start, end, attributes in steps:
-            child = self.tracing.tracer.start_span(
-                name, context=parent, start_time=rt.ns(start), attributes=attributes
-            )
-            child.end(end_time=rt.ns(end if end is not None else now))
+# ------------------------------------------------------------------ gRPC calls
+
+
+class RpcSpan:
+    """One gRPC call's server span (OpenTelemetry's RPC conventions: `rpc.system`, `rpc.service`,
+    `rpc.method`, `rpc.grpc.status_code`), continuing a `traceparent` sent as metadata: the gRPC
+    twin of TracingMiddleware, opened and closed by the servicer's `rpc` wrapper in the call's
+    own task."""
+
+    def __init__(
+        self, tracing: Tracing, service: str, method: str, metadata: Iterable[tuple[str, Any]]
+    ) -> None:
+        from opentelemetry import context, trace
+        from opentelemetry.trace import SpanKind
+
+        # gRPC metadata keys are lower case already; binary (`-bin`) values are not trace context
+        carrier = {key: value for key, value in metadata if isinstance(value, str)}
+        span = tracing.tracer.start_span(
+            f"{service}/{method}",
+            context=tracing.propagator.extract(carrier),
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+        )
+        self.tracing = tracing
+        self.trace = RequestTrace(span, time.time_ns() - time.monotonic_ns())
+        self._trace_token = _current.set(self.trace)
+        self._context_token = context.attach(trace.set_span_in_context(span))
+
+    def response_ready(self) -> None:
+        """The response is encoded (or the call failed): the step spans, as for HTTP."""
+        emit_steps(self.tracing, self.trace)
+
+    def end(self, status_code: int, error: bool) -> None:
+        """Close the span with the call's gRPC status code (`error`: a server-side failure)."""
+        from opentelemetry import context
+        from opentelemetry.trace import Status, StatusCode
+
+        span = self.trace.span
+        span.set_attribute("rpc.grpc.status_code", status_code)
+        if error:
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+        context.detach(self._context_token)
+        _current.reset(self._trace_token)
+
+
+# ------------------------------------------------------------------ the step spans
+
+
+def emit_steps(tracing: Tracing, rt: RequestTrace) -> None:
+    """The request span's children, from the timestamps the inference path left (none for a
+    request that never reached inference); once per request."""
+    if rt.emitted or rt.admission_at is None:
+        return
+    rt.emitted = True
+    now = time.monotonic()
+    tokenization_start = rt.tokenization[0] if rt.tokenization else None
+    steps: list[tuple[str, float, float | None, dict[str, Any]]] = [
+        ("admission", rt.admission_at, tokenization_start or rt.enqueued_at or now, {}),
+    ]
+    if rt.tokenization:
+        steps.append(("tokenization", *rt.tokenization, {}))
+    if rt.enqueued_at is not None:
+        attributes: dict[str, Any] = {
+            "nlpserve.batch_size": rt.batch_size,
+            "nlpserve.padded_tokens": rt.padded_tokens,
+            "nlpserve.runs": rt.runs,
+        }
+        if rt.run_started is not None:
+            steps.append(("queue wait", rt.enqueued_at, rt.run_started, {}))
+            steps.append(("engine run", rt.run_started, rt.results_at, attributes))
+        else:  # a scheduler that does not say when the run started: one span for both
+            attributes["nlpserve.includes_queue_wait"] = True
+            steps.append(("engine run", rt.enqueued_at, rt.results_at, attributes))
+    if rt.results_at is not None:
+        steps.append(("response encoding", rt.results_at, now, {}))
+    from opentelemetry import trace
+
+    parent = trace.set_span_in_context(rt.span)
+    for name, start, end, attributes in steps:
+        child = tracing.tracer.start_span(
+            name, context=parent, start_time=rt.ns(start), attributes=attributes
+        )
+        child.end(end_time=rt.ns(end if end is not None else now))

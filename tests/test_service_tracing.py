@@ -1,20 +1,26 @@
 """OpenTelemetry traces, read back from the SDK's in-memory exporter: one server span per request
-continuing the client's `traceparent`, child spans for the inference steps with their batch
-attributes, the trace id in the request log line; nothing installed when tracing is off."""
+(HTTP, and gRPC calls on a real grpcio server on loopback) continuing the client's `traceparent`,
+child spans for the inference steps with their batch attributes, the trace id in the request log
+line; nothing installed, and the SDK not imported, when tracing is off."""
 
 from __future__ import annotations
 
 import itertools
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import grpc
 import pytest
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import service.tracing as tracing_module
 from service.app import create_app
@@ -22,15 +28,18 @@ from service.tracing import (
     RequestTrace,
     Tracing,
     TracingMiddleware,
+    emit_steps,
     install_tracing,
+    installed_tracing,
     mark_admission,
     mark_batches,
 )
-from tests.conftest import wait_until_ready
+from tests.conftest import PROJECT_ROOT, free_port, wait_until_ready
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 STEPS = ["admission", "tokenization", "queue wait", "engine run", "response encoding"]
+GRPC_INFER = "inference.GRPCInferenceService/ModelInfer"
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +47,46 @@ def traced(
     service_settings: Callable[..., Any],
 ) -> Iterator[tuple[TestClient, InMemorySpanExporter]]:
     exporter = InMemorySpanExporter()
-    app = create_app(service_settings())
+    app = create_app(service_settings(grpc_port=free_port()))  # gRPC too, in the same lifespan
     install_tracing(app, Tracing(exporter, batch=False))
     with TestClient(app) as client:
         wait_until_ready(client)
         yield client, exporter
+
+
+@pytest.fixture(scope="module")
+def grpc_stub(
+    traced: tuple[TestClient, InMemorySpanExporter],
+) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
+    port = traced[0].app.state.nlpserve.settings.grpc_port  # type: ignore[attr-defined]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+def infer_request(model: str, texts: list[str]) -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name=model)
+    request.inputs.add(name="text", datatype="BYTES", shape=[len(texts)])
+    request.inputs[0].contents.bytes_contents.extend(t.encode() for t in texts)
+    return request
+
+
+def finished_spans(exporter: InMemorySpanExporter, roots: int) -> list[ReadableSpan]:
+    """The finished spans once `roots` root spans are among them: an aborted call's status can
+    reach the client before the server's handler has closed its span."""
+    deadline = time.monotonic() + 10
+    while True:
+        spans = list(exporter.get_finished_spans())
+        if sum(s.parent is None for s in spans) >= roots or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.01)
+
+
+def children_of(spans: list[ReadableSpan], parent: ReadableSpan) -> list[ReadableSpan]:
+    """`parent`'s child spans in the order they ran."""
+    return sorted(
+        (s for s in spans if s.parent is not None and s.parent.span_id == parent.context.span_id),
+        key=lambda s: (s.start_time, STEPS.index(s.name)),
+    )
 
 
 def spans_of(exporter: InMemorySpanExporter, trace_id: int) -> list[ReadableSpan]:
@@ -120,15 +164,118 @@ def test_rejected_request_traces_admission_only(
     assert names == ["admission"]
 
 
+def test_grpc_call_continues_the_client_trace_with_step_children(
+    traced: tuple[TestClient, InMemorySpanExporter],
+    grpc_stub: service_pb2_grpc.GRPCInferenceServiceStub,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A `traceparent` sent as gRPC metadata: the call's server span continues that trace, with
+    the same step children as over HTTP, and the trace id is in the call's log line."""
+    _, exporter = traced
+    metadata = (("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),)
+    with caplog.at_level(logging.INFO, logger="nlpserve.access"):
+        reply = grpc_stub.ModelInfer(
+            infer_request("sentiment", ["good", "a longer bad text"]), metadata=metadata
+        )
+    assert reply.outputs[0].name == "label"
+    spans = spans_of(exporter, int(TRACE_ID, 16))
+    (server,) = [
+        s for s in spans if s.parent is not None and s.parent.span_id == int(PARENT_ID, 16)
+    ]
+    assert server.name == GRPC_INFER and server.kind == SpanKind.SERVER
+    assert server.attributes is not None
+    assert server.attributes["rpc.system"] == "grpc"
+    assert server.attributes["rpc.service"] == "inference.GRPCInferenceService"
+    assert server.attributes["rpc.method"] == "ModelInfer"
+    assert server.attributes["rpc.grpc.status_code"] == 0
+    assert server.status.status_code == StatusCode.UNSET
+    children = children_of(spans, server)
+    assert [s.name for s in children] == STEPS
+    for before, after in itertools.pairwise(children):
+        assert before.end_time <= after.start_time
+    for child in children:
+        assert server.start_time <= child.start_time <= child.end_time <= server.end_time
+    engine = children[STEPS.index("engine run")]
+    assert engine.attributes["nlpserve.batch_size"] == 2
+    assert engine.attributes["nlpserve.padded_tokens"] >= 2 * 3
+    (line,) = [r for r in caplog.records if r.__dict__.get("route") == "/" + GRPC_INFER]
+    assert line.__dict__["trace_id"] == TRACE_ID
+
+
+def test_grpc_calls_without_traceparent_and_refused_calls(
+    traced: tuple[TestClient, InMemorySpanExporter],
+    grpc_stub: service_pb2_grpc.GRPCInferenceServiceStub,
+) -> None:
+    """No `traceparent`: a new trace (the translator's step decoding gives one engine-run span
+    with its queue wait). A call refused at admission: admission only, its status code on the
+    span, not an error span (the client's mistake); a probe: a span without steps."""
+    _, exporter = traced
+    exporter.clear()
+    grpc_stub.ModelInfer(infer_request("translator", ["A dog runs."]))
+    assert grpc_stub.ServerLive(service_pb2.ServerLiveRequest()).live
+    with pytest.raises(grpc.RpcError) as refused:
+        grpc_stub.ModelInfer(infer_request("sentiment", ["x" * 10_001]))  # over max_text_chars
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    spans = finished_spans(exporter, roots=3)
+    roots = [s for s in spans if s.parent is None]
+    assert [s.name for s in roots] == [
+        GRPC_INFER,
+        "inference.GRPCInferenceService/ServerLive",
+        GRPC_INFER,
+    ]
+    translate, live, over = roots
+    assert {s.name for s in children_of(spans, translate)} == set(STEPS) - {"queue wait"}
+    assert children_of(spans, live) == []
+    assert [s.name for s in children_of(spans, over)] == ["admission"]
+    assert over.attributes is not None
+    assert over.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert over.status.status_code == StatusCode.UNSET
+
+
 def test_tracing_is_off_by_default(
     app_client: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """No endpoint: no tracing middleware, no trace id in the log line."""
+    """No endpoint: no tracing middleware, no tracing for the gRPC server, no trace id in the
+    log line."""
     with app_client() as client, caplog.at_level(logging.INFO, logger="nlpserve.access"):
         assert TracingMiddleware not in {m.cls for m in client.app.user_middleware}  # type: ignore[attr-defined]
+        assert installed_tracing(client.app) is None  # type: ignore[arg-type]
         assert client.post("/v1/classify", json={"texts": ["fine"]}).status_code == 200
     (line,) = [r for r in caplog.records if r.__dict__.get("route") == "/v1/classify"]
     assert "trace_id" not in line.__dict__
+
+
+OFF_SCRIPT = """
+import sys
+import grpc
+from fastapi.testclient import TestClient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import QUIET_SERVICE_SETTINGS, wait_until_ready
+
+port = int(sys.argv[2])
+settings = {**QUIET_SERVICE_SETTINGS, "grpc_port": port}
+app = create_app(Settings(model_repository=sys.argv[1], **settings))
+with TestClient(app) as client, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    wait_until_ready(client)
+    assert client.post("/v1/classify", json={"texts": ["fine"]}).status_code == 200
+    request = service_pb2.ModelInferRequest(model_name="sentiment")
+    request.inputs.add(name="text", datatype="BYTES", shape=[1])
+    request.inputs[0].contents.bytes_contents.append(b"fine")
+    service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+sdk = ("opentelemetry.sdk", "opentelemetry.exporter")
+loaded = sorted(m for m in sys.modules if m.startswith(sdk))
+assert not loaded, loaded
+"""
+
+
+def test_tracing_off_never_imports_the_sdk(model_repository: Any) -> None:
+    """Without an endpoint, serving HTTP and gRPC calls imports no OpenTelemetry SDK or exporter
+    (a fresh interpreter: this module imports the SDK itself)."""
+    command = [sys.executable, "-c", OFF_SCRIPT, str(model_repository), str(free_port())]
+    done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_an_endpoint_turns_on_otlp_export(service_settings: Callable[..., Any]) -> None:
@@ -154,7 +301,6 @@ def test_a_scheduler_without_run_times_gets_one_engine_span() -> None:
     scheduler's) give one `engine run` span from enqueueing to results, marked as such."""
     exporter = InMemorySpanExporter()
     tracing = Tracing(exporter, batch=False)
-    middleware = TracingMiddleware(app=None, tracing=tracing)  # type: ignore[arg-type]
     request_span = tracing.tracer.start_span("POST /v1/translate")
     trace = RequestTrace(request_span, time.time_ns() - time.monotonic_ns())
     token = tracing_module._current.set(trace)
@@ -164,7 +310,7 @@ def test_a_scheduler_without_run_times_gets_one_engine_span() -> None:
         mark_batches([SimpleNamespace(enqueued_at=queued, batch_size=3)])
     finally:
         tracing_module._current.reset(token)
-    middleware._emit_steps(trace)
+    emit_steps(tracing, trace)
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert set(spans) == {"admission", "engine run", "response encoding"}
     engine = spans["engine run"]

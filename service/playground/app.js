@@ -40,23 +40,73 @@ function authHeaders() {
   return key ? { authorization: `Bearer ${key}` } : {};
 }
 
-// One API call: the parsed JSON, or an Error carrying the status and the API's own message.
-async function api(path, body) {
+function requestInit(body) {
   const init = { headers: authHeaders() };
   if (body !== undefined) {
     init.method = "POST";
     init.headers["content-type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(path, init);
-  const text = await response.text();
+  return init;
+}
+
+// A refused call's Error: the status and the API's own message.
+function apiError(response, text) {
   let json = null;
   try { json = JSON.parse(text); } catch (_) { /* not JSON: show the text itself */ }
-  if (!response.ok) {
-    const message = (json && json.error) || text || response.statusText;
-    throw new Error(`${response.status}: ${message}`);
+  const message = (json && json.error) || text || response.statusText;
+  return new Error(`${response.status}: ${message}`);
+}
+
+// One API call: the parsed JSON, or an Error carrying the status and the API's own message.
+async function api(path, body) {
+  const response = await fetch(path, requestInit(body));
+  const text = await response.text();
+  if (!response.ok) throw apiError(response, text);
+  return { json: JSON.parse(text), response };
+}
+
+// One streamed translation (POST /v1/translate with "stream": true answers Server-Sent Events;
+// EventSource can neither POST nor send the key, so fetch() and a stream reader parse them).
+// `onPiece(text)` for every `piece` event; resolves to the `done` event's data and the response,
+// rejects with the API's message for a refusal (before the stream) or an `error` event.
+async function streamTranslation(body, onPiece) {
+  const response = await fetch(ROUTES.translation, requestInit({ ...body, stream: true }));
+  if (!response.ok) throw apiError(response, await response.text());
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error("the stream ended before the translation was done");
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const { event, data } = parseEvent(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+        if (event === "piece") onPiece(data.text);
+        else if (event === "done") return { done: data, response };
+        else if (event === "error") throw new Error(data.error);
+      }
+    }
+  } finally {
+    reader.cancel().catch(() => {});  // done, failed or abandoned: release the connection
   }
-  return { json, response };
+}
+
+// One SSE frame ("event: NAME" and "data: JSON" lines) as { event, data }.
+function parseEvent(frame) {
+  let event = "message";
+  const data = [];
+  for (const line of frame.split("\n")) {
+    const colon = line.indexOf(":");
+    if (colon === 0) continue;  // a comment
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "event") event = value;
+    else if (field === "data") data.push(value);
+  }
+  return { event, data: data.length ? JSON.parse(data.join("\n")) : {} };
 }
 
 function showError(message) {
@@ -102,6 +152,7 @@ function modelChanged() {
   $("single-input").hidden = pair;
   $("pair-input").hidden = !pair;
   $("translate-options").hidden = task !== "translation";
+  $("first-piece-info").hidden = true;
   $("model-info").textContent = model
     ? `version ${model.version ?? "–"} · ${model.provider ?? ""} · ${model.state}` : "";
   for (const [field, text] of Object.entries(EXAMPLES[task])) {
@@ -159,9 +210,57 @@ function renderClassification(body, json) {
 function renderTranslation(body, json) {
   return json.translations.map((translation, i) => {
     const item = el("div", "result");
+    item.dataset.streamed = "no";
     item.append(el("div", "input muted", body.texts[i]), el("div", "translation", translation));
     return item;
   });
+}
+
+// Streaming is greedy search, one text per request: each text streams as its own request, side
+// by side (the step scheduler decodes them in one batch). Beam search, or more texts than that,
+// come back whole in one request.
+const STREAM_MAX_TEXTS = 8;
+
+function streams(model, body) {
+  return model.task === "translation" && $("stream").checked
+    && (body.beam_size === undefined || body.beam_size === 1)
+    && body.texts.length >= 1 && body.texts.length <= STREAM_MAX_TEXTS;  // none: the API says why
+}
+
+// Every text's translation appended piece by piece as it decodes. Each result records how many
+// pieces it received (data-pieces) and whether it was streamed (data-streamed). Returns the
+// largest X-Batch-Size of the streams (0 when they do not say) and the first error, if any.
+async function runStreamed(body, started) {
+  let firstPiece = null;
+  const outcomes = await Promise.allSettled(body.texts.map(async (text) => {
+    const item = el("div", "result");
+    const output = el("div", "translation streaming");
+    item.dataset.streamed = "yes";
+    item.dataset.pieces = "0";
+    item.append(el("div", "input muted", text), output);
+    $("results").append(item);
+    try {
+      const { done, response } = await streamTranslation({ ...body, texts: [text] }, (piece) => {
+        if (firstPiece === null) {
+          firstPiece = performance.now() - started;
+          $("first-piece").textContent = `${firstPiece.toFixed(1)} ms`;
+        }
+        output.append(piece);
+        item.dataset.pieces = String(Number(item.dataset.pieces) + 1);
+      });
+      if (output.textContent !== done.translation) output.textContent = done.translation;
+      return Number(response.headers.get("x-batch-size")) || 0;
+    } catch (error) {
+      item.classList.add("failed");
+      item.append(el("div", "item-error", error.message));
+      throw error;
+    } finally {
+      output.classList.remove("streaming");
+    }
+  }));
+  const sizes = outcomes.filter((o) => o.status === "fulfilled").map((o) => o.value);
+  const failed = outcomes.find((o) => o.status === "rejected");
+  return { batchSize: Math.max(0, ...sizes), error: failed ? failed.reason : null };
 }
 
 async function run(event) {
@@ -178,9 +277,19 @@ async function run(event) {
   $("results").replaceChildren();
   $("latency").textContent = "–";
   $("batch-size").textContent = "–";
+  $("first-piece").textContent = "–";
   try {
     const body = requestBody(model);
+    const streamed = streams(model, body);
+    $("first-piece-info").hidden = !streamed;
     const started = performance.now();
+    if (streamed) {
+      const { batchSize, error } = await runStreamed(body, started);
+      $("latency").textContent = `${(performance.now() - started).toFixed(1)} ms`;
+      $("batch-size").textContent = batchSize ? String(batchSize) : "–";
+      if (error) throw error;
+      return;
+    }
     const { json, response } = await api(ROUTES[model.task], body);
     $("latency").textContent = `${(performance.now() - started).toFixed(1)} ms`;
     $("batch-size").textContent = response.headers.get("x-batch-size") || "–";
@@ -248,8 +357,15 @@ async function refreshLive() {
   }
 }
 
+// Streaming decodes greedily: say so where the beam size would otherwise default to the model's.
+function streamChanged() {
+  $("beam-size").placeholder = $("stream").checked ? "1 (streamed)" : "model default";
+}
+
 function start() {
   $("form").addEventListener("submit", run);
+  $("stream").addEventListener("change", streamChanged);
+  streamChanged();
   $("model").addEventListener("change", modelChanged);
   $("api-key").addEventListener("change", loadModels);
   for (const id of ["texts", "premises", "hypotheses"]) {
