@@ -25,7 +25,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.batcher import Batcher, BatchPolicy
+from service.batch_policy import BatchPolicy
+from service.batcher import Batcher
 from service.decode_scheduler import DecodePolicy, DecodeScheduler
 from service.engines import Engine, ModelWorker, SessionSettings, TranslatorEngine, load_engine
 from service.errors import ErrorKind, ServiceError, shorten
@@ -77,25 +78,6 @@ class ServedModel:
     @property
     def version_str(self) -> str:
         return str(self.version) if self.version is not None else ""
-
-
-def batch_policy(config: ModelConfig, settings: Settings) -> BatchPolicy:
-    """The model's batching config with the service-wide overrides applied."""
-    b = config.batching
-    return BatchPolicy(
-        max_batch_size=settings.max_batch_size or b.max_batch_size,
-        max_batch_tokens=settings.max_batch_tokens or b.max_batch_tokens,
-        max_queue_delay_s=(
-            settings.max_queue_delay_ms
-            if settings.max_queue_delay_ms is not None
-            else b.max_queue_delay_ms
-        )
-        / 1000,
-        max_queue_size=settings.max_queue_size,
-        run_overhead_tokens=settings.run_overhead_tokens,
-        max_concurrent_runs=settings.workers_per_model,
-        regroup_wait_s=settings.regroup_wait_ms / 1000,
-    )
 
 
 def session_settings(settings: Settings) -> SessionSettings:
@@ -262,7 +244,7 @@ class ModelRegistry:
     async def _load(self, version: ModelVersion, model: ServedModel) -> None:
         worker = ModelWorker(version.name, self._settings.workers_per_model)
         started = time.monotonic()
-        policy = batch_policy(version.config, self._settings)
+        policy = BatchPolicy.for_model(version.config, self._settings)
         try:
             engine = await worker.call(load_engine, version, session_settings(self._settings))
             if self._settings.warmup:
