@@ -27,7 +27,8 @@ from typing import Any
 
 from service.batch_policy import BatchPolicy
 from service.batcher import Batcher
-from service.decode_scheduler import DecodePolicy, DecodeScheduler
+from service.decode_policy import DecodePolicy
+from service.decode_scheduler import DecodeScheduler
 from service.engines import Engine, ModelWorker, SessionSettings, TranslatorEngine, load_engine
 from service.errors import ErrorKind, ServiceError, shorten
 from service.metrics import ServiceMetrics
