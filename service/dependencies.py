@@ -16,8 +16,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.auth import UNAUTHORIZED_MESSAGE, key_matches
 from service.context import INFO_KEY, ServiceState
 from service.errors import ErrorKind, ServiceError
-from service.inference import Disconnected, InferenceService
+from service.inference import InferenceService
 from service.request_info import RequestInfo
+from service.served_model import Disconnected
 
 
 def _state(request: Request) -> ServiceState:

@@ -33,6 +33,7 @@ from service import grpc_codec, oip_infer, oip_models
 from service.auth import bearer_token, key_matches
 from service.errors import ErrorKind, ServiceError
 from service.request_info import RequestInfo
+from service.served_model import ServedModel
 
 if TYPE_CHECKING:
     from service.context import ServiceState
@@ -194,8 +195,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 "a valid API key is required (metadata authorization: Bearer <key>)",
             )
 
-    def _model(self, name: str, version: str) -> Any:
-        return self.state.inference.model_by_name(name, version or None)
+    def _model(self, name: str, version: str) -> ServedModel:
+        return self.state.registry.get(name, version or None)
 
     # ------------------------------------------------------------------ server
 

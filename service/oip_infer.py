@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from service import oip
-from service.inference import Disconnected, InferenceService
+from service.inference import InferenceService
 from service.oip_models import INPUTS, config_of
-from service.registry import ServedModel
 from service.request_info import RequestInfo
+from service.served_model import Disconnected, ServedModel
 
 
 def _int_parameter(parameters: dict[str, Any], key: str) -> int | None:

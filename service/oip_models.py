@@ -12,8 +12,9 @@ from typing import Any
 
 from service.batch_policy import BatchPolicy
 from service.errors import ErrorKind, ServiceError
-from service.registry import ModelRegistry, ModelState, ServedModel
+from service.registry import ModelRegistry
 from service.repository import ModelConfig, RepositoryError, model_directories
+from service.served_model import LoadedModel, ModelState, ServedModel
 from service.settings import Settings
 from service.stats import ModelStatistics
 
@@ -139,7 +140,10 @@ def statistics(
         models = registry.versions(name)
     return {
         "model_stats": [
-            (m.stats or ModelStatistics(m.name, m.version_str)).as_json() for m in models
+            (
+                m.stats if isinstance(m, LoadedModel) else ModelStatistics(m.name, m.version_str)
+            ).as_json()
+            for m in models
         ]
     }
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.batch_policy import BatchPolicy
-from service.decode_scheduler import DecodeScheduler
 from service.dependencies import StateDep
 from service.schemas import ERROR_RESPONSES, BatchingInfo, ModelInfo, ModelsResponse
+from service.served_model import LoadedModel
 
 router = APIRouter(prefix="/v1", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -24,7 +24,7 @@ async def list_models(state: StateDep) -> ModelsResponse:
                 max_batch_tokens=policy.max_batch_tokens,
                 max_queue_delay_ms=policy.max_queue_delay_s * 1000,
                 workers=policy.max_concurrent_runs,
-                scheduling="step" if isinstance(m.batcher, DecodeScheduler) else "request",
+                scheduling="step" if isinstance(m, LoadedModel) and m.step_scheduled else "request",
             )
         models.append(
             ModelInfo(
