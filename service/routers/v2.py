@@ -107,17 +107,12 @@ async def model_version_ready(name: str, version: str, state: StateDep) -> Respo
     return _ready(state.registry.get(name, version), state)
 
 
-_INPUT_SCHEMA = {
-    "type": "object",
-    "required": ["name", "shape", "datatype"],
-    "properties": {
-        "name": {"type": "string"},
-        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-        "datatype": {"type": "string", "example": "BYTES"},
-        "parameters": {"type": "object"},
-        "data": {"type": "array"},
-    },
-}
+def _object(required: list[str], **properties: Any) -> dict[str, Any]:
+    """A JSON schema object with these properties (for the /infer request body's docs)."""
+    return {"type": "object", "required": required, "properties": properties}
+
+
+_STRING, _PARAMETERS = {"type": "string"}, {"type": "object"}
 INFER_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -125,26 +120,26 @@ INFER_DOC: dict[str, Any] = {
         "bytes, with Inference-Header-Content-Length giving the header's length",
         "content": {
             "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["inputs"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "parameters": {"type": "object"},
-                        "inputs": {"type": "array", "items": _INPUT_SCHEMA},
-                        "outputs": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["name"],
-                                "properties": {
-                                    "name": {"type": "string"},
-                                    "parameters": {"type": "object"},
-                                },
-                            },
-                        },
+                "schema": _object(
+                    ["inputs"],
+                    id=_STRING,
+                    parameters=_PARAMETERS,
+                    inputs={
+                        "type": "array",
+                        "items": _object(
+                            ["name", "shape", "datatype"],
+                            name=_STRING,
+                            shape={"type": "array", "items": {"type": "integer", "minimum": 0}},
+                            datatype={"type": "string", "example": "BYTES"},
+                            parameters=_PARAMETERS,
+                            data={"type": "array"},
+                        ),
                     },
-                },
+                    outputs={
+                        "type": "array",
+                        "items": _object(["name"], name=_STRING, parameters=_PARAMETERS),
+                    },
+                ),
                 "example": {
                     "inputs": [
                         {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["Great film."]}
