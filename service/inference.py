@@ -45,11 +45,8 @@ class ClassificationResult:
     version: str
     labels: list[str]
     probabilities: list[np.ndarray]  # float32 [labels] per input
+    best: list[tuple[str, float]]  # the most probable label and its probability, per input
     truncated: list[int]  # indices of inputs cut to max_length
-
-    def best(self, i: int) -> tuple[str, float]:
-        k = int(np.argmax(self.probabilities[i]))
-        return self.labels[k], float(self.probabilities[i][k])
 
 
 @dataclass(frozen=True)
@@ -122,6 +119,7 @@ class InferenceService:
                     loaded.version_str,
                     engine.labels,
                     probabilities,
+                    [_best(engine.labels, p) for p in probabilities],
                     self._truncated(loaded, encoded),
                 )
 
@@ -333,6 +331,11 @@ class InferenceService:
         info.batch_size = results.batch_size
         timing.engine(results.enqueued_at, results.run_started, time.monotonic())
         return results.values
+
+
+def _best(labels: list[str], probabilities: np.ndarray) -> tuple[str, float]:
+    k = int(np.argmax(probabilities))
+    return labels[k], float(probabilities[k])
 
 
 async def _off_loop_if_large(encode: Callable[[Any], list[Encoded]], inputs: Any) -> list[Encoded]:

@@ -76,7 +76,7 @@ async def run(
             texts = text_input(request, "text", model.name)
             result = await inference.classify(model, texts, info, disconnected)
         n = len(result.probabilities)
-        labels = [result.best(i)[0] for i in range(n)]
+        labels = [label for label, _ in result.best]
         probabilities = np.stack(result.probabilities).astype(np.float32)
         outputs = [
             oip.Tensor("label", "BYTES", [n], np.array(labels, dtype=object)),

@@ -121,8 +121,7 @@ class ClassifyResponse(TaskResponse):
     @classmethod
     def from_result(cls, result: ClassificationResult) -> ClassifyResponse:
         results = []
-        for i, probabilities in enumerate(result.probabilities):
-            label, score = result.best(i)
+        for (label, score), probabilities in zip(result.best, result.probabilities, strict=True):
             scores = dict(zip(result.labels, probabilities.tolist(), strict=True))
             results.append(ClassResult(label=label, score=score, scores=scores))
         return cls(
