@@ -21,7 +21,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -31,12 +31,10 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 import service
 from service import grpc_codec, oip_infer, oip_models
 from service.auth import bearer_token, key_matches
+from service.context import ServiceState
 from service.errors import ErrorKind, ServiceError
 from service.request_info import RequestInfo
 from service.served_model import ServedModel
-
-if TYPE_CHECKING:
-    from service.context import ServiceState
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("nlpserve.access")
