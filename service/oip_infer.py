@@ -38,7 +38,6 @@ async def run(
     disconnected: Disconnected | None = None,
 ) -> tuple[list[oip.Tensor], dict[str, Any]]:
     """(outputs, response parameters) for `request` on `model`."""
-    info.model = model.name
     config = config_of(model)
     check_input_names(request, INPUTS[config.task], model.name)
     parameters: dict[str, Any] = {}
