@@ -25,7 +25,7 @@ from export.roofline import decoder_step_flops, round_robin
 from export.runtime import make_session
 from export.translator import export_translator, with_eager_attention
 from model_src.translator.transformer import Transformer
-from service.generation import OnnxGenerator
+from service.engines.generation import OnnxGenerator
 
 logger = logging.getLogger(__name__)
 

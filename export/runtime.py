@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.text_inputs import Batch
-from service.ort_session import SessionSettings, create_session
+from service.engines.session import SessionSettings, create_session
 
 
 def make_session(

@@ -1,8 +1,8 @@
 """Export a Transformer translator checkpoint as encoder.onnx + decoder.onnx (with K/V cache).
 
-The graphs' interface is defined in service/generation.py (their consumer). The encoder graph
-also computes every decoder layer's cross-attention keys/values, so the per-step decoder only
-projects the new token and attends over caches: neither the source nor the target prefix is
+The graphs' interface is defined in service/engines/generation.py (their consumer). The encoder
+graph also computes every decoder layer's cross-attention keys/values, so the per-step decoder
+only projects the new token and attends over caches: neither the source nor the target prefix is
 ever recomputed.
 
 Parity (fp32, checked before anything reaches the repository):
@@ -32,7 +32,7 @@ from export.runtime import make_session
 from export.torchscript import EXPORTER, OPSET
 from model_src.common.model_card import numeric, recorded_run_card, write_model_card
 from model_src.translator.transformer import Transformer
-from service.generation import (
+from service.engines.generation import (
     DECODER_INPUTS,
     DECODER_OUTPUTS,
     ENCODER_INPUTS,
@@ -398,7 +398,7 @@ def run_export(job: TranslatorExport) -> Path:
                         "inputs": list(DECODER_INPUTS),
                         "outputs": list(DECODER_OUTPUTS),
                     },
-                    "interface": "service/generation.py module docstring",
+                    "interface": "service/engines/generation.py module docstring",
                 },
             },
         )

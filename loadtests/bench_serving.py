@@ -50,7 +50,7 @@ from loadtests.run import HelpFormatter, parse_duration, run_once
 from loadtests.server_metrics import scrape_batch_counters
 from loadtests.servers import nlpserve_command, running_server
 from loadtests.stats import aggregated, read_stats
-from service.ort_session import SessionSettings
+from service.engines.session import SessionSettings
 from service.repository import ModelVersion, RepositoryError, list_versions, read_model
 from service.settings import Settings
 

@@ -31,8 +31,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from service.engines.decode_batch import DecodeBatch, Join
-from service.generation import DecoderState, OnnxGenerator
-from service.ort_session import SessionSettings
+from service.engines.generation import DecoderState, OnnxGenerator
+from service.engines.session import SessionSettings
 
 
 def identity(

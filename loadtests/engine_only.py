@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.engines.classifier import ClassifierEngine
-from service.ort_session import SessionSettings
+from service.engines.session import SessionSettings
 from service.repository import read_model
 
 

@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from service.batcher import Batcher, BatchPolicy, RunStats
-from service.decode_scheduler import DecodePolicy, DecodeScheduler, StepStats
+from service.batch_policy import BatchPolicy
+from service.batcher import Batcher, RunStats
+from service.decode_policy import DecodePolicy
+from service.decode_scheduler import DecodeScheduler, StepStats
 from service.engines import ModelWorker, SessionSettings, TranslatorEngine
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams

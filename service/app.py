@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings=settings,
         registry=registry,
         lifecycle=lifecycle,
-        inference=InferenceService(registry, settings, lifecycle, service_metrics),
+        inference=InferenceService(settings, lifecycle, service_metrics),
         metrics=service_metrics,
         control=ModelControl(registry, settings),
     )

@@ -15,6 +15,9 @@ is full, none) and awaits their futures. The loop forms a batch from the head of
   more padding than a run costs (`split_runs`), started oldest item first (`oldest_first`); each
   run takes a slot of its own, so with several slots the runs of one batch go side by side.
 
+Those rules (what a batch may hold and how it is cut) are in service/batch_policy.py; this module
+is the mechanism that applies them.
+
 Every future is resolved exactly once on every path: result, the engine's exception, timeout,
 shutdown. Items whose future is already done (the client gave up) are skipped before they run.
 Metrics observe the batcher from outside through `BatchObserver`; time comes from a `Clock`, so
@@ -32,30 +35,14 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from service.admission import Admission
+from service.batch_policy import BatchPolicy, next_batch, oldest_first, split_runs
 from service.clock import Clock, LoopClock
 from service.errors import ErrorKind, ServiceError
-from service.limits import (
-    DEFAULT_MAX_BATCH_SIZE,
-    DEFAULT_MAX_BATCH_TOKENS,
-    DEFAULT_MAX_QUEUE_DELAY_MS,
-)
-from service.run_split import oldest_first, split_runs
 
 logger = logging.getLogger(__name__)
 
 P = TypeVar("P")  # what one sequence hands the engine (e.g. its token ids)
 R = TypeVar("R")  # what the engine returns for one sequence
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
-    max_queue_delay_s: float = DEFAULT_MAX_QUEUE_DELAY_MS / 1000  # window after the first item
-    max_queue_size: int = 1024  # queued sequences; beyond it submit() answers OVERLOADED
-    run_overhead_tokens: int = 16  # fixed cost of one engine run, in padded-token equivalents
-    max_concurrent_runs: int = 1  # engine runs in flight at once (one per engine worker thread)
-    regroup_wait_s: float = 0.0  # a batch smaller than the last run waits this long past its end
 
 
 @dataclass(eq=False)
@@ -247,7 +234,7 @@ class Batcher(Generic[P, R]):
             if not self._queue:
                 return []
             head = self._queue[0]
-            batch, full = self._plan(head.key)
+            batch, full = next_batch(self._queue, head.key, self.policy)
             remaining = head.enqueued_at + self.policy.max_queue_delay_s - self._clock.now()
             if not full and len(batch) < self._last_run_size:  # its clients may be coming back
                 remaining = max(remaining, self._regroup_until - self._clock.now())
@@ -256,23 +243,6 @@ class Batcher(Generic[P, R]):
                 self._queue = deque(i for i in self._queue if id(i) not in taken)
                 return batch
             await self._clock.wait(self._arrival, remaining)
-
-    def _plan(self, key: Hashable) -> tuple[list[WorkItem[P, R]], bool]:
-        """The items (FIFO, same key) the next batch would hold, and whether it is full."""
-        policy = self.policy
-        batch: list[WorkItem[P, R]] = []
-        longest = 0
-        for item in self._queue:
-            if item.key != key:
-                continue
-            padded = (len(batch) + 1) * max(longest, item.tokens)
-            if batch and padded > policy.max_batch_tokens:
-                return batch, True
-            batch.append(item)
-            longest = max(longest, item.tokens)
-            if len(batch) >= policy.max_batch_size:
-                return batch, True
-        return batch, False
 
     async def _dispatch(self, batch: list[WorkItem[P, R]], slots: asyncio.Semaphore) -> None:
         """Sort the batch, cut it into runs and start each run in an engine slot. Called holding

@@ -26,7 +26,8 @@ event loop in one `call_soon_threadsafe` per step.
 Budgets, queue limits and admission (429 with Retry-After when the wait for a place, predicted
 from the measured rate rows free up, would pass the deadline), deadlines (504) and cancellation
 work as in `service.batcher`, whose `submit` interface this class shares, so the
-inference path and the Open Inference Protocol use it unchanged. Metrics observe it from outside
+inference path and the Open Inference Protocol use it unchanged. The budgets and the admission
+rule are in service/decode_policy.py; metrics observe the scheduler from outside
 (`DecodeObserver`).
 """
 
@@ -35,30 +36,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.admission import refuse_if_late
+from service.decode_policy import DecodeAdmission, DecodePolicy, cache_tokens, check_fits, joining
 from service.engines.decode_batch import Join, Outcome
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams
 from service.errors import ErrorKind, ServiceError
 
 logger = logging.getLogger(__name__)
-
-THROUGHPUT_WINDOW_STEPS = 256  # steps the admission and Retry-After estimates average over
-
-
-@dataclass(frozen=True)
-class DecodePolicy:
-    max_running_sequences: int = 64  # decoder rows in the running batch (beam-K takes K)
-    max_cache_tokens: int = 16384  # rows x (longest source + most decode steps)
-    max_queue_size: int = 1024  # waiting sequences; beyond it submit() answers OVERLOADED
 
 
 @dataclass(eq=False)
@@ -148,8 +139,7 @@ class DecodeScheduler:
         self._abort = False  # stop() timed out: fail what is left instead of finishing it
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # (seconds, sequences finished, rows freed) of recent steps, for admission and Retry-After
-        self._recent: deque[tuple[float, int, int]] = deque(maxlen=THROUGHPUT_WINDOW_STEPS)
+        self._admission = DecodeAdmission(name, policy)
 
     # ------------------------------------------------------------------ public API (as Batcher)
 
@@ -187,7 +177,7 @@ class DecodeScheduler:
             raise TypeError(f"the decoding parameters are the key, not {key!r}")
         steps = self._max_steps(key.max_new_tokens)
         for payload in payloads:
-            self._check_fits(key.beam_size, len(payload.ids), steps)
+            check_fits(self.policy, key.beam_size, len(payload.ids), steps)
         loop = asyncio.get_running_loop()
         with self._wake:
             if len(self.waiting) + len(payloads) > self.policy.max_queue_size:
@@ -199,62 +189,45 @@ class DecodeScheduler:
                     f"max_queue_size is {self.policy.max_queue_size}; retry later",
                     retry_after=self.retry_after_s(len(payloads)),
                 )
-            self._admit_within_deadline(key.beam_size * len(payloads), timeout_s)
+            self._admission.check(
+                self._waiting_rows(),
+                self._rows,
+                key.beam_size * len(payloads),
+                timeout_s,
+                retry_after=self.retry_after_s,
+            )
             now = self._clock()
-            items = []
-            for payload in payloads:
-                items.append(
-                    DecodeItem(
-                        self._next_id,
-                        list(payload.ids),
-                        key.beam_size,
-                        steps,
-                        loop.create_future(),
-                        now,
-                        now + timeout_s,
-                        on_token,
-                    )
+            items = [
+                DecodeItem(
+                    self._next_id + i,
+                    list(payload.ids),
+                    key.beam_size,
+                    steps,
+                    loop.create_future(),
+                    now,
+                    now + timeout_s,
+                    on_token,
                 )
-                self._next_id += 1
+                for i, payload in enumerate(payloads)
+            ]
+            self._next_id += len(items)
             self.waiting.extend(items)
             self._wake.notify()
         return items
 
-    def _admit_within_deadline(self, rows: int, timeout_s: float) -> None:
-        """Refuse (OVERLOADED) sequences that would likely still wait for a place in the running
-        batch at their deadline, as the batcher does (same margin). Before any sequence finished
-        there is no throughput to predict from: then at most one full batch may wait beyond the
-        free rows."""
-        waiting_rows = sum(item.beam_size for item in self.waiting)
-        room = 2 * self.policy.max_running_sequences - self._rows
-        refuse_if_late(
-            self.name,
-            self.predicted_wait_s(rows),
-            timeout_s,
-            cold_overflow=bool(waiting_rows) and waiting_rows + rows > room,
-            retry_after=self.retry_after_s,
-            what="the waiting sequences, to get a place,",
-        )
-
     def predicted_wait_s(self, rows: int = 0) -> float | None:
-        """Seconds until `rows` more decoder rows would get a place in the running batch: the
-        rows waiting ahead beyond the free ones, over the measured rate at which rows are
-        freed (None before any sequence finished)."""
-        recent = list(self._recent)
-        seconds = sum(s for s, _, _ in recent)
-        freed = sum(r for _, _, r in recent)
-        if not freed or seconds <= 0:
-            return None
-        waiting_rows = sum(item.beam_size for item in self.waiting)
-        free = self.policy.max_running_sequences - self._rows
-        return max(0, waiting_rows + rows - free) * seconds / freed
+        """Seconds until `rows` more decoder rows would get a place in the running batch (None
+        before any sequence finished)."""
+        return self._admission.predicted_wait_s(self._waiting_rows() + rows, self._rows)
 
     def retry_after_s(self, extra: int = 0) -> int:
         """Whole seconds until the waiting sequences (plus `extra` rows) likely have a place."""
-        predicted = self.predicted_wait_s(extra)
-        if predicted is None:  # nothing measured yet
-            predicted = 0.01 * (len(self.waiting) + extra)
-        return max(1, min(60, math.ceil(round(predicted, 3))))
+        return self._admission.retry_after_s(
+            self._waiting_rows() + extra, self._rows, len(self.waiting) + extra
+        )
+
+    def _waiting_rows(self) -> int:
+        return sum(item.beam_size for item in self.waiting)
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Refuse new work, let waiting and running sequences finish (up to `timeout_s`), then
@@ -298,7 +271,8 @@ class DecodeScheduler:
             if leaves:  # the batch still holds their rows
                 self._engine.step([], leaves)
             return
-        rows, sequences, cache_tokens = self._rows, len(self.running), self._cache_tokens()
+        rows, sequences = self._rows, len(self.running)
+        cache = cache_tokens(rows, self.running.values())
         started = self._clock()
         try:
             outcomes = self._engine.step(
@@ -314,62 +288,27 @@ class DecodeScheduler:
         rows_before = self._rows
         finished = self._retire(outcomes)
         seconds = self._clock() - started
-        self._recent.append((seconds, finished, rows_before - self._rows))
-        self._observer.on_step(
-            StepStats(rows, sequences, len(joins), finished, cache_tokens, seconds)
-        )
+        self._admission.observe_step(seconds, rows_before - self._rows)
+        self._observer.on_step(StepStats(rows, sequences, len(joins), finished, cache, seconds))
 
     def _abandoned(self) -> list[int]:
         """Running sequences whose client went away or whose deadline passed: they leave."""
-        now = self._clock()
-        gone: list[int] = []
-        expired: list[DecodeItem] = []
-        cancelled = 0
-        for seq_id, item in list(self.running.items()):
-            if item.future.done():  # read across threads: at worst noticed one step late
-                cancelled += 1
-            elif now >= item.deadline:
-                expired.append(item)
-            else:
-                continue
-            del self.running[seq_id]
+        gone = self._dead(self.running.values(), "while decoding")
+        for item in gone:
+            del self.running[item.seq_id]
             self._rows -= item.beam_size
-            gone.append(seq_id)
-        if expired:
-            error = ServiceError(ErrorKind.TIMEOUT, "the request timed out while decoding")
-            self._deliver([(item, None, error) for item in expired])
-            self._observer.on_dropped("timeout", len(expired))
-        if cancelled:
-            self._observer.on_dropped("cancelled", cancelled)
-        return gone
+        return [item.seq_id for item in gone]
 
     def _admit(self) -> list[DecodeItem]:
-        """Waiting sequences that join this step: first come first served while the budgets
-        allow (the head waits for room rather than letting later ones overtake it)."""
-        joins: list[DecodeItem] = []
-        rows = self._rows
-        longest_source = max((i.tokens for i in self.running.values()), default=0)
-        most_steps = max((i.max_steps for i in self.running.values()), default=0)
+        """Waiting sequences that join this step, as far as the budgets allow (`joining`)."""
         with self._wake:
             self._drop_dead_waiting()
-            while self.waiting:
-                item = self.waiting[0]
-                new_rows = rows + item.beam_size
-                source = max(longest_source, item.tokens)
-                cache = new_rows * (source + max(most_steps, item.max_steps))
-                if (
-                    new_rows > self.policy.max_running_sequences
-                    or cache > self.policy.max_cache_tokens
-                ):
-                    break
-                self.waiting.popleft()
-                rows, longest_source = new_rows, source
-                most_steps = max(most_steps, item.max_steps)
-                joins.append(item)
+            count = joining(self.waiting, self.running.values(), self._rows, self.policy)
+            joins = [self.waiting.popleft() for _ in range(count)]
+        self._rows += sum(item.beam_size for item in joins)
         for item in joins:
-            item.batch_size = rows
+            item.batch_size = self._rows
             self.running[item.seq_id] = item
-        self._rows = rows
         return joins
 
     def _retire(self, outcomes: list[Outcome]) -> int:
@@ -418,51 +357,36 @@ class DecodeScheduler:
 
     # ------------------------------------------------------------------ helpers
 
-    def _check_fits(self, beam_size: int, source_tokens: int, steps: int) -> None:
-        """A sequence that could never join, even alone, is refused now (not queued forever)."""
-        policy = self.policy
-        if beam_size > policy.max_running_sequences:
-            raise ServiceError(
-                ErrorKind.VALIDATION,
-                f"beam_size {beam_size} exceeds the decoder's max_running_sequences "
-                f"({policy.max_running_sequences})",
-            )
-        if beam_size * (source_tokens + steps) > policy.max_cache_tokens:
-            raise ServiceError(
-                ErrorKind.PAYLOAD_TOO_LARGE,
-                f"beam_size x (source tokens + max_new_tokens) = {beam_size} x "
-                f"({source_tokens} + {steps}) exceeds max_cache_tokens "
-                f"({policy.max_cache_tokens}); lower beam_size or max_new_tokens",
-            )
-
-    def _cache_tokens(self) -> int:
-        """Padded positions the running batch's caches may reach (the budgeted quantity)."""
-        items = self.running.values()
-        if not items:
-            return 0
-        return self._rows * (max(i.tokens for i in items) + max(i.max_steps for i in items))
-
     def _drop_dead_waiting(self) -> None:
         """Drop waiting sequences whose client left or whose deadline passed (hold _wake)."""
+        dead = {id(item) for item in self._dead(self.waiting, "in the queue")}
+        if dead:
+            self.waiting = deque(item for item in self.waiting if id(item) not in dead)
+
+    def _dead(self, items: Iterable[DecodeItem], where: str) -> list[DecodeItem]:
+        """The sequences among `items` whose client went away or whose deadline passed; the
+        expired ones are answered TIMEOUT ("the request timed out `where`"), both are counted
+        as dropped. The caller takes them out of its queue."""
         now = self._clock()
-        alive: deque[DecodeItem] = deque()
+        dead: list[DecodeItem] = []
         expired: list[DecodeItem] = []
-        cancelled = 0
-        for item in self.waiting:
-            if item.future.done():
-                cancelled += 1
+        for item in items:
+            if item.future.done():  # the client left (read across threads: at worst a step late)
+                dead.append(item)
             elif now >= item.deadline:
+                dead.append(item)
                 expired.append(item)
-            else:
-                alive.append(item)
-        if cancelled or expired:
-            self.waiting = alive
         if expired:
-            error = ServiceError(ErrorKind.TIMEOUT, "the request timed out in the queue")
-            self._deliver([(item, None, error) for item in expired])
-            self._observer.on_dropped("timeout", len(expired))
-        if cancelled:
-            self._observer.on_dropped("cancelled", cancelled)
+            error = ServiceError(ErrorKind.TIMEOUT, f"the request timed out {where}")
+            self._fail(expired, error, "timeout")
+        if len(dead) > len(expired):
+            self._observer.on_dropped("cancelled", len(dead) - len(expired))
+        return dead
+
+    def _fail(self, items: list[DecodeItem], error: ServiceError, reason: str) -> None:
+        """Answer `items` with `error` and count them as dropped for `reason`."""
+        self._deliver([(item, None, error) for item in items])
+        self._observer.on_dropped(reason, len(items))
 
     def _fail_all(self, error: ServiceError) -> None:
         with self._wake:
@@ -471,5 +395,4 @@ class DecodeScheduler:
             self.running.clear()
             self._rows = 0
         if left:
-            self._observer.on_dropped("shutdown", len(left))
-            self._deliver([(item, None, error) for item in left])
+            self._fail(left, error, "shutdown")

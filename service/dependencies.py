@@ -16,8 +16,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.auth import UNAUTHORIZED_MESSAGE, key_matches
 from service.context import INFO_KEY, ServiceState
 from service.errors import ErrorKind, ServiceError
-from service.inference import Disconnected, InferenceService
 from service.request_info import RequestInfo
+from service.served_model import Disconnected
 
 
 def _state(request: Request) -> ServiceState:
@@ -29,10 +29,6 @@ async def get_state(request: Request) -> ServiceState:
     return _state(request)
 
 
-async def get_inference(request: Request) -> InferenceService:
-    return _state(request).inference
-
-
 async def get_info(request: Request) -> RequestInfo:
     info = request.scope.get(INFO_KEY)
     if info is None:  # only without RequestMiddleware (never in the app)
@@ -42,7 +38,6 @@ async def get_info(request: Request) -> RequestInfo:
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
-InferenceDep = Annotated[InferenceService, Depends(get_inference)]
 InfoDep = Annotated[RequestInfo, Depends(get_info)]
 
 _bearer = HTTPBearer(auto_error=False, description="an API key, when the server has any")

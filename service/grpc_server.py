@@ -24,7 +24,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -34,13 +34,11 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 import service
 from service import grpc_codec, oip_infer, oip_models
 from service.auth import bearer_token, key_matches
+from service.context import ServiceState
 from service.errors import ErrorKind, ServiceError
 from service.request_info import RequestInfo
-from service.tracing import RpcSpan
-
-if TYPE_CHECKING:
-    from service.context import ServiceState
-    from service.tracing import Tracing
+from service.served_model import ServedModel
+from service.tracing import RpcSpan, Tracing
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("nlpserve.access")
@@ -222,8 +220,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 "a valid API key is required (metadata authorization: Bearer <key>)",
             )
 
-    def _model(self, name: str, version: str) -> Any:
-        return self.state.inference.model_by_name(name, version or None)
+    def _model(self, name: str, version: str) -> ServedModel:
+        return self.state.registry.get(name, version or None)
 
     # ------------------------------------------------------------------ server
 

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from service.errors import ErrorKind, ServiceError, shorten
-from service.text_checks import unencodable
 
 NUMPY_TYPES: dict[str, Any] = {
     "BOOL": np.bool_,
@@ -298,43 +297,6 @@ def deserialize_bytes(blob: bytes, where: str = "input") -> list[bytes]:
 
 def serialize_bytes(items: Sequence[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in items)
-
-
-# ------------------------------------------------------------------------------ model inputs
-
-
-def text_input(request: InferRequest, name: str, model: str) -> list[str]:
-    """A BYTES input of shape [N] or [N, 1] as N texts (UTF-8)."""
-    tensor = request.inputs.get(name)
-    if tensor is None:
-        raise bad(f"missing input {name!r} (model {model!r})")
-    if tensor.datatype != "BYTES":
-        raise bad(f"input {name!r} must be BYTES, got {tensor.datatype}")
-    if not (len(tensor.shape) == 1 or (len(tensor.shape) == 2 and tensor.shape[1] == 1)):
-        raise bad(f"input {name!r} must have shape [N] or [N, 1], got {tensor.shape}")
-    texts = []
-    for i, x in enumerate(tensor.data.tolist()):
-        if isinstance(x, bytes):
-            try:
-                x = x.decode("utf-8")
-            except UnicodeDecodeError:
-                raise bad(f"input {name!r} element {i} is not valid UTF-8") from None
-        problem = unencodable(x)
-        if problem:
-            raise ServiceError(ErrorKind.VALIDATION, f"input {name!r} element {i}: {problem}")
-        texts.append(x)
-    return texts
-
-
-def check_input_names(request: InferRequest, expected: Sequence[str], model: str) -> None:
-    unknown = [n for n in request.inputs if n not in expected]
-    if unknown:
-        raise bad(
-            f"unknown input {shorten(unknown[0])}; model {model!r} takes {', '.join(expected)}"
-        )
-    missing = [n for n in expected if n not in request.inputs]
-    if missing:
-        raise bad(f"missing input {missing[0]!r}; model {model!r} takes {', '.join(expected)}")
 
 
 # ------------------------------------------------------------------------------ response

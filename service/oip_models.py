@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from service.batch_policy import BatchPolicy
 from service.errors import ErrorKind, ServiceError
-from service.registry import ModelRegistry, ModelState, ServedModel, batch_policy
+from service.registry import ModelRegistry
 from service.repository import ModelConfig, RepositoryError, model_directories
+from service.served_model import LoadedModel, ModelState, ServedModel
 from service.settings import Settings
 from service.stats import ModelStatistics
 
@@ -71,7 +73,7 @@ def model_config(model: ServedModel, settings: Settings) -> dict[str, Any]:
     first dimension: an item is one text (`dims` [1], reshaped to a scalar, so [N] tensors are
     what clients send), `max_batch_size` is the most items one request may hold."""
     config = config_of(model)
-    policy = batch_policy(config, settings)
+    policy = BatchPolicy.for_model(config, settings)
     inputs, outputs = _tensors(config)
 
     def tensor(name: str, datatype: str, width: int) -> dict[str, Any]:
@@ -138,7 +140,10 @@ def statistics(
         models = registry.versions(name)
     return {
         "model_stats": [
-            (m.stats or ModelStatistics(m.name, m.version_str)).as_json() for m in models
+            (
+                m.stats if isinstance(m, LoadedModel) else ModelStatistics(m.name, m.version_str)
+            ).as_json()
+            for m in models
         ]
     }
 

@@ -1,4 +1,4 @@
-"""The served models: each model version's state, engine, worker thread, batcher and statistics.
+"""The served models: which versions of which models serve, and the lookups routes use.
 
 `load_all` reads the repository, then loads every selected version of every model concurrently
 (each on its own worker thread) and runs its warm-up batch; a version flips to READY only after
@@ -11,101 +11,40 @@ READY; versions its model's policy no longer selects are retired once a selected
 removed from lookups at once, then, after a grace for requests that already resolved them, their
 queue drains and their engine is released. A broken new version is reported and the old one
 keeps serving. Several versions serve side by side; the highest READY one is the default.
+
+Each version is a `LoadedModel` or an `UnavailableModel` (service/served_model.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
-import enum
 import gc
 import logging
 import time
-from collections.abc import Hashable
-from dataclasses import dataclass, field
-from typing import Any
 
-from service.batcher import Batcher, BatchPolicy
-from service.decode_scheduler import DecodePolicy, DecodeScheduler
-from service.engines import Engine, ModelWorker, SessionSettings, TranslatorEngine, load_engine
+from service.batch_policy import BatchPolicy
+from service.engines import Engine, TranslatorEngine
 from service.errors import ErrorKind, ServiceError, shorten
 from service.metrics import ServiceMetrics
 from service.repository import (
-    ModelConfig,
     ModelDirectory,
     ModelVersion,
     RepositoryError,
+    Task,
     model_directories,
     read_model_versions,
 )
+from service.served_model import (
+    LoadedModel,
+    ModelState,
+    ServedModel,
+    UnavailableModel,
+    load_on_worker,
+)
 from service.settings import Settings
-from service.stats import FanOut, ModelStatistics
 
 logger = logging.getLogger(__name__)
-
-
-class ModelState(enum.Enum):
-    LOADING = "loading"
-    READY = "ready"
-    FAILED = "failed"
-    RETIRED = "retired"  # replaced or unloaded: out of lookups, draining or released
-
-
-@dataclass(eq=False)
-class ServedModel:
-    name: str
-    state: ModelState
-    config: ModelConfig | None = None  # None when config.json itself is unreadable
-    version: int | None = None
-    provider: str | None = None
-    engine: Engine | None = None
-    batcher: Batcher[Any, Any] | DecodeScheduler | None = None
-    worker: ModelWorker | None = None
-    reason: str | None = None  # why FAILED (server log wording; not sent to clients)
-    manifest: dict[str, Any] = field(default_factory=dict)
-    fingerprint: str = ""  # of the manifest it was loaded from
-    stats: ModelStatistics | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self.state is ModelState.READY
-
-    @property
-    def queue_depth(self) -> int:
-        return self.batcher.queue_depth if self.batcher else 0
-
-    @property
-    def version_str(self) -> str:
-        return str(self.version) if self.version is not None else ""
-
-
-def batch_policy(config: ModelConfig, settings: Settings) -> BatchPolicy:
-    """The model's batching config with the service-wide overrides applied."""
-    b = config.batching
-    return BatchPolicy(
-        max_batch_size=settings.max_batch_size or b.max_batch_size,
-        max_batch_tokens=settings.max_batch_tokens or b.max_batch_tokens,
-        max_queue_delay_s=(
-            settings.max_queue_delay_ms
-            if settings.max_queue_delay_ms is not None
-            else b.max_queue_delay_ms
-        )
-        / 1000,
-        max_queue_size=settings.max_queue_size,
-        run_overhead_tokens=settings.run_overhead_tokens,
-        max_concurrent_runs=settings.workers_per_model,
-        regroup_wait_s=settings.regroup_wait_ms / 1000,
-    )
-
-
-def session_settings(settings: Settings) -> SessionSettings:
-    return SessionSettings(
-        providers=settings.providers,
-        intra_op_threads=settings.intra_op_threads,
-        graph_optimization_level=settings.graph_optimization_level,
-        allow_spinning=settings.allow_spinning,
-        cuda_device_id=settings.cuda_device_id,
-    )
 
 
 # Between a version leaving lookups and its queue closing: requests that resolved it just before
@@ -119,8 +58,8 @@ class ModelRegistry:
         self._settings = settings
         self._metrics = metrics
         self._versions: dict[str, dict[int, ServedModel]] = {}
-        self._broken: dict[str, ServedModel] = {}  # model directories that cannot be read at all
-        self._retiring: dict[asyncio.Task[None], ServedModel] = {}
+        self._broken: dict[str, UnavailableModel] = {}  # model directories that cannot be read
+        self._retiring: dict[asyncio.Task[None], LoadedModel] = {}
         # (name, version) -> fingerprint that failed to load; (name, 0) -> the last problem
         # reported for a model directory that cannot be read while its versions keep serving.
         self._failed: dict[tuple[str, int], str] = {}
@@ -132,13 +71,13 @@ class ModelRegistry:
     def models(self) -> list[ServedModel]:
         """The default version of every model (and every model that cannot be read)."""
         defaults = [self._default(name) for name in self._versions]
-        broken = [m for name, m in self._broken.items() if name not in self._versions]
+        broken: list[ServedModel] = [m for n, m in self._broken.items() if n not in self._versions]
         return sorted([m for m in defaults if m is not None] + broken, key=lambda m: m.name)
 
     def all_versions(self) -> list[ServedModel]:
         """Every loaded, loading or failed version of every model, by name then version."""
         found = [m for versions in self._versions.values() for m in versions.values()]
-        broken = [m for name, m in self._broken.items() if name not in self._versions]
+        broken: list[ServedModel] = [m for n, m in self._broken.items() if n not in self._versions]
         return sorted(found + broken, key=lambda m: (m.name, m.version or 0))
 
     def versions(self, name: str) -> list[ServedModel]:
@@ -160,6 +99,35 @@ class ModelRegistry:
         if model is None:
             raise ServiceError(ErrorKind.NOT_FOUND, f"unknown model {shorten(name)}")
         return model
+
+    def for_task(self, task: Task, name: str | None, version: str | None = None) -> ServedModel:
+        """The named model (checked to serve `task`), or the only (not failed) model serving it;
+        its default version, or `version`."""
+        if name is not None:
+            model = self.get(name)
+            if model.config is not None and model.config.task != task:
+                raise ServiceError(
+                    ErrorKind.VALIDATION,
+                    f"model {shorten(name)} serves {model.config.task}, not {task}",
+                )
+            return model if version is None else self.get(name, version)
+        configured = [m for m in self.models() if m.config is not None and m.config.task == task]
+        candidates = [m for m in configured if m.state is not ModelState.FAILED]
+        if not candidates and configured:  # configured for the task, but it did not load
+            raise ServiceError(
+                ErrorKind.NOT_READY,
+                f"model {configured[0].name!r} serves {task} but failed to load "
+                "(state: failed; see the server log)",
+            )
+        if not candidates:
+            raise ServiceError(ErrorKind.NOT_FOUND, f"no model serves the task {task}")
+        if len(candidates) > 1:
+            names = ", ".join(sorted(m.name for m in candidates))
+            raise ServiceError(
+                ErrorKind.VALIDATION,
+                f"several models serve {task} ({names}); name one in 'model'",
+            )
+        return candidates[0] if version is None else self.get(candidates[0].name, version)
 
     def _default(self, name: str) -> ServedModel | None:
         versions = self.versions(name)
@@ -231,7 +199,7 @@ class ModelRegistry:
                     self._failed[(name, 0)] = reason
             elif self._broken.get(name) is None or self._broken[name].reason != reason:
                 logger.error("model %s is not served: %s", name, reason)
-                self._broken[name] = ServedModel(name, ModelState.FAILED, reason=reason)
+                self._broken[name] = UnavailableModel(name, ModelState.FAILED, reason=reason)
             return
         self._broken.pop(name, None)
         self._failed.pop((name, 0), None)
@@ -240,7 +208,7 @@ class ModelRegistry:
             if number not in served or not served[number].ready:
                 if served.get(number) is None or served[number].reason != reason:
                     logger.error("model %s version %d is not served: %s", name, number, reason)
-                served[number] = ServedModel(
+                served[number] = UnavailableModel(
                     name, ModelState.FAILED, config=directory.config, version=number, reason=reason
                 )
         loads = []
@@ -250,55 +218,48 @@ class ModelRegistry:
                 continue  # unchanged: serving, loading, or failed until its files change
             if self._failed.get((name, version.version)) == version.fingerprint:
                 continue  # a changed version that failed: retried when its files change again
-            model = _placeholder(version)
             if current is None or not current.ready:
-                served[version.version] = model  # visible as LOADING
-            loads.append(self._load(version, model))
+                served[version.version] = UnavailableModel.loading(version)
+            loads.append(self._load(version))
         await asyncio.gather(*loads)
         if any(served[v].ready for v in directory.selected if v in served):
             for number in [v for v in served if v not in directory.selected]:
                 self._retire(served.pop(number), RETIRE_GRACE_S)
 
-    async def _load(self, version: ModelVersion, model: ServedModel) -> None:
-        worker = ModelWorker(version.name, self._settings.workers_per_model)
+    async def _load(self, version: ModelVersion) -> None:
         started = time.monotonic()
-        policy = batch_policy(version.config, self._settings)
         try:
-            engine = await worker.call(load_engine, version, session_settings(self._settings))
-            if self._settings.warmup:
-                await worker.call(engine.warmup, policy.max_batch_size)
+            engine, worker = await load_on_worker(version, self._settings)
         except asyncio.CancelledError:  # shutdown while loading
-            worker.shutdown()
             raise
         except Exception as e:
-            worker.shutdown()
-            model.state, model.reason = ModelState.FAILED, f"{type(e).__name__}: {e}"
+            reason = f"{type(e).__name__}: {e}"
             logger.error(
-                "model %s version %d failed to load: %s",
-                version.name,
-                version.version,
-                model.reason,
+                "model %s version %d failed to load: %s", version.name, version.version, reason
             )
             self._failed[(version.name, version.version)] = version.fingerprint
-            self._keep_failed(model)
+            self._keep_failed(
+                UnavailableModel(
+                    version.name,
+                    ModelState.FAILED,
+                    config=version.config,
+                    version=version.version,
+                    reason=reason,
+                    manifest=version.manifest.model_dump(exclude={"files"}),
+                    fingerprint=version.fingerprint,
+                )
+            )
             return
-
-        async def run_batch(payloads: list[Any], key: Hashable) -> list[Any]:
-            return await worker.call(engine.run, payloads, key)
-
-        stats = ModelStatistics(version.name, str(version.version))
-        batcher: Batcher[Any, Any] | DecodeScheduler
-        if self._steps_decoding(engine):
-            assert isinstance(engine, TranslatorEngine)
-            batcher = decode_scheduler(version.name, engine, self._settings, self._metrics)
-        else:
-            observer = FanOut(self._metrics.batch_observer(version.name), stats)
-            batcher = Batcher(version.name, run_batch, policy, observer=observer)
-        batcher.start()
-        model.engine, model.worker, model.batcher = engine, worker, batcher
-        model.provider, model.stats = engine.provider, stats
-        model.state = ModelState.READY
+        model = LoadedModel.start(
+            version,
+            engine,
+            worker,
+            self._settings,
+            self._metrics,
+            step_scheduled=self._steps_decoding(engine),
+        )
         self._swap_in(model)
+        policy = BatchPolicy.for_model(version.config, self._settings)
         logger.info(
             "model %s version %d ready on %s in %.2f s (max_batch_size %d, max_batch_tokens %d, "
             "max_queue_delay_ms %.1f, %d worker(s))",
@@ -312,9 +273,8 @@ class ModelRegistry:
             policy.max_concurrent_runs,
         )
 
-    def _swap_in(self, model: ServedModel) -> None:
+    def _swap_in(self, model: LoadedModel) -> None:
         """A READY version takes the place of the one it replaces (changed files), if any."""
-        assert model.version is not None
         served = self._versions.setdefault(model.name, {})
         previous = served.get(model.version)
         served[model.version] = model
@@ -330,23 +290,24 @@ class ModelRegistry:
             served[model.version] = model
 
     def _retire(self, model: ServedModel, grace_s: float) -> None:
+        if not isinstance(model, LoadedModel):
+            return  # nothing runs, nothing to release
         task = asyncio.get_running_loop().create_task(self._release(model, grace_s))
         self._retiring[task] = model
         task.add_done_callback(lambda t: self._retiring.pop(t, None))
 
-    async def _release(self, model: ServedModel, grace_s: float) -> None:
-        if model.batcher is not None:
-            logger.info("model %s version %s retiring", model.name, model.version_str)
-            await asyncio.sleep(grace_s)
-            await model.batcher.stop(self._settings.drain_timeout_s)
-        if model.worker is not None:
-            model.worker.shutdown()
-        # Drop the references so the sessions' memory is released now, not with the process.
-        model.engine = model.batcher = model.worker = None
+    async def _release(self, model: LoadedModel, grace_s: float) -> None:
+        logger.info("model %s version %d retiring", model.name, model.version)
+        await asyncio.sleep(grace_s)
+        await model.release(self._settings.drain_timeout_s)
+        logger.info("model %s version %d released", model.name, model.version)
+        # Nothing here holds the version now, so its sessions' memory goes back to the OS now,
+        # not with the process.
+        task = asyncio.current_task()
+        if task is not None:
+            self._retiring.pop(task, None)
+        del model
         await asyncio.to_thread(_return_freed_memory)
-        if model.state is ModelState.READY:
-            model.state, model.reason = ModelState.RETIRED, "retired"
-            logger.info("model %s version %s released", model.name, model.version_str)
 
     def _steps_decoding(self, engine: Engine) -> bool:
         """Translators decode step by step unless told otherwise or exported before it."""
@@ -365,17 +326,13 @@ class ModelRegistry:
     # ------------------------------------------------------------------ shutdown
 
     async def shutdown(self, timeout_s: float) -> None:
-        """Let queued work finish (up to `timeout_s`), then stop every batcher and worker."""
+        """Let queued work finish (up to `timeout_s`), then stop every queue and worker."""
         retiring = list(self._retiring.values())
         for task in list(self._retiring):  # their grace is over: drain them with the rest
             task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
-        models = self.all_versions() + retiring
-        batchers = [m.batcher for m in models if m.batcher]
-        await asyncio.gather(*(b.stop(timeout_s) for b in batchers))
-        for model in models:
-            if model.worker:
-                model.worker.shutdown()
+        loaded = [m for m in self.all_versions() if isinstance(m, LoadedModel)] + retiring
+        await asyncio.gather(*(m.release(timeout_s) for m in loaded))
 
 
 def _return_freed_memory() -> None:
@@ -388,33 +345,3 @@ def _return_freed_memory() -> None:
     except (OSError, AttributeError):
         return
     trim(0)
-
-
-def _placeholder(version: ModelVersion) -> ServedModel:
-    return ServedModel(
-        version.name,
-        ModelState.LOADING,
-        config=version.config,
-        version=version.version,
-        manifest=version.manifest.model_dump(exclude={"files"}),
-        fingerprint=version.fingerprint,
-    )
-
-
-def decode_scheduler(
-    name: str, engine: TranslatorEngine, settings: Settings, metrics: ServiceMetrics
-) -> DecodeScheduler:
-    """The scheduler of a served translator, with the service's settings and metrics."""
-    policy = DecodePolicy(
-        max_running_sequences=settings.decode_max_running_sequences,
-        max_cache_tokens=settings.decode_max_cache_tokens,
-        max_queue_size=settings.max_queue_size,
-    )
-    return DecodeScheduler(
-        name,
-        engine.decode_batch(),
-        policy,
-        finish=engine.finish,
-        max_steps=engine.generator.max_steps,
-        observer=metrics.decode_observer(name),
-    )

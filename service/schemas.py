@@ -102,19 +102,26 @@ class ClassResult(BaseModel):
     scores: dict[str, float] = Field(description="probability of every label")
 
 
-class ClassifyResponse(BaseModel):
+class TaskResponse(BaseModel):
+    """What every task answer starts with: the model and version that answered."""
+
     model: str
     version: str
+
+
+Truncated = Field(
+    description="indices of inputs longer than the model's max_length, which were truncated"
+)
+
+
+class ClassifyResponse(TaskResponse):
     results: list[ClassResult]
-    truncated: list[int] = Field(
-        description="indices of inputs longer than the model's max_length, which were truncated"
-    )
+    truncated: list[int] = Truncated
 
     @classmethod
     def from_result(cls, result: ClassificationResult) -> ClassifyResponse:
         results = []
-        for i, probabilities in enumerate(result.probabilities):
-            label, score = result.best(i)
+        for (label, score), probabilities in zip(result.best, result.probabilities, strict=True):
             scores = dict(zip(result.labels, probabilities.tolist(), strict=True))
             results.append(ClassResult(label=label, score=score, scores=scores))
         return cls(
@@ -122,13 +129,9 @@ class ClassifyResponse(BaseModel):
         )
 
 
-class TranslateResponse(BaseModel):
-    model: str
-    version: str
+class TranslateResponse(TaskResponse):
     translations: list[str]
-    truncated: list[int] = Field(
-        description="indices of inputs truncated to the model's max_length"
-    )
+    truncated: list[int] = Truncated
 
 
 class BatchingInfo(BaseModel):

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from service.batcher import Batcher, BatchPolicy, RunStats
+from service.batch_policy import BatchPolicy, split_runs
+from service.batcher import Batcher, RunStats
 from service.errors import ErrorKind, ServiceError
-from service.run_split import split_runs
 
 
 class FakeClock:

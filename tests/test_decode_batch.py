@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.engines.decode_batch import TRIM_SLACK_COLUMNS, DecodeBatch, Join
-from service.generation import OnnxGenerator
+from service.engines.generation import OnnxGenerator
 
 
 @pytest.fixture(scope="module")

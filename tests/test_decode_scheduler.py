@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from service.decode_scheduler import DecodePolicy, DecodeScheduler, StepStats
+from service.decode_policy import DecodePolicy
+from service.decode_scheduler import DecodeScheduler, StepStats
 from service.engines.decode_batch import Join, Outcome
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams

@@ -24,7 +24,7 @@ from model_src.translator.data import pad
 from model_src.translator.decoding import beam_search, greedy_decode
 from model_src.translator.tokenizer import encode
 from service import repository
-from service.generation import OnnxGenerator
+from service.engines.generation import OnnxGenerator
 
 MAX_NEW = 12
 

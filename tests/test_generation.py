@@ -1,4 +1,5 @@
-"""service/generation.py: the numpy + ONNX Runtime decoding loop the translator is served with.
+"""service/engines/generation.py: the numpy + ONNX Runtime decoding loop the translator is served
+with.
 
 Graphs come from a tiny random Transformer exported once per module (the loop itself needs no
 torch; only building the fixture does).
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.generation import OnnxGenerator, _log_softmax, _topk
+from service.engines.generation import OnnxGenerator, _log_softmax, _topk
 
 MAX_POSITIONS = 20  # a short sinusoidal table, so the positional cap is reachable in a test
 

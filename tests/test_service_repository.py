@@ -1,4 +1,4 @@
-"""The model repository schema and reader (service/repository.py), on small files it writes."""
+"""The model repository schema and reader (service/repository/), on small files it writes."""
 
 from __future__ import annotations
 

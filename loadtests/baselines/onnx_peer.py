@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from service.engines.classifier import ClassifierEngine
-from service.ort_session import SessionSettings
+from service.engines.session import SessionSettings
 from service.repository import read_model
 
 # The peers are configured by environment, which both frameworks pass to their worker processes.

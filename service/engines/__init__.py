@@ -7,10 +7,9 @@ through the model's `ModelWorker`, like `run` and `warmup`.
 from __future__ import annotations
 
 from service.engines.classifier import ClassifierEngine
-from service.engines.session import ModelWorker
+from service.engines.session import ModelWorker, SessionSettings, create_session
 from service.engines.tokenization import Encoded, TextEncoder
 from service.engines.translator import DecodingParams, TranslatorEngine
-from service.ort_session import SessionSettings, create_session
 from service.repository import ModelVersion
 
 Engine = ClassifierEngine | TranslatorEngine

@@ -12,8 +12,8 @@ from collections.abc import Hashable
 
 import numpy as np
 
+from service.engines.session import SessionSettings, create_session
 from service.engines.tokenization import Encoded, TextEncoder
-from service.ort_session import SessionSettings, create_session
 from service.repository import ModelVersion, RepositoryError
 
 logger = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ Rebuilding the batch arrays at every join and leave (the first version) spent mo
 than decoding under a closed loop of 32 users.
 
 A masked column gets exactly zero attention weight, so every rule of the search (argmax; beam
-ranking, frozen finished beams, the best beam as answer) is `service.generation`'s and a sequence
-decodes to the same ids as it does alone.
+ranking, frozen finished beams, the best beam as answer) is `service.engines.generation`'s and a
+sequence decodes to the same ids as it does alone.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from service.generation import DecoderState, OnnxGenerator, _log_softmax
+from service.engines.generation import DecoderState, OnnxGenerator, _log_softmax
 
 
 @dataclass(frozen=True)

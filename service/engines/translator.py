@@ -1,5 +1,5 @@
-"""Translation: the ORT generation loop of `service.generation` (greedy or beam search, with a
-key/value cache) over the version's encoder.onnx and decoder.onnx.
+"""Translation: the ORT generation loop of `service.engines.generation` (greedy or beam search,
+with a key/value cache) over the version's encoder.onnx and decoder.onnx.
 
 Batches are keyed by `DecodingParams`, so only requests with the same beam size and token limit
 share a run.
@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.engines.decode_batch import DecodeBatch
+from service.engines.generation import OnnxGenerator
+from service.engines.session import SessionSettings, create_session
 from service.engines.tokenization import Encoded, TextEncoder
-from service.generation import OnnxGenerator
-from service.ort_session import SessionSettings, create_session
 from service.repository import ModelVersion
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.decode_scheduler import DecodeScheduler
+from service.batch_policy import BatchPolicy
 from service.dependencies import StateDep
-from service.registry import batch_policy
 from service.schemas import ERROR_RESPONSES, BatchingInfo, ModelInfo, ModelsResponse
+from service.served_model import LoadedModel
 
 router = APIRouter(prefix="/v1", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -18,13 +18,13 @@ async def list_models(state: StateDep) -> ModelsResponse:
     for m in sorted(state.registry.models(), key=lambda m: m.name):
         batching = None
         if m.config is not None:
-            policy = batch_policy(m.config, state.settings)
+            policy = BatchPolicy.for_model(m.config, state.settings)
             batching = BatchingInfo(
                 max_batch_size=policy.max_batch_size,
                 max_batch_tokens=policy.max_batch_tokens,
                 max_queue_delay_ms=policy.max_queue_delay_s * 1000,
                 workers=policy.max_concurrent_runs,
-                scheduling="step" if isinstance(m.batcher, DecodeScheduler) else "request",
+                scheduling="step" if isinstance(m, LoadedModel) and m.step_scheduled else "request",
             )
         models.append(
             ModelInfo(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.dependencies import InferenceDep, InfoDep, disconnect_watcher
+from service.dependencies import InfoDep, StateDep, disconnect_watcher
 from service.schemas import ERROR_RESPONSES, ClassifyResponse, NliRequest
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERROR_RESPONSES)
@@ -12,9 +12,9 @@ router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERROR_RESPONSES)
 
 @router.post("/nli", summary="Classify premise/hypothesis pairs")
 async def nli(
-    body: NliRequest, request: Request, inference: InferenceDep, info: InfoDep
+    body: NliRequest, request: Request, state: StateDep, info: InfoDep
 ) -> ClassifyResponse:
-    model = inference.model_for_task("text-pair-classification", body.model, body.version)
+    model = state.registry.for_task("text-pair-classification", body.model, body.version)
     pairs = [(p.premise, p.hypothesis) for p in body.pairs]
-    result = await inference.nli(model, pairs, info, disconnect_watcher(request))
+    result = await state.inference.nli(model, pairs, info, disconnect_watcher(request))
     return ClassifyResponse.from_result(result)

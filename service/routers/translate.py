@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from service.dependencies import InferenceDep, InfoDep, disconnect_watcher
+from service.dependencies import InfoDep, StateDep, disconnect_watcher
 from service.errors import ErrorKind, ServiceError
 from service.schemas import ERROR_RESPONSES, TranslateRequest, TranslateResponse
 from service.streaming import MEDIA_TYPE
@@ -36,13 +36,13 @@ STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
     responses=STREAM_RESPONSE,
 )
 async def translate(
-    body: TranslateRequest, request: Request, inference: InferenceDep, info: InfoDep
+    body: TranslateRequest, request: Request, state: StateDep, info: InfoDep
 ) -> TranslateResponse | StreamingResponse:
-    model = inference.model_for_task("translation", body.model, body.version)
+    model = state.registry.for_task("translation", body.model, body.version)
     if body.stream:
         if len(body.texts) != 1:
             raise ServiceError(ErrorKind.VALIDATION, "streaming translates one text per request")
-        stream = await inference.open_translation_stream(
+        stream = await state.inference.open_translation_stream(
             model,
             body.texts[0],
             info,
@@ -54,7 +54,7 @@ async def translate(
             media_type=MEDIA_TYPE,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    result = await inference.translate(
+    result = await state.inference.translate(
         model,
         body.texts,
         info,

@@ -17,15 +17,8 @@ from fastapi import APIRouter, Depends, Request, Response
 import service
 from service import oip, oip_infer, oip_models
 from service.context import ServiceState
-from service.dependencies import (
-    InferenceDep,
-    InfoDep,
-    StateDep,
-    disconnect_watcher,
-    require_api_key,
-)
+from service.dependencies import InfoDep, StateDep, disconnect_watcher, require_api_key
 from service.errors import ErrorKind, ServiceError, shorten
-from service.registry import ServedModel
 from service.schemas import (
     ERROR_RESPONSES,
     V2InferResponse,
@@ -33,6 +26,7 @@ from service.schemas import (
     V2ModelReady,
     V2ServerMetadata,
 )
+from service.served_model import ServedModel
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 models_router = APIRouter(
@@ -61,27 +55,23 @@ async def all_statistics(state: StateDep) -> dict[str, Any]:
 
 
 @models_router.get("/{name}", summary="Model metadata")
-async def model_metadata(name: str, inference: InferenceDep, state: StateDep) -> V2ModelMetadata:
-    return _metadata(inference.model_by_name(name), state)
+async def model_metadata(name: str, state: StateDep) -> V2ModelMetadata:
+    return _metadata(state.registry.get(name), state)
 
 
 @models_router.get("/{name}/versions/{version}", summary="Model metadata (one version)")
-async def model_version_metadata(
-    name: str, version: str, inference: InferenceDep, state: StateDep
-) -> V2ModelMetadata:
-    return _metadata(inference.model_by_name(name, version), state)
+async def model_version_metadata(name: str, version: str, state: StateDep) -> V2ModelMetadata:
+    return _metadata(state.registry.get(name, version), state)
 
 
 @models_router.get("/{name}/config", summary="Model configuration (Triton's JSON form)")
-async def model_config(name: str, inference: InferenceDep, state: StateDep) -> dict[str, Any]:
-    return oip_models.model_config(inference.model_by_name(name), state.settings)
+async def model_config(name: str, state: StateDep) -> dict[str, Any]:
+    return oip_models.model_config(state.registry.get(name), state.settings)
 
 
 @models_router.get("/{name}/versions/{version}/config", summary="Model configuration (one version)")
-async def model_version_config(
-    name: str, version: str, inference: InferenceDep, state: StateDep
-) -> dict[str, Any]:
-    return oip_models.model_config(inference.model_by_name(name, version), state.settings)
+async def model_version_config(name: str, version: str, state: StateDep) -> dict[str, Any]:
+    return oip_models.model_config(state.registry.get(name, version), state.settings)
 
 
 @models_router.get("/{name}/stats", summary="Statistics of a model's versions")
@@ -94,7 +84,7 @@ async def model_version_statistics(name: str, version: str, state: StateDep) -> 
     return oip_models.statistics(state.registry, name, version)
 
 
-def _ready(model: ServedModel, state: Any) -> Response:
+def _ready(model: ServedModel, state: ServiceState) -> Response:
     if model.ready and not state.lifecycle.draining:
         return Response(
             V2ModelReady(name=model.name, ready=True).model_dump_json(),
@@ -104,8 +94,8 @@ def _ready(model: ServedModel, state: Any) -> Response:
 
 
 @models_router.get("/{name}/ready", summary="Model readiness", response_model=V2ModelReady)
-async def model_ready(name: str, inference: InferenceDep, state: StateDep) -> Response:
-    return _ready(inference.model_by_name(name), state)
+async def model_ready(name: str, state: StateDep) -> Response:
+    return _ready(state.registry.get(name), state)
 
 
 @models_router.get(
@@ -113,23 +103,16 @@ async def model_ready(name: str, inference: InferenceDep, state: StateDep) -> Re
     summary="Model readiness (one version)",
     response_model=V2ModelReady,
 )
-async def model_version_ready(
-    name: str, version: str, inference: InferenceDep, state: StateDep
-) -> Response:
-    return _ready(inference.model_by_name(name, version), state)
+async def model_version_ready(name: str, version: str, state: StateDep) -> Response:
+    return _ready(state.registry.get(name, version), state)
 
 
-_INPUT_SCHEMA = {
-    "type": "object",
-    "required": ["name", "shape", "datatype"],
-    "properties": {
-        "name": {"type": "string"},
-        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-        "datatype": {"type": "string", "example": "BYTES"},
-        "parameters": {"type": "object"},
-        "data": {"type": "array"},
-    },
-}
+def _object(required: list[str], **properties: Any) -> dict[str, Any]:
+    """A JSON schema object with these properties (for the /infer request body's docs)."""
+    return {"type": "object", "required": required, "properties": properties}
+
+
+_STRING, _PARAMETERS = {"type": "string"}, {"type": "object"}
 INFER_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -137,26 +120,26 @@ INFER_DOC: dict[str, Any] = {
         "bytes, with Inference-Header-Content-Length giving the header's length",
         "content": {
             "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["inputs"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "parameters": {"type": "object"},
-                        "inputs": {"type": "array", "items": _INPUT_SCHEMA},
-                        "outputs": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["name"],
-                                "properties": {
-                                    "name": {"type": "string"},
-                                    "parameters": {"type": "object"},
-                                },
-                            },
-                        },
+                "schema": _object(
+                    ["inputs"],
+                    id=_STRING,
+                    parameters=_PARAMETERS,
+                    inputs={
+                        "type": "array",
+                        "items": _object(
+                            ["name", "shape", "datatype"],
+                            name=_STRING,
+                            shape={"type": "array", "items": {"type": "integer", "minimum": 0}},
+                            datatype={"type": "string", "example": "BYTES"},
+                            parameters=_PARAMETERS,
+                            data={"type": "array"},
+                        ),
                     },
-                },
+                    outputs={
+                        "type": "array",
+                        "items": _object(["name"], name=_STRING, parameters=_PARAMETERS),
+                    },
+                ),
                 "example": {
                     "inputs": [
                         {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["Great film."]}
@@ -174,8 +157,8 @@ INFER_DOC: dict[str, Any] = {
     response_model=V2InferResponse,
     openapi_extra=INFER_DOC,
 )
-async def infer(name: str, request: Request, inference: InferenceDep, info: InfoDep) -> Response:
-    return await _infer(inference.model_by_name(name), request, inference, info)
+async def infer(name: str, request: Request, state: StateDep, info: InfoDep) -> Response:
+    return await _infer(state.registry.get(name), request, state, info)
 
 
 @models_router.post(
@@ -185,24 +168,24 @@ async def infer(name: str, request: Request, inference: InferenceDep, info: Info
     openapi_extra=INFER_DOC,
 )
 async def infer_version(
-    name: str, version: str, request: Request, inference: InferenceDep, info: InfoDep
+    name: str, version: str, request: Request, state: StateDep, info: InfoDep
 ) -> Response:
-    return await _infer(inference.model_by_name(name, version), request, inference, info)
+    return await _infer(state.registry.get(name, version), request, state, info)
 
 
 async def _infer(
-    model: ServedModel, request: Request, inference: InferenceDep, info: InfoDep
+    model: ServedModel, request: Request, state: ServiceState, info: InfoDep
 ) -> Response:
     info.model = model.name
     oip_models.config_of(model)
     body = oip.decompress(
         await request.body(),
         request.headers.get("content-encoding"),
-        inference.settings.max_body_bytes,
+        state.settings.max_body_bytes,
     )
     parsed = oip.parse_request(body, request.headers.get("inference-header-content-length"))
     outputs, parameters = await oip_infer.run(
-        inference, model, parsed, info, disconnect_watcher(request)
+        state.inference, model, parsed, info, disconnect_watcher(request)
     )
     content, headers = oip.encode_response(
         parsed, model.name, model.version_str, outputs, parameters

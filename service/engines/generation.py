@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.ort_session import SessionSettings, create_session
+from service.engines.session import SessionSettings, create_session
 
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"

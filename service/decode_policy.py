@@ -1,0 +1,147 @@
+"""The translator's step scheduling rules, apart from the thread and queues that apply them
+(service/decode_scheduler.py), the way service/batch_policy.py and service/admission.py stand
+beside the batcher:
+
+- `DecodePolicy`: the running batch's budgets, decoder rows and cache tokens;
+- `check_fits`: a sequence that could never join, even alone, is refused at once;
+- `joining`: how many waiting sequences join at a step boundary, first come first served;
+- `cache_tokens`: the padded cache positions a running batch may reach (what is budgeted);
+- `DecodeAdmission`: the measured rate at which rows free up, the wait it predicts for a
+  sequence to get a place, the 429 decision and Retry-After.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from service.admission import refuse_if_late
+from service.errors import ErrorKind, ServiceError
+
+THROUGHPUT_WINDOW_STEPS = 256  # steps the admission and Retry-After estimates average over
+
+
+@dataclass(frozen=True)
+class DecodePolicy:
+    max_running_sequences: int = 64  # decoder rows in the running batch (beam-K takes K)
+    max_cache_tokens: int = 16384  # rows x (longest source + most decode steps)
+    max_queue_size: int = 1024  # waiting sequences; beyond it submit() answers OVERLOADED
+
+
+class Budgeted(Protocol):
+    """What the budgets read of a sequence."""
+
+    @property
+    def beam_size(self) -> int: ...  # decoder rows it takes
+
+    @property
+    def tokens(self) -> int: ...  # source tokens
+
+    @property
+    def max_steps(self) -> int: ...  # decode steps it may take
+
+
+def check_fits(policy: DecodePolicy, beam_size: int, source_tokens: int, steps: int) -> None:
+    """Refuse a sequence that could never join, even alone (rather than queue it forever)."""
+    if beam_size > policy.max_running_sequences:
+        raise ServiceError(
+            ErrorKind.VALIDATION,
+            f"beam_size {beam_size} exceeds the decoder's max_running_sequences "
+            f"({policy.max_running_sequences})",
+        )
+    if beam_size * (source_tokens + steps) > policy.max_cache_tokens:
+        raise ServiceError(
+            ErrorKind.PAYLOAD_TOO_LARGE,
+            f"beam_size x (source tokens + max_new_tokens) = {beam_size} x "
+            f"({source_tokens} + {steps}) exceeds max_cache_tokens "
+            f"({policy.max_cache_tokens}); lower beam_size or max_new_tokens",
+        )
+
+
+def joining(
+    waiting: Iterable[Budgeted], running: Collection[Budgeted], rows: int, policy: DecodePolicy
+) -> int:
+    """How many sequences at the head of `waiting` join a running batch of `rows` rows: first
+    come first served while both budgets allow (the head waits for room rather than letting
+    later ones overtake it). Caches are counted the way they grow: every row padded to the
+    longest source plus the most decode steps."""
+    longest_source = max((s.tokens for s in running), default=0)
+    most_steps = max((s.max_steps for s in running), default=0)
+    count = 0
+    for s in waiting:
+        rows += s.beam_size
+        longest_source = max(longest_source, s.tokens)
+        most_steps = max(most_steps, s.max_steps)
+        if (
+            rows > policy.max_running_sequences
+            or rows * (longest_source + most_steps) > policy.max_cache_tokens
+        ):
+            break
+        count += 1
+    return count
+
+
+def cache_tokens(rows: int, running: Collection[Budgeted]) -> int:
+    """Padded positions the running batch's caches may reach (the budgeted quantity)."""
+    if not running:
+        return 0
+    return rows * (max(s.tokens for s in running) + max(s.max_steps for s in running))
+
+
+class DecodeAdmission:
+    """Refuses sequences that would likely still wait for a place in the running batch at their
+    deadline, from the measured rate at which steps free rows (the batcher's margin, through
+    `refuse_if_late`)."""
+
+    def __init__(self, name: str, policy: DecodePolicy) -> None:
+        self.name = name
+        self.policy = policy
+        # (seconds, rows freed) of recent steps
+        self._recent: deque[tuple[float, int]] = deque(maxlen=THROUGHPUT_WINDOW_STEPS)
+
+    def observe_step(self, seconds: float, rows_freed: int) -> None:
+        self._recent.append((seconds, rows_freed))
+
+    def predicted_wait_s(self, rows_ahead: int, running_rows: int) -> float | None:
+        """Seconds until `rows_ahead` decoder rows (the waiting ones, then the new ones) would
+        have a place: those beyond the free rows, over the measured rate at which rows are
+        freed (None before any sequence finished)."""
+        recent = list(self._recent)
+        seconds = sum(s for s, _ in recent)
+        freed = sum(r for _, r in recent)
+        if not freed or seconds <= 0:
+            return None
+        free = self.policy.max_running_sequences - running_rows
+        return max(0, rows_ahead - free) * seconds / freed
+
+    def retry_after_s(self, rows_ahead: int, running_rows: int, sequences: int) -> int:
+        """Whole seconds until `rows_ahead` rows likely have a place (`sequences`: how many
+        sequences they are, for a guess before anything was measured)."""
+        predicted = self.predicted_wait_s(rows_ahead, running_rows)
+        if predicted is None:  # nothing measured yet
+            predicted = 0.01 * sequences
+        return max(1, min(60, math.ceil(round(predicted, 3))))
+
+    def check(
+        self,
+        waiting_rows: int,
+        running_rows: int,
+        rows: int,
+        timeout_s: float,
+        retry_after: Callable[[], int],
+    ) -> None:
+        """Refuse (OVERLOADED) `rows` more rows that would likely still be waiting at their
+        deadline. Before any sequence finished there is no rate to predict from: then at most
+        one full batch may wait beyond the free rows."""
+        room = 2 * self.policy.max_running_sequences - running_rows
+        refuse_if_late(
+            self.name,
+            self.predicted_wait_s(waiting_rows + rows, running_rows),
+            timeout_s,
+            cold_overflow=bool(waiting_rows) and waiting_rows + rows > room,
+            retry_after=retry_after,
+            what="the waiting sequences, to get a place,",
+        )
