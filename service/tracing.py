@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import service
+
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from opentelemetry.sdk.trace import TracerProvider
@@ -121,7 +123,6 @@ class Tracing:
             )
         except ImportError as e:  # pragma: no cover - depends on the install
             raise RuntimeError(OTEL_MISSING) from e
-        import service
 
         # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES apply (Resource.create reads them);
         # without them the service is "nlpserve", not the SDK's "unknown_service"
