@@ -65,6 +65,7 @@ class DecodeItem:
     deadline: float
     on_token: Callable[[int], None] | None = None  # greedy: called with every new token
     batch_size: int = 0  # rows of the step it joined, for the request log
+    joined_at: float | None = None  # when it joined the running batch (clock), for traces
 
     @property
     def tokens(self) -> int:
@@ -306,8 +307,10 @@ class DecodeScheduler:
             count = joining(self.waiting, self.running.values(), self._rows, self.policy)
             joins = [self.waiting.popleft() for _ in range(count)]
         self._rows += sum(item.beam_size for item in joins)
+        joined_at = self._clock()
         for item in joins:
             item.batch_size = self._rows
+            item.joined_at = joined_at  # after batch_size: a reader seeing it sees both
             self.running[item.seq_id] = item
         return joins
 

@@ -30,7 +30,7 @@ from service.settings import Settings
 from service.stats import RequestTiming
 from service.streaming import TranslationStream
 from service.text_checks import unencodable
-from service.tracing import mark_admission, mark_tokenization
+from service.tracing import mark_admission, mark_stream, mark_tokenization
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,12 @@ class InferenceService:
         max_new_tokens: int | None = None,
     ) -> TranslationStream:
         """Admit one greedy sequence for streaming (service/streaming.py); every refusal is
-        raised here, before the stream starts. The stream holds the drain open until it ends."""
+        raised here, before the stream starts. The stream holds the drain open until it ends.
+
+        The response's headers leave before the sequence joins a decode step: the request's
+        batch size (the rows of the step it joined) is set for its log line when the sequence
+        or the stream ends, and its trace's steps are built at the end of the stream."""
+        info.streamed = True
         with contextlib.ExitStack() as stack:
             stack.enter_context(self._counted(model, info))
             loaded, engine = self._admit(model, TranslatorEngine)
@@ -192,7 +197,8 @@ class InferenceService:
                 on_token=stream.on_token,
             )
             stream.attach(item)
-            info.batch_size = item.batch_size
+            mark_stream(stream)
+            stack.callback(_log_batch_size, info, stream)  # before the counting ends
             stream.closer = stack.pop_all()
             # Released when the sequence ends, even if the stream is never iterated (a client
             # gone before the response started); the stream's own end releases it too.
@@ -331,6 +337,12 @@ class InferenceService:
         info.batch_size = results.batch_size
         timing.engine(results.enqueued_at, results.run_started, time.monotonic())
         return results.values
+
+
+def _log_batch_size(info: RequestInfo, stream: TranslationStream) -> None:
+    """A stream's batch size for its log line: the rows of the decode step its sequence joined
+    (None if it never joined), as for a translation answered whole."""
+    info.batch_size = stream.rows_at_join or None
 
 
 def _best(labels: list[str], probabilities: np.ndarray) -> tuple[str, float]:

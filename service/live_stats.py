@@ -4,6 +4,12 @@ Prometheus metrics the way a dashboard would: rates and quantiles over a sliding
 Each call reads the cumulative counters and histograms, keeps the reading, and compares it with
 the newest reading at least `window_s` old (or the first one, taken when the app was built), so
 polling once a second gives the last `window_s` seconds without a background task.
+
+A translator decoded step by step (service/decode_scheduler.py) has no batches of the batcher's
+kind: its batch size is the decoder rows per step (`nlpserve_decode_running_sequences`), and
+padding efficiency (real / padded tokens of a batcher's run) does not apply, since its
+sequences join and leave one running batch instead of being padded into batches: null, with
+`scheduling: "step"` saying why.
 """
 
 from __future__ import annotations
@@ -58,6 +64,13 @@ class Histo:
 Reading = dict[str, dict[str, Histo]]  # metric -> model -> histogram
 
 
+class SummarisedDecodeMetrics(Protocol):
+    """The step scheduler's histogram summarised here (`service.decode_metrics.DecodeMetrics`)."""
+
+    @property
+    def running(self) -> MetricWrapperBase: ...
+
+
 class SummarisedMetrics(Protocol):
     """The histograms of `service.metrics.ServiceMetrics` summarised here (a protocol, so the
     metrics module can own a LiveStats without an import cycle)."""
@@ -76,6 +89,9 @@ class SummarisedMetrics(Protocol):
 
     @property
     def inference_seconds(self) -> MetricWrapperBase: ...
+
+    @property
+    def decode(self) -> SummarisedDecodeMetrics: ...
 
 
 def _read(metric: MetricWrapperBase, models: dict[str, Histo]) -> None:
@@ -115,11 +131,16 @@ class LiveStats:
             ("padding", m.padding_efficiency),
             ("queue_wait", m.queue_wait),
             ("engine", m.inference_seconds),
+            ("decode_rows", m.decode.running),
         ):
             _read(metric, reading.setdefault(name, {}))
         return reading
 
-    def summary(self, queue_depths: Iterable[tuple[str, int]]) -> dict[str, Any]:
+    def summary(
+        self, queue_depths: Iterable[tuple[str, int]], step_scheduled: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """Per model (those in `queue_depths` and those with requests in the window); the
+        models named in `step_scheduled` are translators decoded step by step."""
         now, current = self._clock(), self._reading()
         while len(self._readings) > 1 and self._readings[1][0] <= now - self._window_s:
             self._readings.popleft()  # the newest reading that is still a full window old stays
@@ -139,15 +160,19 @@ class LiveStats:
             return None if seconds is None else round(seconds * 1000, 2)
 
         depths = dict(queue_depths)
+        stepped = set(step_scheduled)
         names = sorted(set(depths) | set(current.get("latency", {})))
         models = []
         for model in names:
             latency, batch = delta("latency", model), delta("batch_size", model)
             padding, wait = delta("padding", model), delta("queue_wait", model)
             mean_batch, mean_padding = batch.mean(), padding.mean()
+            if model in stepped:  # rows per decode step; nothing is padded to batch
+                mean_batch, mean_padding = delta("decode_rows", model).mean(), None
             models.append(
                 {
                     "model": model,
+                    "scheduling": "step" if model in stepped else "request",
                     "requests_per_s": round(latency.count / elapsed, 3),
                     "sequences_per_s": round(batch.total / elapsed, 3),
                     "latency_p50_ms": ms(latency.quantile(0.5)),

@@ -89,7 +89,8 @@ class RequestMiddleware:
                 extra = [(b"x-request-id", request_id.encode())]
                 if close or self.state.lifecycle.draining:
                     extra.append((b"connection", b"close"))
-                if info.batch_size is not None:  # the playground shows it per request
+                # the playground shows it per request; a stream's is not known yet
+                if info.batch_size is not None and not info.streamed:
                     extra.append((b"x-batch-size", str(info.batch_size).encode()))
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)

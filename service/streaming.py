@@ -57,13 +57,33 @@ class TranslationStream:
         self.closer = contextlib.ExitStack()
         self.tokens: asyncio.Queue[int] = asyncio.Queue()
         self.item: DecodeItem | None = None
+        self.steps = 0  # decode steps its sequence ran (greedy: one token each), so far
 
     def on_token(self, token: int) -> None:
+        self.steps += 1
         self.tokens.put_nowait(token)
 
     def attach(self, item: DecodeItem) -> None:
         self.item = item
         item.future.add_done_callback(lambda _: self.tokens.put_nowait(_END))
+
+    # Where its sequence stands, for the request's log line and trace (service/tracing.py):
+    # written by the scheduler's thread when it joins (`rows_at_join` first), read here.
+
+    @property
+    def enqueued_at(self) -> float:
+        assert self.item is not None
+        return self.item.enqueued_at
+
+    @property
+    def joined_at(self) -> float | None:
+        """When the sequence joined the running decode batch (None: not yet, or never)."""
+        return None if self.item is None else self.item.joined_at
+
+    @property
+    def rows_at_join(self) -> int:
+        """Decoder rows of the step it joined (0: it has not joined)."""
+        return 0 if self.item is None else self.item.batch_size
 
     async def events(self) -> AsyncIterator[bytes]:
         assert self.item is not None

@@ -3,14 +3,18 @@
 One server span per HTTP request and per gRPC call (the client's W3C `traceparent`, a header or
 gRPC metadata, continues its trace) with child spans for the steps of inference: admission,
 tokenization, queue wait, engine run (batch size and padded tokens as attributes) and response
-encoding. The trace id goes into the request's log line.
+encoding. A streamed translation (service/streaming.py) has admission, tokenization, queue wait
+(until its sequence joins the running decode batch) and engine run (from the join to the end of
+the stream, its rows at the join and decode steps as attributes); its response is encoded piece
+by piece while it decodes, so it has no response-encoding span. The trace id goes into the
+request's log line.
 
 The inference path only leaves timestamps on the request's `RequestTrace` (found through a
 context variable, so nothing is passed around); the spans are built from them, with their real
-start and end times, when the response is ready. With tracing off no middleware is installed,
-the gRPC server gets no `Tracing`, the context variable stays empty, every `mark_*` call returns
-at its first line, and nlpserve never imports opentelemetry (recent FastAPI releases import the
-OpenTelemetry API itself, the SDK stays out).
+start and end times, when the response is ready (a stream: when it has ended). With tracing off
+no middleware is installed, the gRPC server gets no `Tracing`, the context variable stays empty,
+every `mark_*` call returns at its first line, and nlpserve never imports opentelemetry (recent
+FastAPI releases import the OpenTelemetry API itself, the SDK stays out).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,6 +41,26 @@ OTEL_MISSING = "NLPSERVE_OTLP_ENDPOINT needs OpenTelemetry: pip install 'nlpserv
 ACCESS_LOGGER = "nlpserve.access"  # the request log line (service/middleware.py)
 
 
+class DecodingStream(Protocol):
+    """A streamed sequence as its trace reads it, at the end of the stream (monotonic clock)."""
+
+    @property
+    def enqueued_at(self) -> float: ...
+
+    @property
+    def joined_at(self) -> float | None:
+        """When it joined the running decode batch (None: it never did)."""
+        ...
+
+    @property
+    def rows_at_join(self) -> int: ...
+
+    @property
+    def steps(self) -> int:
+        """Decode steps it ran (greedy: one token each)."""
+        ...
+
+
 @dataclass
 class RequestTrace:
     """One request's span and the monotonic timestamps of its inference steps."""
@@ -51,6 +75,7 @@ class RequestTrace:
     batch_size: int = 0
     padded_tokens: int = 0
     runs: int = 0
+    stream: DecodingStream | None = None  # a streamed response: its steps end with the stream
     emitted: bool = field(default=False, repr=False)
 
     @property
@@ -104,6 +129,15 @@ def mark_batches(items: Sequence[Any]) -> None:
     trace.runs = len(runs)
     trace.batch_size = max(run[1] for run in runs)
     trace.padded_tokens = sum(run[2] for run in runs)
+
+
+def mark_stream(stream: DecodingStream) -> None:
+    """The response streams while its sequence decodes: its step spans are built when the
+    stream has ended, from what `stream` says then."""
+    trace = _current.get()
+    if trace is not None:
+        trace.stream = stream
+        trace.enqueued_at = stream.enqueued_at
 
 
 # ------------------------------------------------------------------ set-up
@@ -212,7 +246,8 @@ class TracingMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                emit_steps(self.tracing, request_trace)
+                if request_trace.stream is None:  # a stream's steps wait for its end
+                    emit_steps(self.tracing, request_trace)
             await send(message)
 
         try:
@@ -221,6 +256,7 @@ class TracingMiddleware:
             span.record_exception(error)
             raise
         finally:
+            emit_steps(self.tracing, request_trace)  # a stream's, now that it ended (once)
             route = getattr(scope.get("route"), "path", None)
             if route:
                 span.update_name(f"{method} {route}")
@@ -282,6 +318,9 @@ class RpcSpan:
 # ------------------------------------------------------------------ the step spans
 
 
+Step = tuple[str, float, float | None, dict[str, Any]]  # name, start, end (None: now), attributes
+
+
 def emit_steps(tracing: Tracing, rt: RequestTrace) -> None:
     """The request span's children, from the timestamps the inference path left (none for a
     request that never reached inference); once per request."""
@@ -290,12 +329,14 @@ def emit_steps(tracing: Tracing, rt: RequestTrace) -> None:
     rt.emitted = True
     now = time.monotonic()
     tokenization_start = rt.tokenization[0] if rt.tokenization else None
-    steps: list[tuple[str, float, float | None, dict[str, Any]]] = [
+    steps: list[Step] = [
         ("admission", rt.admission_at, tokenization_start or rt.enqueued_at or now, {}),
     ]
     if rt.tokenization:
         steps.append(("tokenization", *rt.tokenization, {}))
-    if rt.enqueued_at is not None:
+    if rt.stream is not None:
+        steps.extend(_stream_steps(rt.stream, now))
+    elif rt.enqueued_at is not None:
         attributes: dict[str, Any] = {
             "nlpserve.batch_size": rt.batch_size,
             "nlpserve.padded_tokens": rt.padded_tokens,
@@ -317,3 +358,20 @@ def emit_steps(tracing: Tracing, rt: RequestTrace) -> None:
             name, context=parent, start_time=rt.ns(start), attributes=attributes
         )
         child.end(end_time=rt.ns(end if end is not None else now))
+
+
+def _stream_steps(stream: DecodingStream, ended: float) -> list[Step]:
+    """A streamed sequence's queue wait (until it joined the running decode batch, or until the
+    stream ended if it never did) and engine run (from the join to the end of the stream)."""
+    joined = stream.joined_at
+    steps: list[Step] = [
+        ("queue wait", stream.enqueued_at, ended if joined is None else joined, {})
+    ]
+    if joined is not None:
+        attributes = {
+            "nlpserve.batch_size": stream.rows_at_join,  # decoder rows of the step it joined
+            "nlpserve.decode_steps": stream.steps,
+            "nlpserve.streamed": True,
+        }
+        steps.append(("engine run", joined, ended, attributes))
+    return steps

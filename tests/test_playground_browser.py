@@ -62,6 +62,19 @@ def browser() -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
+# The translator's row of the live panel once it shows a batch size (null until then).
+LIVE_TRANSLATOR = """
+const row = document.querySelector('#live tr[data-model="translator"]');
+if (!row || row.children[5].textContent === "–") return null;
+return {
+  scheduling: row.dataset.scheduling,
+  batch: row.children[5].textContent,
+  padding: row.children[6].textContent,
+  padding_title: row.children[6].title,
+};
+"""
+
+
 def console_errors(driver: webdriver.Chrome) -> list[str]:
     """Console messages at error level since the last call."""
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
@@ -156,6 +169,13 @@ def test_playground_round_trips_in_a_real_browser(
             > 0
         )
     )
+    # The translator is decoded step by step: its batch is rows per step, its padding "–" with
+    # a tooltip saying why. Read in one script: the panel's rows are replaced every second.
+    translator = WebDriverWait(driver, WAIT_S).until(lambda d: d.execute_script(LIVE_TRANSLATOR))
+    assert translator["scheduling"] == "step"
+    assert float(translator["batch"]) >= 1
+    assert translator["padding"] == "–"
+    assert "not applicable" in translator["padding_title"]
     assert console_errors(driver) == []
     overflow = "return document.documentElement.scrollWidth - window.innerWidth"
     assert driver.execute_script(overflow) <= 0  # nothing wider than the window

@@ -63,6 +63,40 @@ def test_rates_cover_the_last_window_only() -> None:
     assert row["batch_size_mean"] == 4 and row["padding_efficiency_mean"] == 0.5
 
 
+def test_a_step_scheduled_translator_reports_rows_per_step_and_no_padding() -> None:
+    """A translator decoded step by step: its batch size is the mean decoder rows per step
+    (the scheduler's metrics, not the batcher's), its padding efficiency null (not applicable)
+    and its scheduling "step"; a batched model keeps the batcher's numbers."""
+    metrics, clock = ServiceMetrics(), FakeClock()
+    live = LiveStats(metrics, window_s=10.0, clock=clock)
+    for rows in (2, 4, 6):
+        metrics.decode.running.labels("translator").observe(rows)
+    metrics.batch_size.labels("sentiment").observe(3)
+    metrics.padding_efficiency.labels("sentiment").observe(0.75)
+    clock.now += 1.0
+    summary = live.summary([("translator", 1), ("sentiment", 0)], step_scheduled=["translator"])
+    rows = {row["model"]: row for row in summary["models"]}
+    translator, sentiment = rows["translator"], rows["sentiment"]
+    assert translator["scheduling"] == "step"
+    assert translator["batch_size_mean"] == 4
+    assert translator["padding_efficiency_mean"] is None
+    assert sentiment["scheduling"] == "request"
+    assert sentiment["batch_size_mean"] == 3 and sentiment["padding_efficiency_mean"] == 0.75
+
+
+def test_stats_endpoint_shows_the_translators_rows_per_step(client: TestClient) -> None:
+    """After a translation, /v1/stats gives the step-scheduled translator a batch size (rows
+    per decode step) and a null padding efficiency."""
+    headers = {"authorization": "Bearer stats-test-key"}
+    body = {"texts": ["A dog runs.", "A cat sleeps."], "max_new_tokens": 4}
+    assert client.post("/v1/translate", json=body, headers=headers).status_code == 200
+    stats = client.get("/v1/stats", headers=headers).json()
+    (translator,) = [row for row in stats["models"] if row["model"] == "translator"]
+    assert translator["batch_size_mean"] >= 1
+    assert translator["padding_efficiency_mean"] is None
+    assert translator["scheduling"] == "step"
+
+
 def test_stats_endpoint_reports_served_models(client: TestClient) -> None:
     """/v1/stats lists every model and counts the requests it saw; it needs the key, like
     every /v1 route."""

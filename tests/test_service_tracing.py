@@ -6,6 +6,7 @@ line; nothing installed, and the SDK not imported, when tracing is off."""
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import subprocess
 import sys
@@ -149,6 +150,41 @@ def test_a_request_without_traceparent_starts_a_trace(
     assert engine.parent is not None and engine.parent.span_id == translate.context.span_id
     assert engine.attributes["nlpserve.includes_queue_wait"] is True
     assert children(roots["GET /v2/health/live"]) == set()  # no inference, no steps
+
+
+def test_a_streamed_translation_traces_its_queue_wait_and_decode(
+    traced: tuple[TestClient, InMemorySpanExporter],
+) -> None:
+    """A streamed translation's steps are built when the stream has ended: admission,
+    tokenization, queue wait until its sequence joined the running decode batch, then one
+    engine run from the join to the end of the stream, with the rows of the step it joined and
+    its decode steps as attributes; no response-encoding span (pieces are encoded as they
+    decode)."""
+    client, exporter = traced
+    exporter.clear()
+    body = {"texts": ["A dog runs."], "max_new_tokens": 4, "stream": True}
+    reply = client.post("/v1/translate", json=body)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/event-stream")
+    *_, done = [json.loads(line[6:]) for line in reply.text.splitlines() if line[:6] == "data: "]
+    spans = list(exporter.get_finished_spans())
+    (root,) = [s for s in spans if s.parent is None]
+    assert root.name == "POST /v1/translate"
+    children = children_of(spans, root)
+    assert [s.name for s in children] == ["admission", "tokenization", "queue wait", "engine run"]
+    for before, after in itertools.pairwise(children):  # one after the other, in order
+        assert before.end_time <= after.start_time
+    for child in children:
+        assert root.start_time <= child.start_time <= child.end_time <= root.end_time
+    engine = children[-1]
+    assert engine.attributes is not None
+    assert engine.attributes["nlpserve.streamed"] is True
+    assert engine.attributes["nlpserve.batch_size"] == 1  # it decoded alone
+    steps = engine.attributes["nlpserve.decode_steps"]
+    assert isinstance(steps, int)
+    assert 1 <= done["tokens"] <= steps <= done["tokens"] + 1  # the last step's <eos> uncounted
+    assert root.end_time - engine.end_time < 0.5e9  # it ends with the stream, not at its start
+    assert "nlpserve.includes_queue_wait" not in engine.attributes
 
 
 def test_rejected_request_traces_admission_only(

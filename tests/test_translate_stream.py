@@ -77,6 +77,28 @@ def test_stream_sends_whole_word_pieces_then_the_translation(server: ServerProce
     assert 0 < int(str(done["tokens"])) <= 24
 
 
+def test_a_stream_logs_its_batch_size_but_sends_no_header(server: ServerProcess) -> None:
+    """A stream's headers leave before its sequence joins a decode step: no X-Batch-Size (not a
+    misleading 0). Its access-log line, written once the stream has ended, has the rows of the
+    decode step the sequence joined (1: it decoded alone)."""
+    body = {"texts": [TEXT], "max_new_tokens": 8, "stream": True}
+    request_id = "stream-batch-size"
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/translate",
+        json=body,
+        headers={"x-request-id": request_id},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        assert "x-batch-size" not in response.headers
+        events = read_events(response)
+    assert events[-1][0] == "done"
+    record = server.wait_for_log_record(request_id)
+    assert record["status"] == 200 and record["model"] == "translator"
+    assert record["batch_size"] == 1
+
+
 @pytest.mark.parametrize(
     ("body", "status", "words"),
     [

@@ -229,7 +229,8 @@ function streams(model, body) {
 
 // Every text's translation appended piece by piece as it decodes. Each result records how many
 // pieces it received (data-pieces) and whether it was streamed (data-streamed). Returns the
-// largest X-Batch-Size of the streams (0 when they do not say) and the first error, if any.
+// first error, if any. A stream has no X-Batch-Size (its headers leave before its sequence
+// joins a decode step): the live panel shows the translator's rows per step instead.
 async function runStreamed(body, started) {
   let firstPiece = null;
   const outcomes = await Promise.allSettled(body.texts.map(async (text) => {
@@ -240,7 +241,7 @@ async function runStreamed(body, started) {
     item.append(el("div", "input muted", text), output);
     $("results").append(item);
     try {
-      const { done, response } = await streamTranslation({ ...body, texts: [text] }, (piece) => {
+      const { done } = await streamTranslation({ ...body, texts: [text] }, (piece) => {
         if (firstPiece === null) {
           firstPiece = performance.now() - started;
           $("first-piece").textContent = `${firstPiece.toFixed(1)} ms`;
@@ -249,7 +250,6 @@ async function runStreamed(body, started) {
         item.dataset.pieces = String(Number(item.dataset.pieces) + 1);
       });
       if (output.textContent !== done.translation) output.textContent = done.translation;
-      return Number(response.headers.get("x-batch-size")) || 0;
     } catch (error) {
       item.classList.add("failed");
       item.append(el("div", "item-error", error.message));
@@ -258,9 +258,8 @@ async function runStreamed(body, started) {
       output.classList.remove("streaming");
     }
   }));
-  const sizes = outcomes.filter((o) => o.status === "fulfilled").map((o) => o.value);
   const failed = outcomes.find((o) => o.status === "rejected");
-  return { batchSize: Math.max(0, ...sizes), error: failed ? failed.reason : null };
+  return { error: failed ? failed.reason : null };
 }
 
 async function run(event) {
@@ -284,9 +283,8 @@ async function run(event) {
     $("first-piece-info").hidden = !streamed;
     const started = performance.now();
     if (streamed) {
-      const { batchSize, error } = await runStreamed(body, started);
+      const { error } = await runStreamed(body, started);
       $("latency").textContent = `${(performance.now() - started).toFixed(1)} ms`;
-      $("batch-size").textContent = batchSize ? String(batchSize) : "–";
       if (error) throw error;
       return;
     }
@@ -305,6 +303,12 @@ async function run(event) {
 }
 
 const fixed = (value, digits) => (value === null || value === undefined ? "–" : value.toFixed(digits));
+
+// A translator decoded step by step (scheduling "step") has no batches of its own: its batch is
+// the decoder rows per step, and padding efficiency does not apply (/v1/stats says null).
+const STEP_BATCH_TIP = "decoder rows per step: sequences (x beams) decoded together";
+const STEP_PADDING_TIP = "not applicable: decoded step by step, sequences join and leave one "
+  + "running batch instead of being padded into batches (padding is measured per batcher run)";
 
 // requests/s per model over the last minute, drawn as a small line next to the numbers
 const TREND_POINTS = 60;
@@ -342,10 +346,15 @@ async function refreshLive() {
     $("live").replaceChildren(...json.models.map((m) => {
       const row = el("tr");
       row.dataset.model = m.model;
+      row.dataset.scheduling = m.scheduling;
       for (const cell of [
         m.model, fixed(m.requests_per_s, 2), fixed(m.latency_p50_ms, 1), fixed(m.latency_p95_ms, 1),
         String(m.queue_depth), fixed(m.batch_size_mean, 1), fixed(m.padding_efficiency_mean, 2),
       ]) row.append(el("td", "", cell));
+      if (m.scheduling === "step") {
+        row.children[5].title = STEP_BATCH_TIP;
+        row.children[6].title = STEP_PADDING_TIP;
+      }
       row.append(trendCell(m.model, m.requests_per_s));
       return row;
     }));
