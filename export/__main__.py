@@ -14,8 +14,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from export import bench, release
+from export.parity import ParityError
+from export.publish import PublishError
 from model_src.cli import DefaultsHelpFormatter as Formatter
 from model_src.cli import show_defaults
+from model_src.common.options import from_args
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -77,9 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev-limit", type=int, default=200, help="first N dev sentences")
     p.add_argument("--max-new-tokens", type=int, default=128, help="generation default in config")
     p.add_argument("--beam-size", type=int, default=4, help="generation default in config")
-
-    from export import bench, release
-
     bench.add_arguments(
         sub.add_parser(
             "bench", help="engine benchmark (PyTorch vs ONNX Runtime)", formatter_class=Formatter
@@ -116,53 +117,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("export").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    from export.parity import ParityError
-    from export.publish import PublishError
-
     try:
         if args.command == "bench":
-            from export import bench
-
             return bench.run(args)
         if args.command in ("release", "unpack"):
-            from export import release
-
             return release.run(args) if args.command == "release" else release.run_unpack(args)
+        # Imported here, not above: they load torch, which reads OMP_WAIT_POLICY when it loads.
         if args.command == "translator":
-            from export.translator import export_translator
+            from export import translator
 
-            out = export_translator(
-                args.checkpoint,
-                args.repository,
-                name=args.name,
-                version=args.version,
-                dev_src=args.dev_src,
-                dev_ref=args.dev_ref,
-                dev_limit=args.dev_limit,
-                threads=args.threads,
-                max_new_tokens=args.max_new_tokens,
-                beam_size=args.beam_size,
-            )
+            out = translator.run_export(from_args(translator.TranslatorExport, args))
         else:
-            from export.classifier import Tolerances, export_classifier
+            from export import classifier
 
-            out = export_classifier(
-                args.checkpoint,
-                args.repository,
-                name=args.name,
-                version=args.version,
-                optimize=args.optimize,
-                quantize=args.quantize,
-                fp16=args.fp16,
-                dev=args.dev,
+            job = from_args(
+                classifier.ClassifierExport,
+                args,
                 kind=args.command,
-                dev_limit=args.dev_limit,
-                threads=args.threads,
-                tolerances=Tolerances(fp32_atol=args.atol),
-                calibration=args.calibration,
-                calibration_limit=args.calibration_limit,
-                int8_candidates=tuple(args.int8_candidates) if args.int8_candidates else None,
+                tolerances=classifier.Tolerances(fp32_atol=args.atol),
             )
+            out = classifier.run_export(job)
     except ParityError as err:
         print(f"error: parity check failed: {err.what}; nothing was written", file=sys.stderr)
         print(json.dumps(err.report, indent=2), file=sys.stderr)

@@ -4,7 +4,12 @@ Measures, in one run on one machine: the fp32 GEMM ceiling; classifier sequences
 percentiles for PyTorch eager, ORT fp32, ORT optimised and ORT int8 over a grid of batch sizes
 and sequence lengths; translator target tokens/s for PyTorch and ORT, greedy and beam 4, with
 and without the key/value cache. Every result is also given as a fraction of the GEMM roofline.
-Writes a JSON file and a markdown report (the tables, the machine, the command).
+Writes a JSON file and a markdown report (export.bench_report: the tables, the machine, the
+command).
+
+This module is imported when `python -m export` builds its parser, before main() sets
+OMP_WAIT_POLICY, which torch reads when it loads: whatever loads torch (the bench_* modules,
+tiny, roofline, torch itself for its version) is imported inside the function that uses it.
 
     python -m export bench --out reports/engine-benchmark.md
     python -m export bench --quick --out /tmp/bench.md        # tiny models, seconds
@@ -23,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from export.bench_report import goals, markdown
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     # Idle threads must sleep, not spin, while engines take turns (see export/__main__.py).
     if "torch" in sys.modules and os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
         logger.warning("torch was imported before OMP_WAIT_POLICY=PASSIVE could be set")
-    from export import bench_classifier, bench_translator, roofline, samples, tiny
+    from export import bench_classifier, bench_translator, roofline, samples, tiny  # torch
 
     quick = args.quick
     batch_sizes = args.batch_sizes or ([1, 4] if quick else [1, 8, 32, 64])
@@ -159,7 +166,7 @@ def _read_lines(path: Path, limit: int) -> list[str]:
 def machine_info(threads: int) -> dict[str, Any]:
     import onnx
     import onnxruntime
-    import torch
+    import torch  # not at the top: see the module docstring
 
     cpu, flags = platform.processor() or "unknown", ""
     try:
@@ -183,166 +190,3 @@ def machine_info(threads: int) -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "onnx": onnx.__version__,
     }
-
-
-# --- goals and report ---------------------------------------------------------------------------
-
-
-def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's goals, as ratios measured in this run (one row per checked cell)."""
-    from export.bench_classifier import ratio
-
-    rows: list[dict[str, Any]] = []
-    cls = result.get("classifier")
-    if cls:
-        cells = cls["cells"]
-        for batch, target in ((32, 1.3), (1, 2.5)):
-            for seq_len in sorted({c["seq_len"] for c in cells}):
-                r = ratio(cells, "ort-optimized", "pytorch-eager", batch, seq_len)
-                if r is not None:
-                    what = f"ORT optimised / PyTorch eager, B{batch} T{seq_len}"
-                    rows.append(_goal(what, r, target))
-        for c in cells:
-            if c["engine"] == "ort-int8" and c["batch"] >= 8:
-                r = ratio(cells, "ort-int8", "ort-optimized", c["batch"], c["seq_len"])
-                if r is not None:
-                    what = f"int8 / ORT optimised fp32, B{c['batch']} T{c['seq_len']}"
-                    rows.append(_goal(what, r, 1.5))
-        for c in cells:
-            if c["engine"] in ("ort-fp32", "ort-optimized") and c["batch"] >= 8:
-                what = f"{c['engine']} roofline fraction, B{c['batch']} T{c['seq_len']}"
-                rows.append(_goal(what, c["roofline"], 0.8))
-    tr = result.get("translator")
-    if tr:
-        speed = {
-            (c["engine"], c["search"], c["cache"]): c["best_tokens_per_s"] for c in tr["cells"]
-        }
-        cached = speed.get(("ort", "greedy", True))
-        uncached = speed.get(("pytorch", "greedy", False))
-        if cached and uncached:
-            what = "cached ORT greedy / uncached PyTorch greedy"
-            rows.append(_goal(what, cached / uncached, 3.0))
-    return rows
-
-
-def _goal(what: str, value: float, target: float) -> dict[str, Any]:
-    return {"goal": what, "measured": round(value, 3), "target": target, "met": value >= target}
-
-
-def markdown(result: dict[str, Any]) -> str:
-    m = result["machine"]
-    lines = [
-        "# Engine benchmark",
-        "",
-        f"Command: `{result['command']}`"
-        + (" (quick mode: tiny models)" if result["quick"] else ""),
-        "",
-        f"Machine: {m['cpu']} ({', '.join(m['isa']) or 'no AVX2'}), "
-        f"{m['logical_cpus']} logical CPUs, {m['threads']} threads used, "
-        f"load average {_fmt_load(m['load_average'])} at the start and "
-        f"{_fmt_load(result.get('load_average_end'))} at the end; Python {m['python']}, "
-        f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, onnx {m['onnx']}. "
-        f"Idle threads sleep instead of spinning (OMP_WAIT_POLICY="
-        f"{result['thread_waiting']['OMP_WAIT_POLICY']}, ORT allow_spinning=0): the engines "
-        "take turns on the same cores.",
-        "",
-        "## fp32 GEMM ceiling",
-        "",
-        "| engine (measured before the runs) | GFLOP/s |",
-        "|---|---|",
-        f"| torch.mm {result['gemm']['n']}^3 | {result['gemm']['torch']:.1f} |",
-        f"| ONNX Runtime MatMul {result['gemm']['n']}^3 | {result['gemm']['ort']:.1f} |",
-        "",
-        "Engines of one cell are timed round-robin (order rotated every round), interleaved with "
-        f'an ONNX Runtime MatMul {result["gemm"]["n"]}^3 (column "GEMM", GFLOP/s), so all see '
-        'the same machine load. "seq/s" and the latency percentiles come from all calls; '
-        '"best" from the fastest call, the least disturbed on a shared machine. GFLOP/s, '
-        "roofline (= GFLOP/s / GEMM) and the goal ratios use the fastest calls.",
-        "",
-    ]
-    cls = result.get("classifier")
-    if cls:
-        enc = cls["encoder"]
-        lines += [
-            "## Classifier",
-            "",
-            f"Checkpoint: `{cls['checkpoint']}`"
-            + (f" ({result['classifier_default']})" if result.get("classifier_default") else "")
-            + f"; encoder hidden {enc['hidden_size']}, {enc['num_hidden_layers']} layers, "
-            f"{enc['num_attention_heads']} heads. Full batches of B sequences of exactly T tokens.",
-            "",
-            "Matmul MFLOP per sequence: "
-            + ", ".join(f"T{t}: {v:.0f}" for t, v in cls["mflop_per_sequence"].items()),
-            "",
-        ]
-        if "int8_settings" in cls["models"]:
-            p = cls["models"]["int8_parity"]
-            lines += [
-                f"int8 settings chosen by the exporter: `{cls['models']['int8_settings']}` "
-                f"(label agreement with fp32 {p['label_agreement']:.3f} on {p['texts']} texts"
-                + (
-                    f", accuracy drop {p['accuracy_drop_points']:.2f} points"
-                    if "accuracy_drop_points" in p
-                    else ""
-                )
-                + ").",
-                "",
-            ]
-        if "int8_attempts" in cls["models"]:
-            from export.int8_choice import attempts_table
-
-            lines += attempts_table(cls["models"]["int8_attempts"], cls["models"].get("int8_speed"))
-        lines += [
-            "| engine | B | T | seq/s | best seq/s | p50 ms | p90 ms | p99 ms | GFLOP/s | GEMM "
-            "| roofline |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for c in cls["cells"]:
-            lines.append(
-                f"| {c['engine']} | {c['batch']} | {c['seq_len']} | {c['seq_per_s']:.1f} | "
-                f"{c['best_seq_per_s']:.1f} | "
-                f"{c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['p99_ms']:.2f} | {c['gflops']:.1f} | "
-                f"{c['gemm_gflops']:.0f} | {100 * c['roofline']:.0f}% |"
-            )
-        lines.append("")
-    tr = result.get("translator")
-    if tr:
-        mc = tr["model"]
-        lines += [
-            "## Translator",
-            "",
-            f"Checkpoint: `{tr['checkpoint']}`"
-            + (f" ({result['translator_default']})" if result.get("translator_default") else "")
-            + f"; d_model {mc['d_model']}, "
-            f"{mc['n_encoder_layers']}+{mc['n_decoder_layers']} layers, "
-            f"vocabulary {mc['vocab_size']}. One batch of {tr['sentences']} sentences "
-            f"(mean {tr['mean_source_tokens']:.1f} source tokens), "
-            f"up to {tr['max_new_tokens']} new tokens each.",
-            "",
-            "| engine | search | cache | tokens | seconds | tokens/s | best tokens/s | GFLOP/s "
-            "| GEMM | roofline |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for c in tr["cells"]:
-            lines.append(
-                f"| {c['engine']} | {c['search']} | {'yes' if c['cache'] else 'no'} | "
-                f"{c['tokens']} | "
-                f"{c['seconds']:.3f} | {c['tokens_per_s']:.1f} | {c['best_tokens_per_s']:.1f} | "
-                f"{c['gflops']:.2f} | "
-                f"{c['gemm_gflops']:.0f} | "
-                f"{100 * c['roofline']:.1f}% |"
-            )
-        lines.append("")
-    if result["goals"]:
-        lines += ["## Goals (ratios from this run)", ""]
-        lines += ["| goal | measured | target | met |", "|---|---|---|---|"]
-        for g in result["goals"]:
-            met = "yes" if g["met"] else "no"
-            lines.append(f"| {g['goal']} | {g['measured']:.2f} | {g['target']} | {met} |")
-        lines.append("")
-    lines.append(f"Total benchmark time: {result['seconds']} s.")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt_load(load: Any) -> str:
-    return "n/a" if not load else ", ".join(f"{x:.1f}" for x in load)

@@ -169,17 +169,3 @@ def _cell(
         gemm_gflops,
         gflops / gemm_gflops,
     )
-
-
-def ratio(
-    cells: list[dict[str, Any]], num: str, den: str, batch: int, seq_len: int
-) -> float | None:
-    """Best seq/s of engine `num` over engine `den` in one cell (None if either is missing)."""
-    found = {
-        c["engine"]: c["best_seq_per_s"]
-        for c in cells
-        if c["batch"] == batch and c["seq_len"] == seq_len
-    }
-    if num in found and den in found:
-        return found[num] / found[den]
-    return None

@@ -23,7 +23,12 @@ from torch import nn
 from export import torchscript
 from export.roofline import decoder_step_flops, round_robin
 from export.runtime import make_session
-from export.translator import export_translator, with_eager_attention
+from export.translator import export_translator
+from export.translator_graph import with_eager_attention
+from model_src.translator.checkpoint import load_translator
+from model_src.translator.data import pad
+from model_src.translator.decoding import beam_search, greedy_decode
+from model_src.translator.tokenizer import encode
 from model_src.translator.transformer import Transformer
 from service.engines.generation import OnnxGenerator
 
@@ -166,11 +171,6 @@ def run(
     min_time: float,
     beam_size: int = 4,
 ) -> dict[str, Any]:
-    from model_src.translator.checkpoint import load_translator
-    from model_src.translator.data import pad
-    from model_src.translator.decoding import beam_search, greedy_decode
-    from model_src.translator.tokenizer import encode
-
     torch.set_num_threads(threads)
     model, config, tokenizer = load_translator(checkpoint)
     if not isinstance(model, Transformer):

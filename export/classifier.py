@@ -88,32 +88,11 @@ class ClassifierExport:
     tolerances: Tolerances | None = None
 
 
-def export_classifier(
-    checkpoint_dir: Path,
-    repository: Path,
-    name: str | None = None,
-    version: int | None = None,
-    optimize: bool = False,
-    quantize: str | None = None,
-    fp16: bool = False,
-    dev: Path | None = None,
-    kind: str = "classifier",
-    **options: Any,
-) -> Path:
-    """Export one classifier/NLI checkpoint; returns the new version directory."""
-    job = ClassifierExport(
-        Path(checkpoint_dir),
-        Path(repository),
-        kind=kind,
-        name=name,
-        version=version,
-        optimize=optimize,
-        quantize=quantize,
-        fp16=fp16,
-        dev=dev,
-        **options,
-    )
-    return run_export(job)
+def export_classifier(checkpoint_dir: Path, repository: Path, **options: Any) -> Path:
+    """Export one classifier/NLI checkpoint; returns the new version directory. `options` are
+    ClassifierExport's fields; None keeps a field's default."""
+    given = {k: v for k, v in options.items() if v is not None}
+    return run_export(ClassifierExport(Path(checkpoint_dir), Path(repository), **given))
 
 
 def model_config(
@@ -126,11 +105,7 @@ def model_config(
             "task": task,
             "labels": labels,
             "max_length": max_length,
-            "batching": {
-                "max_batch_size": job.max_batch_size,
-                "max_batch_tokens": max(job.max_batch_tokens, max_length),
-                "max_queue_delay_ms": job.max_queue_delay_ms,
-            },
+            "batching": publish.batching_config(job, max_length),
         }
     )
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from export import quantize, quantize_static
 from export.runtime import input_names, make_session
+from export.text_inputs import encode, varied_batches
 
 logger = logging.getLogger(__name__)
 
@@ -173,8 +174,6 @@ def batch_composition_diff(
     """Largest change of any text's logits between running it alone and in mixed-length batches
     of varying size (export.text_inputs.varied_batches): 0 up to float rounding when activation
     scales are static; dynamic scales move with the batch's extremes."""
-    from export.text_inputs import encode, varied_batches
-
     alone = np.concatenate([logits_fn(encode(tokenizer, [t])) for t in texts])
     mixed = np.concatenate([logits_fn(encode(tokenizer, b)) for b in varied_batches(texts)])
     return float(np.abs(alone - mixed).max())

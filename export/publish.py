@@ -15,11 +15,28 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from service import repository as repository_schema
 
 logger = logging.getLogger(__name__)
+
+
+class BatchingDefaults(Protocol):
+    """The batching fields of an export job (written into the model's config.json)."""
+
+    max_batch_size: int
+    max_batch_tokens: int
+    max_queue_delay_ms: float
+
+
+def batching_config(job: BatchingDefaults, max_length: int) -> dict[str, Any]:
+    """config.json's "batching": the job's defaults, with room for one max_length sequence."""
+    return {
+        "max_batch_size": job.max_batch_size,
+        "max_batch_tokens": max(job.max_batch_tokens, max_length),
+        "max_queue_delay_ms": job.max_queue_delay_ms,
+    }
 
 
 class PublishError(RuntimeError):

@@ -26,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from export.quantize import last_layer_patterns
 
@@ -121,6 +122,7 @@ def prepare_for_calibration(src: Path, dst: Path) -> Path:
     """`src` with every tensor's type and shape recorded (symbolic shape inference knows the
     optimiser's contrib ops): without them the quantiser cannot tell which MatMul inputs are
     float activations and quantises only the weights."""
+    # Imported on use: only --quantize needs onnxruntime.quantization (~0.3 s to load).
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not dst.is_file():
@@ -134,6 +136,7 @@ def quantize_static_int8(
     """Quantise `src` into `dst` calibrated on `calibration` (the graph's feeds, one dict per
     batch); returns the count of integer MatMuls (both inputs dequantised) and of the
     quantised activation tensors."""
+    # Imported on use, as in prepare_for_calibration.
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -185,8 +188,6 @@ def quantize_static_int8(
 def input_sqnr(qdq_model: Path, calibration: Sequence[Feeds]) -> dict[str, float]:
     """Signal-to-quantisation-noise ratio (dB) of each QDQ MatMul's activation input over the
     calibration feeds: the tensor before QuantizeLinear against it after DequantizeLinear."""
-    import onnxruntime as ort
-
     model = onnx.load(str(qdq_model))
     producer = {o: n for n in model.graph.node for o in n.output}
     pairs: dict[str, tuple[str, str]] = {}  # MatMul name -> (float input, dequantised input)

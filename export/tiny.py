@@ -12,6 +12,17 @@ from typing import Any
 
 import torch
 
+from export.samples import SENTENCE_LABELS, SENTENCES, SOURCE_SENTENCES
+from model_src.bert.heads import SequenceClassifier
+from model_src.bert.hf_checkpoint import default_checkpoint_dir, load_pretrained_bert
+from model_src.bert.model import BertConfig, BertModel
+from model_src.bert.tokenization import load_tokenizer, pad_encodings
+from model_src.classifier.checkpoint import save_classifier
+from model_src.classifier.tasks import task_of_checkpoint
+from model_src.translator.checkpoint import save_translator
+from model_src.translator.tokenizer import train_joint_bpe
+from model_src.translator.transformer import Transformer, TransformerConfig
+
 TINY_BERT = {
     "hidden_size": 32,  # tiny but a multiple of the head count, like the real configs
     "num_hidden_layers": 2,
@@ -22,8 +33,6 @@ TINY_BERT = {
 
 
 def minilm_tokenizer_path() -> Path:
-    from model_src.bert.hf_checkpoint import default_checkpoint_dir
-
     return default_checkpoint_dir() / "tokenizer.json"
 
 
@@ -43,12 +52,6 @@ def tiny_classifier_checkpoint(
     Pair it with a larger `initializer_range` (e.g. 0.5): at BERT's 0.02 a random tiny encoder
     gives nearly the same [CLS] vector for every input.
     """
-    from model_src.bert.heads import SequenceClassifier
-    from model_src.bert.model import BertConfig, BertModel
-    from model_src.bert.tokenization import load_tokenizer
-    from model_src.classifier.checkpoint import save_classifier
-    from model_src.classifier.tasks import task_of_checkpoint
-
     kind = task_of_checkpoint(task)
     labels = labels if labels is not None else list(kind.labels)
     torch.manual_seed(seed)
@@ -79,11 +82,6 @@ def tiny_translator_checkpoint(
     out_dir: Path, seed: int = 0, max_length: int = 64, **model_overrides: Any
 ) -> Path:
     """A random Transformer translator checkpoint with a BPE vocabulary trained on the samples."""
-    from export.samples import SOURCE_SENTENCES
-    from model_src.translator.checkpoint import save_translator
-    from model_src.translator.tokenizer import train_joint_bpe
-    from model_src.translator.transformer import Transformer, TransformerConfig
-
     tokenizer = train_joint_bpe(list(SOURCE_SENTENCES) * 2, vocab_size=300, min_frequency=1)
     torch.manual_seed(seed)
     # A vocab_size override larger than the tokenizer's is allowed (benchmarks at real size).
@@ -102,12 +100,6 @@ def minilm_probe_checkpoint(out_dir: Path, steps: int = 200, seed: int = 0) -> P
     Not a good sentiment model, but one with real encoder weights and confident, varied
     predictions, which is what int8/benchmark checks need from a model.
     """
-    from model_src.bert.heads import SequenceClassifier
-    from model_src.bert.hf_checkpoint import default_checkpoint_dir, load_pretrained_bert
-    from model_src.bert.model import BertModel
-    from model_src.bert.tokenization import load_tokenizer
-    from model_src.classifier.checkpoint import save_classifier
-
     torch.manual_seed(seed)
     encoder: BertModel = load_pretrained_bert(default_checkpoint_dir())
     model = SequenceClassifier(encoder, num_labels=2).eval()
@@ -120,12 +112,9 @@ def minilm_probe_checkpoint(out_dir: Path, steps: int = 200, seed: int = 0) -> P
     return out_dir
 
 
-def _fit_linear_probe(model: Any, steps: int = 200) -> dict[str, Any]:
+def _fit_linear_probe(model: SequenceClassifier, steps: int = 200) -> dict[str, Any]:
     """Fit `model.classifier` by logistic regression on the frozen [CLS] vectors of the bundled
     labelled sentences (a few hundred Adam steps on 32 vectors: well under a second)."""
-    from export.samples import SENTENCE_LABELS, SENTENCES
-    from model_src.bert.tokenization import load_tokenizer, pad_encodings
-
     tokenizer = load_tokenizer(minilm_tokenizer_path(), max_length=128)
     encodings = tokenizer.encode_batch(list(SENTENCES))
     batch = pad_encodings([e.ids for e in encodings], [e.type_ids for e in encodings])

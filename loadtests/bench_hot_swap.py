@@ -31,6 +31,9 @@ import psutil
 
 from loadtests.sample_texts import REVIEW_SENTENCES
 from loadtests.servers import nlpserve_command, running_server
+from loadtests.tool_cli import command_line, print_report, tool_parser
+
+PROG = "python -m loadtests.bench_hot_swap"
 
 RELEASE_WAIT_S = 5.0  # after the index shows the swap: the old version's grace and drain
 
@@ -129,14 +132,9 @@ async def run(args: argparse.Namespace, repository: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_hot_swap")
-    parser.add_argument("--repository", type=Path, required=True)
-    parser.add_argument("--model", default="sentiment")
-    parser.add_argument("--users", type=int, default=32)
+    parser = tool_parser(PROG, warmup_seconds=10.0)
     parser.add_argument("--poll-secs", type=float, default=1.0)
-    parser.add_argument("--warmup-seconds", type=float, default=10.0)
     parser.add_argument("--swaps", type=int, default=2)
-    parser.add_argument("--report", type=Path)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="hot-swap-") as tmp:
         repository = Path(tmp) / "repository"
@@ -144,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(args.repository / args.model, repository / args.model)
         body = asyncio.run(run(args, repository))
     lines = [
-        f"`{' '.join(['python -m loadtests.bench_hot_swap', *(argv or sys.argv[1:])])}`",
+        command_line(PROG, argv),
         "",
         f"Model {args.model}, {args.users} closed-loop clients on /v1/classify (one text per "
         f"request), poll mode every {args.poll_secs:g} s; {platform.machine()}, client and "
@@ -152,11 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *body,
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(text + "\n", encoding="utf-8")
+    print_report(lines, args.report)
     return 0
 
 

@@ -15,7 +15,6 @@ errors per transport and round, and gRPC's throughput relative to HTTP's.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import json
@@ -26,7 +25,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import httpx
@@ -34,6 +32,9 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from loadtests.sample_texts import REVIEW_SENTENCES
 from loadtests.servers import free_port, nlpserve_command, running_server
+from loadtests.tool_cli import command_line, print_report, tool_parser
+
+PROG = "python -m loadtests.bench_protocols"
 
 
 @dataclass
@@ -109,14 +110,9 @@ async def run_grpc(address: str, model: str, users: int, seconds: float) -> Roun
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_protocols")
-    parser.add_argument("--repository", type=Path, required=True)
-    parser.add_argument("--model", default="sentiment")
-    parser.add_argument("--users", type=int, default=32)
+    parser = tool_parser(PROG, warmup_seconds=3.0)
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--warmup-seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--report", type=Path)
     args = parser.parse_args(argv)
 
     grpc_port = free_port()
@@ -136,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ratio = total_rate("gRPC") / total_rate("HTTP JSON")
     lines = [
-        f"`{' '.join(['python -m loadtests.bench_protocols', *(argv or sys.argv[1:])])}`",
+        command_line(PROG, argv),
         "",
         f"Model {args.model}, {args.users} closed-loop clients, {args.seconds:g} s per round, "
         f"{args.rounds} rounds per transport; {platform.machine()}, Python "
@@ -148,11 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"gRPC throughput / HTTP JSON throughput: {ratio:.3f}",
     ]
-    text = "\n".join(lines)
-    print(text)
+    print_report(lines, args.report)
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(text + "\n", encoding="utf-8")
         results = {r.transport + f" {i}": r.rate for i, r in enumerate(rounds)}
         args.report.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -13,6 +13,8 @@ Curve = list[tuple[int, EndpointStats]]
 def plot_load_curves(series: dict[str, Curve], png: Path, title: str = "") -> Path:
     """Two panels: requests/s vs users, and p50 (dotted) / p95 (solid) / p99 (dashed) latency vs
     users; one colour per server."""
+    # Imported here: only a report plots, matplotlib takes ~0.8 s to load, and the backend is
+    # chosen before pyplot loads without changing it for whoever imports this module.
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers and CI

@@ -57,6 +57,41 @@ class Counts:
 Submit = Callable[[Encoded, Callable[[int], None] | None], Awaitable[Any]]
 
 
+class Recorder:
+    """Submits one source at a time and records its latency, its time to the first token and its
+    tokens; `result()` adds the wall-clock and process CPU time since the recorder was made."""
+
+    def __init__(self, submit: Submit, count_tokens: Callable[[str], int]) -> None:
+        self.submit, self.count_tokens = submit, count_tokens
+        self.latencies: list[float] = []
+        self.first: list[float] = []
+        self.tokens = 0
+        self.started, self.cpu = time.monotonic(), time.process_time()
+
+    async def one(self, source: Encoded) -> None:
+        started = time.monotonic()
+        seen: list[float] = []
+
+        def on_token(_: int) -> None:
+            if not seen:
+                seen.append(time.monotonic())
+
+        text = await self.submit(source, on_token)
+        self.latencies.append(time.monotonic() - started)
+        if seen:
+            self.first.append(seen[0] - started)
+        self.tokens += self.count_tokens(text)
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "elapsed": time.monotonic() - self.started,
+            "cpu_s": time.process_time() - self.cpu,  # every thread of this process
+            "latencies": self.latencies,
+            "first": self.first,
+            "tokens": self.tokens,
+        }
+
+
 async def closed_loop(
     submit: Submit,
     sources: Sequence[Encoded],
@@ -64,39 +99,17 @@ async def closed_loop(
     duration_s: float,
     count_tokens: Callable[[str], int],
 ) -> dict[str, Any]:
-    latencies: list[float] = []
-    first: list[float] = []
-    tokens = 0
     stop_at = time.monotonic() + duration_s
 
     async def user(index: int) -> None:
-        nonlocal tokens
         i = index
         while time.monotonic() < stop_at:
-            source = sources[i % len(sources)]
+            await record.one(sources[i % len(sources)])
             i += users
-            started = time.monotonic()
-            seen: list[float] = []
 
-            def on_token(_: int, seen: list[float] = seen) -> None:
-                if not seen:
-                    seen.append(time.monotonic())
-
-            text = await submit(source, on_token)
-            latencies.append(time.monotonic() - started)
-            if seen:
-                first.append(seen[0] - started)
-            tokens += count_tokens(text)
-
-    started, cpu = time.monotonic(), time.process_time()
+    record = Recorder(submit, count_tokens)
     await asyncio.gather(*(user(u) for u in range(users)))
-    return {
-        "elapsed": time.monotonic() - started,
-        "cpu_s": time.process_time() - cpu,  # every thread of this process
-        "latencies": latencies,
-        "first": first,
-        "tokens": tokens,
-    }
+    return record.result()
 
 
 async def open_loop(
@@ -110,40 +123,15 @@ async def open_loop(
     """Requests arriving at `rate` per second (Poisson, seeded) for `duration_s`, whatever the
     answers: the latency a sentence sees at a load the engine can carry."""
     rng = random.Random(seed)
-    latencies: list[float] = []
-    first: list[float] = []
-    tokens = 0
-
-    async def one(source: Encoded) -> None:
-        nonlocal tokens
-        started = time.monotonic()
-        seen: list[float] = []
-
-        def on_token(_: int) -> None:
-            if not seen:
-                seen.append(time.monotonic())
-
-        text = await submit(source, on_token)
-        latencies.append(time.monotonic() - started)
-        if seen:
-            first.append(seen[0] - started)
-        tokens += count_tokens(text)
-
-    started, cpu = time.monotonic(), time.process_time()
-    tasks, i, at = [], 0, started
-    while at < started + duration_s:
+    record = Recorder(submit, count_tokens)
+    tasks, i, at = [], 0, record.started
+    while at < record.started + duration_s:
         at += rng.expovariate(rate)
         await asyncio.sleep(max(0.0, at - time.monotonic()))
-        tasks.append(asyncio.ensure_future(one(sources[i % len(sources)])))
+        tasks.append(asyncio.ensure_future(record.one(sources[i % len(sources)])))
         i += 1
     await asyncio.gather(*tasks)
-    return {
-        "elapsed": time.monotonic() - started,
-        "cpu_s": time.process_time() - cpu,
-        "latencies": latencies,
-        "first": first,
-        "tokens": tokens,
-    }
+    return record.result()
 
 
 async def compare(

@@ -17,11 +17,15 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+
+Key = TypeVar("Key", bound=Hashable)
+Row = TypeVar("Row")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,19 @@ class SampleSizes:
 
 
 SIZES = SampleSizes()
+
+
+def _distinct(count: int, draw: Callable[[int], tuple[Key, Row]], seen: set[Key]) -> list[Row]:
+    """`count` rows from `draw(rows so far)` -> (key, row), skipping a key already in `seen`
+    (shared by a task's train and dev splits, so they never share a sentence)."""
+    rows: list[Row] = []
+    while len(rows) < count:
+        key, row = draw(len(rows))
+        if key not in seen:
+            seen.add(key)
+            rows.append(row)
+    return rows
+
 
 # --- sentiment --------------------------------------------------------------------------------
 
@@ -90,13 +107,13 @@ def _noun(r: random.Random, positive: bool) -> str:
 
 def sentiment_examples(count: int, rng: random.Random, seen: set[str]) -> list[tuple[int, str]]:
     """`count` distinct (label, sentence) rows, labels alternating 0/1 then shuffled."""
-    rows: list[tuple[int, str]] = []
-    while len(rows) < count:
-        label = len(rows) % 2  # balanced: 0 negative, 1 positive (SST-2's codes)
+
+    def draw(n: int) -> tuple[str, tuple[int, str]]:
+        label = n % 2  # balanced: 0 negative, 1 positive (SST-2's codes)
         sentence = rng.choice(_SENTIMENT_TEMPLATES)(rng, label == 1)
-        if sentence not in seen:
-            seen.add(sentence)
-            rows.append((label, sentence))
+        return sentence, (label, sentence)
+
+    rows = _distinct(count, draw, seen)
     rng.shuffle(rows)
     return rows
 
@@ -171,13 +188,12 @@ NLI_LABELS = ("entailment", "neutral", "contradiction")
 def nli_examples(
     count: int, rng: random.Random, seen: set[tuple[str, str]]
 ) -> list[tuple[str, str, str]]:
-    rows: list[tuple[str, str, str]] = []
-    while len(rows) < count:
-        label = NLI_LABELS[len(rows) % 3]
+    def draw(n: int) -> tuple[tuple[str, str], tuple[str, str, str]]:
+        label = NLI_LABELS[n % 3]
         pair = _nli_pair(rng, label)
-        if pair not in seen:
-            seen.add(pair)
-            rows.append((pair[0], pair[1], label))
+        return pair, (*pair, label)
+
+    rows = _distinct(count, draw, seen)
     rng.shuffle(rows)
     return rows
 
@@ -226,17 +242,16 @@ _PLACES_EN_DE = [
 def translation_pairs(count: int, rng: random.Random, seen: set[str]) -> list[tuple[str, str]]:
     """Distinct (English, German) sentence pairs like "A man is playing guitar." / "Ein Mann spielt
     Gitarre." (a Multi30k-like register, grammar agreeing in number)."""
-    rows: list[tuple[str, str]] = []
-    while len(rows) < count:
+
+    def draw(_: int) -> tuple[str, tuple[str, str]]:
         subj_en, subj_de, plural = rng.choice(_SUBJECTS_EN_DE)
         verb_en, verb_de_sg, verb_de_pl = rng.choice(_VERB_PHRASES)
         place_en, place_de = rng.choice(_PLACES_EN_DE)
         english = f"{subj_en} {'are' if plural else 'is'} {verb_en}{place_en}."
         german = f"{subj_de} {verb_de_pl if plural else verb_de_sg}{place_de}."
-        if english not in seen:
-            seen.add(english)
-            rows.append((english, german))
-    return rows
+        return english, (english, german)
+
+    return _distinct(count, draw, seen)
 
 
 # --- pretraining corpus -----------------------------------------------------------------------

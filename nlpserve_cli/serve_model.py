@@ -160,6 +160,8 @@ def ensure_exported(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # On use: the whole service app (uvicorn, FastAPI, gRPC) loads only when serving, not for
+    # this module's cache and export helpers.
     from service.__main__ import build_parser as service_parser
     from service.__main__ import main as serve
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests import bench_serving
+from loadtests import bench_servers, bench_serving
 from loadtests.bench_peers import peer_goals, peer_table
 from loadtests.bench_report import BenchResult, Point, ServerRun
 from loadtests.payloads import load_payloads
@@ -123,7 +123,7 @@ def test_peer_serves_nlpserves_route_and_labels(
         model_repository, servers=(peer,), peer_venvs=venvs, threads=1, work_dir=tmp_path
     )
     served = read_model(model_repository / "sentiment")
-    (spec,) = bench_serving.peer_specs(config, model_repository, served)
+    (spec,) = bench_servers.peer_specs(config, model_repository, served)
     texts = load_payloads(None).texts[:24]
     nlpserve = launch_server(model_repository)
     reference = probe_labels(nlpserve.url, "sentiment", texts)

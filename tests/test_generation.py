@@ -19,7 +19,7 @@ MAX_POSITIONS = 20  # a short sinusoidal table, so the positional cap is reachab
 def generator(tmp_path_factory: pytest.TempPathFactory) -> OnnxGenerator:
     import torch
 
-    from export.translator import export_graphs, with_eager_attention
+    from export.translator_graph import export_graphs, with_eager_attention
     from model_src.translator.transformer import Transformer, TransformerConfig
 
     torch.manual_seed(0)

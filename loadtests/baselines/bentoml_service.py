@@ -23,7 +23,6 @@ Readiness: BentoML's own /readyz.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -125,24 +124,14 @@ async def _send_json(send: Any, status: int, body: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.baselines.bentoml_service")
-    parser.add_argument("--repository", type=Path, required=True)
-    parser.add_argument("--model", default="sentiment")
-    parser.add_argument("--version", type=int, required=True)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=3000)
-    args = parser.parse_args(argv)
-    config = PeerConfig(
-        args.repository.resolve(), args.model, args.version, args.threads, args.max_batch_size
-    )
+    prog = "python -m loadtests.baselines.bentoml_service"
+    config, host, port = PeerConfig.from_command_line(prog, 3000, argv)
     os.environ.update(config.to_env())
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")  # no usage reports from a benchmark
     project_root = Path(__file__).resolve().parents[2]
     service = "loadtests.baselines.bentoml_service:Classifier"
-    command = [sys.executable, "-m", "bentoml", "serve", service, "--host", args.host]
-    command += ["--port", str(args.port), "--working-dir", str(project_root)]
+    command = [sys.executable, "-m", "bentoml", "serve", service, "--host", host]
+    command += ["--port", str(port), "--working-dir", str(project_root)]
     # exec: the benchmark's process is BentoML's arbiter, so its CPU (children included) counts.
     os.execv(sys.executable, command)
     return 0  # not reached

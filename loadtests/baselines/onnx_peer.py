@@ -11,6 +11,7 @@ order: what a user of the framework writes, and all its batching API offers (one
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,26 @@ class PeerConfig:
             ENV_THREADS: str(self.threads),
             ENV_MAX_BATCH_SIZE: str(self.max_batch_size),
         }
+
+    @classmethod
+    def from_command_line(
+        cls, prog: str, default_port: int, argv: list[str] | None = None
+    ) -> tuple[PeerConfig, str, int]:
+        """(config, host, port) from a peer's options (loadtests.peers.peer_command writes them;
+        bench_serving's running_server adds --host and --port)."""
+        parser = argparse.ArgumentParser(prog=prog)
+        parser.add_argument("--repository", type=Path, required=True)
+        parser.add_argument("--model", default="sentiment")
+        parser.add_argument("--version", type=int, required=True)
+        parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+        parser.add_argument("--max-batch-size", type=int, default=32)
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=default_port)
+        args = parser.parse_args(argv)
+        config = cls(
+            args.repository.resolve(), args.model, args.version, args.threads, args.max_batch_size
+        )
+        return config, args.host, args.port
 
 
 class PeerClassifier:

@@ -27,13 +27,11 @@ Readiness: /v2/health/ready on the ingress, answering once the replica has loade
 
 # No `from __future__ import annotations`: Ray pickles the deployment class by value, and FastAPI
 # must find the request model in its annotations as an object, not as a name to look up.
-import argparse
 import asyncio
 import logging
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -123,19 +121,9 @@ def serve_forever(config: PeerConfig, host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.baselines.ray_serve_app")
-    parser.add_argument("--repository", type=Path, required=True)
-    parser.add_argument("--model", default="sentiment")
-    parser.add_argument("--version", type=int, required=True)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8002)
-    args = parser.parse_args(argv)
-    config = PeerConfig(
-        args.repository.resolve(), args.model, args.version, args.threads, args.max_batch_size
-    )
-    serve_forever(config, args.host, args.port)
+    prog = "python -m loadtests.baselines.ray_serve_app"
+    config, host, port = PeerConfig.from_command_line(prog, 8002, argv)
+    serve_forever(config, host, port)
     return 0
 
 

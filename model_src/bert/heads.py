@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model_src.bert.model import BertConfig, BertModel, _activation
+from model_src.bert.model import BertConfig, BertModel, _activation, init_weights
 
 IGNORE_INDEX = -100  # label value of positions that carry no loss (F.cross_entropy's default)
 
@@ -27,8 +27,7 @@ class SequenceClassifier(nn.Module):
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
-        nn.init.normal_(self.classifier.weight, std=encoder.config.initializer_range)
-        nn.init.zeros_(self.classifier.bias)
+        init_weights(self.classifier, encoder.config.initializer_range)
 
     def forward(
         self,
@@ -74,8 +73,7 @@ class BertForPretraining(nn.Module):
         self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.nsp = nn.Linear(H, 2)
         for linear in (self.pooler, self.mlm_transform, self.nsp):
-            nn.init.normal_(linear.weight, std=config.initializer_range)
-            nn.init.zeros_(linear.bias)
+            init_weights(linear, config.initializer_range)
 
     def forward(
         self,

@@ -204,6 +204,24 @@ class BertEncoder(nn.Module):
         return x
 
 
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT's init (truncation aside): N(0, std) weights, zero biases, identity LayerNorms; the
+    heads use it for their own layers. Only matters when training from scratch: loading a
+    checkpoint overwrites it."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 class BertModel(nn.Module):
     """BERT encoder returning the last hidden states (B, T, H); heads live in bert/heads.py."""
 
@@ -212,24 +230,7 @@ class BertModel(nn.Module):
         self.config = config
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        # BERT's init (truncation aside): N(0, 0.02) weights, zero biases, identity LayerNorms.
-        # Only matters when training from scratch; loading a checkpoint overwrites it.
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        self.apply(lambda module: init_weights(module, config.initializer_range))
 
     def forward(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -66,6 +66,7 @@ class Collator:
         return batch
 
 
+@dataclass(eq=False)  # compared by identity, like any sampler
 class LengthBucketBatchSampler(Sampler[list[int]]):
     """Batches of similar length with DistributedSampler's semantics.
 
@@ -77,29 +78,23 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     the same number of batches, which DDP needs to keep its all-reduces in step.
     """
 
-    def __init__(
-        self,
-        lengths: Sequence[int],
-        batch_size: int,
-        shuffle: bool = True,
-        seed: int = 0,
-        bucket_batches: int = 50,  # chunk = 50 batches: little padding, still random mixing
-        num_replicas: int = 1,
-        rank: int = 0,
-        drop_last: bool = False,
-    ) -> None:
-        if batch_size < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"bad batch_size={batch_size} / rank={rank} of {num_replicas}")
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.bucket_batches = bucket_batches
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.drop_last = drop_last
-        self.epoch = 0
-        self.per_rank = math.ceil(len(self.lengths) / num_replicas)
+    lengths: Sequence[int]  # tokens of each example, in dataset order
+    batch_size: int
+    shuffle: bool = True
+    seed: int = 0
+    bucket_batches: int = 50  # chunk = 50 batches: little padding, still random mixing
+    num_replicas: int = 1
+    rank: int = 0
+    drop_last: bool = False
+    epoch: int = field(default=0, init=False)  # set_epoch() before each epoch
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or not 0 <= self.rank < self.num_replicas:
+            raise ValueError(
+                f"bad batch_size={self.batch_size} / rank={self.rank} of {self.num_replicas}"
+            )
+        self.lengths = list(self.lengths)
+        self.per_rank = math.ceil(len(self.lengths) / self.num_replicas)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -205,22 +205,15 @@ class Trainer:
         self.position, self.best = resume.Position(), _Best()
         # Throughput of this invocation (a resumed run counts from its restart); eval excluded.
         self.examples_seen, self.eval_seconds = 0, 0.0
-        resumed = resume.load_resume_state(cfg.out) if cfg.run.resume else None
-        if resumed is not None:
+        self.files = resume.RunFiles(cfg.out, cfg.run, ctx.is_main)
+        if (resumed := self.files.take_resumed()) is not None:
             self.position, self.best = resumed.position, _Best(**resumed.extra["best"])
             resumed.restore(self.model, self.optimizer, self.scheduler)
-        self.metrics = training.MetricsLogger(
-            cfg.out / "metrics.jsonl", enabled=ctx.is_main, append=resumed is not None
-        )
-        self.save_clock = resume.SaveClock(cfg.run.save_every_minutes)
+        self.metrics = self.files.metrics
 
     def save_resume(self) -> None:
-        if self.ctx.is_main:
-            resume.save_resume_state(
-                self.cfg.out, self.model, self.optimizer, self.scheduler, self.position,
-                {"best": asdict(self.best)},
-            )  # fmt: skip
-        self.save_clock.saved()
+        extra = {"best": asdict(self.best)}
+        self.files.save(self.model, self.optimizer, self.scheduler, self.position, extra)
 
     def evaluate_and_keep(self, step: int, epoch: float) -> None:
         """Dev metrics; a new best is saved as the checkpoint in --out."""
@@ -292,7 +285,7 @@ class Trainer:
                     break
                 group = [self.collate([self.train_set[i] for i in batch]) for batch in indices]
                 self._train_one_step(group, bar)
-                if self.save_clock.due():
+                if self.files.save_due():
                     self.save_resume()
             if stopped:
                 log.info("stopping at step %d (--max-steps); --resume continues", pos.step)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from model_src.common.options import option
+from model_src.common.training import MetricsLogger
 
 log = logging.getLogger(__name__)
 
@@ -133,33 +134,6 @@ class ResumeState:
         set_rng_states(self.rng)
 
 
-def save_resume_state(
-    out_dir: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    position: Position,
-    extra: dict[str, Any],
-    generators: dict[str, torch.Generator] | None = None,
-) -> Path:
-    """Write <out_dir>/resume.pt via a temporary name: a kill mid-write keeps the last one."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = {
-        "position": vars(position),
-        "extra": extra,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng_states(),
-        "generators": {k: g.get_state() for k, g in (generators or {}).items()},
-    }
-    path = out_dir / RESUME_FILE
-    tmp = path.with_name(RESUME_FILE + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-    return path
-
-
 def load_resume_state(out_dir: Path) -> ResumeState | None:
     """The resume state in out_dir, or None when the run never wrote one."""
     path = out_dir / RESUME_FILE
@@ -207,3 +181,54 @@ class SaveClock:
 
     def saved(self) -> None:
         self.last = time.monotonic()
+
+
+class RunFiles:
+    """What every trainer keeps in --out besides its checkpoint: the resume state it continues
+    from (`take_resumed`), metrics.jsonl (appended to when resuming) and the
+    --save-every-minutes clock. Only rank 0 writes."""
+
+    def __init__(self, out: Path, control: RunControl, is_main: bool) -> None:
+        self.out, self.is_main = out, is_main
+        self._resumed = load_resume_state(out) if control.resume else None
+        self.metrics = MetricsLogger(
+            out / "metrics.jsonl", enabled=is_main, append=self._resumed is not None
+        )
+        self.clock = SaveClock(control.save_every_minutes)
+
+    def take_resumed(self) -> ResumeState | None:
+        """The state to restore (None for a fresh run); handed over once, so that its tensors
+        are freed once restored instead of living as long as the run."""
+        resumed, self._resumed = self._resumed, None
+        return resumed
+
+    def save_due(self) -> bool:
+        return self.clock.due()
+
+    def save(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        position: Position,
+        extra: dict[str, Any],
+        generators: dict[str, torch.Generator] | None = None,
+    ) -> None:
+        """Write <out>/resume.pt (rank 0; via a temporary name, so a kill mid-write keeps the
+        last one) and restart the clock (every rank)."""
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            state = {
+                "position": vars(position),
+                "extra": extra,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_states(),
+                "generators": {k: g.get_state() for k, g in (generators or {}).items()},
+            }
+            path = self.out / RESUME_FILE
+            tmp = path.with_name(RESUME_FILE + ".tmp")
+            torch.save(state, tmp)
+            tmp.replace(path)
+        self.clock.saved()

@@ -257,23 +257,18 @@ class Trainer:
             self.optimizer, round(cfg.warmup_ratio * cfg.steps), cfg.steps
         )
         self.position, self.last = resume.Position(), {}
-        resumed = resume.load_resume_state(cfg.out) if cfg.run.resume else None
-        if resumed is not None:
+        self.files = resume.RunFiles(cfg.out, cfg.run, ctx.is_main)
+        if (resumed := self.files.take_resumed()) is not None:
             self.position, self.last = resumed.position, resumed.extra["last"]
             generators = {"masks": self.mask_generator}
             resumed.restore(self.model, self.optimizer, self.scheduler, generators)
-        self.metrics = training.MetricsLogger(
-            cfg.out / "metrics.jsonl", enabled=ctx.is_main, append=resumed is not None
-        )
-        self.save_clock = resume.SaveClock(cfg.run.save_every_minutes)
+        self.metrics = self.files.metrics
 
     def save_resume(self) -> None:
-        if self.ctx.is_main:
-            resume.save_resume_state(
-                self.cfg.out, self.model, self.optimizer, self.scheduler, self.position,
-                {"last": self.last}, {"masks": self.mask_generator},
-            )  # fmt: skip
-        self.save_clock.saved()
+        extra, generators = {"last": self.last}, {"masks": self.mask_generator}
+        self.files.save(
+            self.model, self.optimizer, self.scheduler, self.position, extra, generators
+        )
 
     def fit(self) -> dict[str, Any]:
         cfg, ctx, pos, device = self.cfg, self.ctx, self.position, self.device
@@ -318,7 +313,7 @@ class Trainer:
                 self.last["dev"] = evaluate(self.model, self.dev_batches, device)
                 self.metrics.log(step=step, split="dev", **self.last["dev"])
                 logger.info("step %d dev %s", step, _fmt(self.last["dev"]))
-            if self.save_clock.due():
+            if self.files.save_due():
                 self.save_resume()
         bar.close()
         pos.finished = pos.step >= cfg.steps

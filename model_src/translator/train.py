@@ -98,28 +98,22 @@ class Trainer:
         self.best: dict[str, Any] = {"dev_bleu": -1.0}
         self.last_eval_step = -1
         self.grad_norm = float("nan")
-        resumed = resume.load_resume_state(self.out) if cfg.run.resume else None
-        if resumed is not None:
+        self.files = resume.RunFiles(self.out, cfg.run, ctx.is_main)
+        if (resumed := self.files.take_resumed()) is not None:
             self.position = resumed.position
             self.best, self.last_eval_step = resumed.extra["best"], resumed.extra["last_eval_step"]
             resumed.restore(training.unwrap(self.model), self.optimizer, self.scheduler)
-        self.metrics = training.MetricsLogger(
-            self.out / "metrics.jsonl", enabled=ctx.is_main, append=resumed is not None
-        )
-        self.save_clock = resume.SaveClock(cfg.run.save_every_minutes)
+        self.metrics = self.files.metrics
 
     @property
     def step(self) -> int:
         return self.position.step
 
     def save_resume(self) -> None:
-        if self.ctx.is_main:
-            extra = {"best": self.best, "last_eval_step": self.last_eval_step}
-            resume.save_resume_state(
-                self.out, training.unwrap(self.model), self.optimizer, self.scheduler,
-                self.position, extra,
-            )  # fmt: skip
-        self.save_clock.saved()
+        extra = {"best": self.best, "last_eval_step": self.last_eval_step}
+        self.files.save(
+            training.unwrap(self.model), self.optimizer, self.scheduler, self.position, extra
+        )
 
     def _init_checkpoint(self) -> tuple[Translator, dict[str, Any], Any] | None:
         """(model, config, tokenizer) of --init. Its architecture overrides --arch and the size
@@ -221,7 +215,7 @@ class Trainer:
                 if self.should_stop():
                     stop = True
                     break
-                if self.save_clock.due():
+                if self.files.save_due():
                     self.save_resume()
             bar.close()
             if not cfg.eval_every or stop or epoch == cfg.epochs:
