@@ -5,11 +5,18 @@ at a few hundred requests per second and hundreds of connections, spends more CP
 than the server's 429 path does, so its own backlog (requests "sent" but not yet written) would
 be measured as the server's drain time. This client writes prebuilt request bytes on kept-alive
 connections and reads a Content-Length answer: tens of microseconds of client CPU per request.
+
+Closed loops need it too: one httpx.AsyncClient shared by 32 users spent 3-4 ms of CPU per
+request (py-spy: httpcore's pool scans every connection for each request, `is_socket_readable`
+and `getpeername` on each), was busy 95% of the time and so set the req/s of
+loadtests/translation_bench.py, while the server idled 60% of it. `request` also returns the
+body, and reads chunked answers (Server-Sent Events) chunk by chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 
 class RawHttpPool:
@@ -23,6 +30,14 @@ class RawHttpPool:
     async def post_json(self, path: str, body: bytes) -> tuple[int, dict[str, str]]:
         """POST `body` as JSON; the answer's status and lower-cased headers (body dropped).
         Raises OSError or asyncio.IncompleteReadError when the connection fails."""
+        status, headers, _ = await self.request(path, body)
+        return status, headers
+
+    async def request(
+        self, path: str, body: bytes, on_chunk: Callable[[bytes], None] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """POST `body` as JSON; status, lower-cased headers and body. A chunked answer is
+        handed to `on_chunk` chunk by chunk as it arrives (and returned whole)."""
         if self._idle:
             reader, writer = self._idle.pop()
         else:
@@ -40,7 +55,18 @@ class RawHttpPool:
             while (line := await reader.readline()) not in (b"\r\n", b""):
                 name, _, value = line.decode("latin-1").partition(":")
                 headers[name.strip().lower()] = value.strip()
-            await reader.readexactly(int(headers.get("content-length", "0")))
+            if headers.get("transfer-encoding", "").lower() == "chunked":
+                chunks = []
+                while size := int((await reader.readline()).split(b";")[0], 16):
+                    chunk = (await reader.readexactly(size + 2))[:-2]  # data, CRLF
+                    if on_chunk is not None:
+                        on_chunk(chunk)
+                    chunks.append(chunk)
+                while await reader.readline() not in (b"\r\n", b""):  # trailers
+                    pass
+                data = b"".join(chunks)
+            else:
+                data = await reader.readexactly(int(headers.get("content-length", "0")))
         except BaseException:
             writer.close()
             raise
@@ -48,7 +74,7 @@ class RawHttpPool:
             writer.close()
         else:
             self._idle.append((reader, writer))
-        return int(status_line.split()[1]), headers
+        return int(status_line.split()[1]), headers, data
 
     def close(self) -> None:
         for _, writer in self._idle:

@@ -32,6 +32,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from tokenizers import Tokenizer
 
+from loadtests.raw_http import RawHttpPool
 from loadtests.servers import nlpserve_command, running_server
 from loadtests.translation_inprocess import compare, percentiles
 from service.engines.translator import DecodingParams
@@ -72,43 +73,49 @@ async def closed_loop(
     translations: list[str] = []
     errors: dict[str, int] = {}
     stop_at = time.monotonic() + duration_s
-    limits = httpx.Limits(max_connections=users, max_keepalive_connections=users)
+    address = httpx.URL(host)
+    # Not httpx: its pool's CPU per request grows with the connections (see loadtests.raw_http)
+    # and, at 32 users, made the load generator the bottleneck of the measurement.
+    pool = RawHttpPool(address.host, address.port or 80)
 
-    async def user(index: int, client: httpx.AsyncClient) -> None:
+    async def user(index: int) -> None:
         i = index
         while time.monotonic() < stop_at:
-            payload = {**body, "texts": [sentences[i % len(sentences)]]}
+            payload = {**body, "texts": [sentences[i % len(sentences)]], "stream": stream}
             i += users
             started = time.monotonic()
+            first: list[float] = []
+
+            def on_chunk(
+                chunk: bytes, started: float = started, first: list[float] = first
+            ) -> None:
+                if not first and b"data: " in chunk:
+                    first.append(time.monotonic() - started)
+
             try:
-                if stream:
-                    payload["stream"] = True
-                    first = None
-                    async with client.stream("POST", "/v1/translate", json=payload) as r:
-                        if r.status_code != 200:
-                            errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
-                            await r.aread()
-                            continue
-                        async for line in r.aiter_lines():
-                            if line.startswith("data: ") and first is None:
-                                first = time.monotonic() - started
-                            if line.startswith("data: ") and '"translation"' in line:
-                                translations.append(json.loads(line[6:])["translation"])
-                    first_pieces.append(first if first is not None else float("nan"))
-                else:
-                    r = await client.post("/v1/translate", json=payload)
-                    if r.status_code != 200:
-                        errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
-                        continue
-                    translations.append(r.json()["translations"][0])
-            except httpx.HTTPError as e:
+                status, _, answer = await pool.request(
+                    "/v1/translate", json.dumps(payload).encode(), on_chunk
+                )
+            except (OSError, asyncio.IncompleteReadError) as e:
                 errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
                 continue
+            if status != 200:
+                errors[str(status)] = errors.get(str(status), 0) + 1
+                continue
+            if stream:
+                for line in answer.decode().splitlines():
+                    if line.startswith("data: ") and '"translation"' in line:
+                        translations.append(json.loads(line[6:])["translation"])
+                first_pieces.append(first[0] if first else float("nan"))
+            else:
+                translations.append(json.loads(answer)["translations"][0])
             latencies.append(time.monotonic() - started)
 
     started = time.monotonic()
-    async with httpx.AsyncClient(base_url=host, timeout=120, limits=limits) as client:
-        await asyncio.gather(*(user(u, client) for u in range(users)))
+    try:
+        await asyncio.gather(*(user(u) for u in range(users)))
+    finally:
+        pool.close()
     elapsed = time.monotonic() - started
     return {
         "requests": len(latencies),
@@ -171,6 +178,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         mean_sequences_per_run=per_step(before, after, "nlpserve_batch_size"),
                     )
                     logger.info("%s", row)
+                    if mode == "step" and row["mean_rows_per_step"] is None:
+                        raise SystemExit(
+                            "translation_bench: the server did not decode step by step (a "
+                            "decoder.onnx without self_mask falls back to request-level "
+                            "batching; see the server log): re-export the translator"
+                        )
                     results.append(row)
     return {**describe(args, sentences), "in_process": False, "results": results}
 

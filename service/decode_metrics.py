@@ -66,15 +66,21 @@ class DecodeStepMetrics:
     def __init__(self, metrics: DecodeMetrics, model: str) -> None:
         self._m = metrics
         self._model = model
+        # Children bound once: `labels()` (a lock and a dict lookup each) five times a step was
+        # ~9% of the decode thread's time holding the GIL (py-spy --gil, 8 streaming users).
+        self._running = metrics.running.labels(model)
+        self._joins = metrics.joins.labels(model)
+        self._step_seconds = metrics.step_seconds.labels(model)
+        self._cache_tokens = metrics.cache_tokens.labels(model)
+        self._finished = metrics.finished.labels(model)
 
     def on_step(self, stats: StepStats) -> None:
-        m, model = self._m, self._model
-        m.running.labels(model).observe(stats.rows)
-        m.joins.labels(model).observe(stats.joined)
-        m.step_seconds.labels(model).observe(stats.seconds)
-        m.cache_tokens.labels(model).set(stats.cache_tokens)
+        self._running.observe(stats.rows)
+        self._joins.observe(stats.joined)
+        self._step_seconds.observe(stats.seconds)
+        self._cache_tokens.set(stats.cache_tokens)
         if stats.finished:
-            m.finished.labels(model).inc(stats.finished)
+            self._finished.inc(stats.finished)
 
     def on_dropped(self, reason: str, count: int) -> None:
         self._m.dropped.labels(self._model, reason).inc(count)

@@ -31,6 +31,7 @@ from service.errors import ErrorKind, ServiceError
 
 MEDIA_TYPE = "text/event-stream"
 _END = -1  # queue marker: the sequence finished or failed
+_TIMEOUT = -2  # queue marker: the deadline passed
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -87,15 +88,15 @@ class TranslationStream:
 
     async def events(self) -> AsyncIterator[bytes]:
         assert self.item is not None
-        loop = asyncio.get_running_loop()
+        # One timer for the whole stream puts a marker in the queue at the deadline (an
+        # asyncio.wait_for per token made a Task and a timer per token on Python 3.11).
+        timer = asyncio.get_running_loop().call_at(self.deadline, self.tokens.put_nowait, _TIMEOUT)
         ids: list[int] = []
         sent = ""
         try:
             while True:
-                remaining = self.deadline - loop.time()
-                try:
-                    token = await asyncio.wait_for(self.tokens.get(), max(remaining, 0))
-                except asyncio.TimeoutError:
+                token = await self.tokens.get()
+                if token == _TIMEOUT:
                     yield _error(ServiceError(ErrorKind.TIMEOUT, "the request timed out"))
                     return
                 if token == _END:
@@ -128,6 +129,7 @@ class TranslationStream:
                 },
             )
         finally:
+            timer.cancel()
             self.item.future.cancel()  # client gone or stream over: the rows leave next step
             self.closer.close()
 

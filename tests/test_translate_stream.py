@@ -174,3 +174,30 @@ def test_models_list_says_the_translator_is_step_scheduled(server: ServerProcess
     models = httpx.get(server.url + "/v1/models").json()["models"]
     (translator,) = [m for m in models if m["name"] == "translator"]
     assert translator["batching"]["scheduling"] == "step"
+
+
+def test_stream_past_its_deadline_ends_with_a_timeout_event() -> None:
+    """No token before the stream's deadline: an `error` event of type timeout ends it, and the
+    sequence is cancelled (its rows leave at the next step)."""
+    import asyncio
+    from types import SimpleNamespace
+    from typing import Any
+
+    from service.streaming import TranslationStream
+
+    async def scenario() -> tuple[list[bytes], bool]:
+        loop = asyncio.get_running_loop()
+        engine: Any = SimpleNamespace(finish=lambda ids: "", generator=SimpleNamespace(eos_id=2))
+        stream = TranslationStream(
+            model="translator", version="1", engine=engine, truncated=False,
+            deadline=loop.time() + 0.05,
+        )  # fmt: skip
+        item: Any = SimpleNamespace(future=loop.create_future())
+        stream.attach(item)
+        frames = [frame async for frame in stream.events()]
+        return frames, item.future.cancelled()
+
+    frames, cancelled = asyncio.run(scenario())
+    assert len(frames) == 1 and frames[0].startswith(b"event: error\n")
+    assert json.loads(frames[0].split(b"data: ")[1])["type"] == "timeout"
+    assert cancelled
