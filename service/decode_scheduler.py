@@ -16,19 +16,16 @@ every step boundary:
 4. sequences that finished are answered at once; greedy ones hand each new token to their
    listener (streaming) as it comes.
 
-The loop runs on its own thread, off the event loop, step after step while there is work. With
-a hand-off to a worker thread at every step instead, one-sentence requests in a row took
-11.5-13 ms against 6.4-7.4 ms with request-level batching; on its own thread 10.2-10.4 ms against
-8.0-8.9 ms (demo translator, busy 2-core VM). `submit` (event loop) and the
-loop share only the waiting queue, under a lock; answers and streamed tokens go back to the
-event loop in one `call_soon_threadsafe` per step.
+The loop runs on its own thread, off the event loop, step after step while there is work (a
+hand-off to a worker thread at every step took one-sentence requests from 10.2-10.4 ms to
+11.5-13 ms, demo translator, busy 2-core VM). `submit` (event loop) and the loop share only the
+waiting queue, under a lock; answers and streamed tokens go back in one `call_soon_threadsafe`
+per step.
 
 Budgets, queue limits and admission (429 with Retry-After when the wait for a place, predicted
 from the measured rate rows free up, would pass the deadline), deadlines (504) and cancellation
-work as in `service.batcher`, whose `submit` interface this class shares, so the
-inference path and the Open Inference Protocol use it unchanged. The budgets and the admission
-rule are in service/decode_policy.py; metrics observe the scheduler from outside
-(`DecodeObserver`).
+work as in `service.batcher`, whose `submit` interface this class shares. The budgets and the
+admission rule are in service/decode_policy.py; metrics observe it from outside (`DecodeObserver`).
 """
 
 from __future__ import annotations
