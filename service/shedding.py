@@ -8,7 +8,9 @@ never sees, and the 429s it sends come late with a Retry-After far below the rea
 Retry-After 1-2 s while the backlog took 20 s to drain, reports/reliability.md). This gate counts
 the inference requests that entered the app and have not been answered, and answers 429 at once,
 for the cost of reading the request line and headers, once that count passes what the server
-answers within half a deadline at its measured rate.
+answers within a whole deadline at its measured rate: requests past that many would time out
+even if nothing else arrived. It is a backstop: below it, the models' admission (half a deadline,
+per model, counted in tokens) decides.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from service.admission import ADMISSION_MARGIN, whole_seconds
+from service.admission import whole_seconds
 
 # Inference routes: what the gate counts. Model control, metadata, health and metrics stay open,
 # so an operator can still look at and steer an overloaded server.
@@ -41,8 +43,8 @@ class InFlightGate:
     """Counts inference requests in flight and decides, before parsing, whether one more fits.
 
     `fixed_limit` (the max_in_flight setting) caps the count outright; 0 derives the cap from the
-    measured answer rate: the requests answered in ADMISSION_MARGIN of the request deadline, the
-    same share the models' admission keeps, never under MIN_IN_FLIGHT."""
+    measured answer rate: the requests answered within the request deadline, never under
+    MIN_IN_FLIGHT."""
 
     def __init__(self, timeout_s: float, fixed_limit: int = 0) -> None:
         self.timeout_s = timeout_s
@@ -54,7 +56,7 @@ class InFlightGate:
         if self.fixed_limit:
             return self.fixed_limit
         rate = self.answer_rate(now)
-        return max(MIN_IN_FLIGHT, math.floor(rate * self.timeout_s * ADMISSION_MARGIN))
+        return max(MIN_IN_FLIGHT, math.floor(rate * self.timeout_s))
 
     def answer_rate(self, now: float) -> float:
         """Successful answers per second over the last RATE_WINDOW_S."""

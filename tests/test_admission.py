@@ -68,9 +68,9 @@ def test_in_flight_gate_derives_its_cap_from_the_answer_rate() -> None:
         busy.in_flight += 1
         busy.leave(now - RATE_WINDOW_S + k / 500, answered=True)
     assert busy.answer_rate(now) == 500
-    assert busy.limit(now) == int(500 * 2.0 * ADMISSION_MARGIN)  # answered in half the deadline
+    assert busy.limit(now) == 500 * 2  # what is answered within the deadline
     busy.in_flight = busy.limit(now)
-    assert busy.try_enter(now) == 1  # 500 in flight at 500/s: a second
+    assert busy.try_enter(now) == 2  # 1000 in flight at 500/s: two seconds
     busy.leave(now, answered=False)  # refusals and errors do not count toward the rate
     assert busy.answer_rate(now) == 500
     assert busy.try_enter(now) is None
