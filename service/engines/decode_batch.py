@@ -186,9 +186,7 @@ class DecodeBatch:
             free = np.asarray([o is None for o in self.owner])
             self._layout = _Layout(
                 greedy=greedy,
-                greedy_rows=np.concatenate([s.rows for s in greedy])
-                if greedy
-                else np.zeros(0, int),
+                greedy_rows=np.concatenate([np.zeros(0, int), *(s.rows for s in greedy)]),
                 beam_groups=[[s for s in self.sequences.values() if s.beams == K] for K in sizes],
                 free=free if free.any() else None,
             )
