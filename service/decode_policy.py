@@ -99,19 +99,30 @@ class DecodeAdmission:
     def __init__(self, name: str, policy: DecodePolicy) -> None:
         self.name = name
         self.policy = policy
-        # (seconds, rows freed) of recent steps
+        # (seconds, rows freed) of recent steps, and their running totals: `predicted_wait_s` runs
+        # on every submit, so it must not re-sum the window (O(1) per step and per submit)
         self._recent: deque[tuple[float, int]] = deque(maxlen=THROUGHPUT_WINDOW_STEPS)
+        self._seconds = 0.0
+        self._freed = 0
+        self._observed = 0
 
     def observe_step(self, seconds: float, rows_freed: int) -> None:
+        if len(self._recent) == THROUGHPUT_WINDOW_STEPS:
+            old_seconds, old_freed = self._recent[0]
+            self._seconds -= old_seconds
+            self._freed -= old_freed
         self._recent.append((seconds, rows_freed))
+        self._seconds += seconds
+        self._freed += rows_freed
+        self._observed += 1
+        if self._observed % THROUGHPUT_WINDOW_STEPS == 0:  # no float drift from the subtractions
+            self._seconds = sum(s for s, _ in self._recent)
 
     def predicted_wait_s(self, rows_ahead: int, running_rows: int) -> float | None:
         """Seconds until `rows_ahead` decoder rows (the waiting ones, then the new ones) would
         have a place: those beyond the free rows, over the measured rate at which rows are
         freed (None before any sequence finished)."""
-        recent = list(self._recent)
-        seconds = sum(s for s, _ in recent)
-        freed = sum(r for _, r in recent)
+        seconds, freed = self._seconds, self._freed
         if not freed or seconds <= 0:
             return None
         free = self.policy.max_running_sequences - running_rows
