@@ -45,8 +45,8 @@ def test_in_process_benchmark_reports_cpu_per_request(
     copy_repository: Callable[..., Path], tmp_path: Path
 ) -> None:
     """--in-process drives the scheduler and the batcher without HTTP, closed loop and open
-    loop (--rates): both modes, rows per step / sequences per run, first tokens for the
-    scheduler, CPU ms per request."""
+    loop (--rates): both modes, the scheduler also with a token listener (a stream), rows per
+    step / sequences per run, first tokens for streams, CPU ms per request."""
     sentences = tmp_path / "val.en"
     sentences.write_text("A dog runs.\nTwo men play football in a park.\n")
     out = tmp_path / "report.json"
@@ -58,11 +58,14 @@ def test_in_process_benchmark_reports_cpu_per_request(
     ]  # fmt: skip
     assert main(argv) == 0
     rows = json.loads(out.read_text())["results"]
-    assert [(r["mode"], r["users"]) for r in rows] == [
-        ("step", 2), ("step", "20/s open"), ("request", 2), ("request", "20/s open"),
+    assert [(r["mode"], r["stream"], r["users"]) for r in rows] == [
+        ("step", False, 2), ("step", False, "20/s open"),
+        ("step", True, 2), ("step", True, "20/s open"),
+        ("request", False, 2), ("request", False, "20/s open"),
     ]  # fmt: skip
-    step, request = rows[0], rows[2]
-    assert step["requests"] > 0 and request["requests"] > 0
+    step, streamed, request = rows[0], rows[2], rows[4]
+    assert step["requests"] > 0 and request["requests"] > 0 and streamed["requests"] > 0
     assert step["mean_rows_per_step"] >= 1 and request["mean_sequences_per_run"] >= 1
-    assert step["first_piece_ms"]["p50"] is not None and request["first_piece_ms"] is None
+    assert streamed["first_piece_ms"]["p50"] is not None
+    assert step["first_piece_ms"] is None and request["first_piece_ms"] is None
     assert step["cpu_ms_per_request"] > 0 and request["cpu_ms_per_request"] > 0
