@@ -3,15 +3,13 @@ that apply it (service/batcher.py), so each rule can be read and tested on its o
 
 - `BatchPolicy`: one model's limits, from its config.json with the service-wide overrides;
 - `next_batch`: the items (FIFO, one key) the next batch takes, and whether it is full;
-- `split_runs`: where to cut a length-sorted batch into runs. Each run pads only to its own
-  longest sequence, and each costs a fixed overhead, so a cut pays when it saves more padding
-  than that;
+- `split_runs` (service/engines/runs.py, shared with the decode batch's joiners): where to cut
+  a length-sorted batch into runs;
 - `oldest_first`: the order the runs start in.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -81,34 +79,6 @@ def next_batch(queue: Iterable[Q], key: Hashable, policy: BatchPolicy) -> tuple[
         if len(batch) >= policy.max_batch_size:
             return batch, True
     return batch, False
-
-
-def split_runs(lengths: Sequence[int], overhead_tokens: int) -> list[tuple[int, int]]:
-    """Cut ascending `lengths` into runs [start, end) minimising padded tokens + per-run overhead.
-
-    A run pads to its last (longest) sequence, so it costs `(end - start) * lengths[end - 1] +
-    overhead_tokens`. Exact dynamic programme over the positions where the length changes
-    (cutting between equal lengths never helps), so O(distinct lengths^2).
-    """
-    n = len(lengths)
-    if n == 0:
-        return []
-    ends = [i + 1 for i in range(n) if i + 1 == n or lengths[i + 1] != lengths[i]]
-    starts = [0, *ends[:-1]]  # candidate run starts; starts[j] is where run j would begin
-    best = [0.0] + [math.inf] * len(ends)  # best[j]: cost of covering [0, starts[j] or ends[j-1])
-    back = [0] * (len(ends) + 1)
-    for j, end in enumerate(ends, start=1):
-        for i in range(j):  # run from starts[i] to end
-            cost = best[i] + (end - starts[i]) * lengths[end - 1] + overhead_tokens
-            if cost < best[j]:
-                best[j], back[j] = cost, i
-    runs = []
-    j = len(ends)
-    while j > 0:
-        i = back[j]
-        runs.append((starts[i], ends[j - 1]))
-        j = i
-    return runs[::-1]
 
 
 def oldest_first(runs: list[tuple[int, int]], arrivals: Sequence[float]) -> list[tuple[int, int]]:

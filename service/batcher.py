@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from service.admission import Admission
-from service.batch_policy import BatchPolicy, next_batch, oldest_first, split_runs
+from service.batch_policy import BatchPolicy, next_batch, oldest_first
 from service.clock import Clock, LoopClock
+from service.engines.runs import split_runs
 from service.errors import ErrorKind, ServiceError
 
 logger = logging.getLogger(__name__)

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from service.batch_policy import BatchPolicy, split_runs
+from service.batch_policy import BatchPolicy
 from service.batcher import Batcher, RunStats
+from service.engines.runs import split_runs
 from service.errors import ErrorKind, ServiceError
 
 

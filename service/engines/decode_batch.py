@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from service.batch_policy import split_runs
 from service.engines.generation import DecoderState, OnnxGenerator, _log_softmax
+from service.engines.runs import split_runs
 
 
 @dataclass(frozen=True)
