@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 
 class RawHttpPool:
@@ -26,6 +27,12 @@ class RawHttpPool:
         self.host = host
         self.port = port
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    @classmethod
+    def for_url(cls, url: str) -> RawHttpPool:
+        """A pool for `http://host:port` (what loadtests.servers.running_server yields)."""
+        parts = urlsplit(url)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 80)
 
     async def post_json(self, path: str, body: bytes) -> tuple[int, dict[str, str]]:
         """POST `body` as JSON; the answer's status and lower-cased headers (body dropped).

@@ -179,8 +179,7 @@ async def overload_open_loop(
     capacity = (await closed_loop(host, 8, 5, texts))["requests_per_s"]
     rate = factor * capacity
     burst = Burst(texts)
-    address = httpx.URL(host)
-    pool = RawHttpPool(address.host, address.port or 80)  # httpx would be the bottleneck
+    pool = RawHttpPool.for_url(host)  # httpx would be the bottleneck (see loadtests.raw_http)
     tasks: list[asyncio.Task[None]] = []
     started = time.monotonic()
     burst_end = started + seconds

@@ -73,10 +73,9 @@ async def closed_loop(
     translations: list[str] = []
     errors: dict[str, int] = {}
     stop_at = time.monotonic() + duration_s
-    address = httpx.URL(host)
     # Not httpx: its pool's CPU per request grows with the connections (see loadtests.raw_http)
     # and, at 32 users, made the load generator the bottleneck of the measurement.
-    pool = RawHttpPool(address.host, address.port or 80)
+    pool = RawHttpPool.for_url(host)
 
     async def user(index: int) -> None:
         i = index

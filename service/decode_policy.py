@@ -12,13 +12,12 @@ beside the batcher:
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from service.admission import refuse_if_late
+from service.admission import refuse_if_late, whole_seconds
 from service.errors import ErrorKind, ServiceError
 
 THROUGHPUT_WINDOW_STEPS = 256  # steps the admission and Retry-After estimates average over
@@ -134,7 +133,7 @@ class DecodeAdmission:
         predicted = self.predicted_wait_s(rows_ahead, running_rows)
         if predicted is None:  # nothing measured yet
             predicted = 0.01 * sequences
-        return max(1, min(60, math.ceil(round(predicted, 3))))
+        return whole_seconds(predicted)
 
     def check(
         self,
