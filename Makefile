@@ -90,10 +90,13 @@ serve: install
 # The recipes behind reports/quality.md. THREADS=1 lets two runs share two cores without their
 # OpenMP threads spinning against each other (0: torch's default, all cores).
 THREADS ?= 0
-# cpu | cuda | auto: CUDA trains under bf16 autocast. Every run writes a resume state and starts
-# with --resume, so a `make models` that was interrupted continues each run where it stopped.
+# cpu | cuda | auto. Every run writes a resume state and starts with --resume, so a `make models`
+# that was interrupted continues each run where it stopped.
 DEVICE ?= cpu
-TRAIN_RUN = --device $(DEVICE) --resume
+# auto: matmuls under bf16 autocast on CUDA and on CPUs with native bf16 (AVX512_BF16, AMX), where
+# a step takes 1/1.6-1/1.7 of fp32's time; fp32 elsewhere. PRECISION=fp32 forces fp32.
+PRECISION ?= auto
+TRAIN_RUN = --device $(DEVICE) --precision $(PRECISION) --resume
 # Sentiment: four runs from the pretrained encoder averaged into one checkpoint (a model soup).
 # Translator: the two stages the CPU budget produced, pinned by step counts.
 SST2 = --train $(DATA_DIR)/sst2/train.tsv --dev $(DATA_DIR)/sst2/dev.tsv --batch-size 32 \

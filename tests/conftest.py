@@ -36,6 +36,21 @@ QUIET_SERVICE_SETTINGS: dict[str, Any] = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _default_training_precision() -> Iterator[None]:
+    """A trainer run in-process sets the process's matmul precision (training.use_precision);
+    each test starts from the default (fp32 on CPU), also after a wider-scoped fixture trained."""
+
+    def reset() -> None:
+        training = sys.modules.get("model_src.common.training")
+        if training is not None:
+            training.reset_precision()
+
+    reset()
+    yield
+    reset()
+
+
 @pytest.fixture(scope="session")
 def tiny_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised tiny BERT (hidden 32, 2 layers) in the Hugging Face layout with the

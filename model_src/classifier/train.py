@@ -339,7 +339,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = from_args(FinetuneConfig, args)
-        ctx = training.init_distributed(cfg.run.device)
+        ctx = training.init_distributed(cfg.run.device, cfg.run.precision)
     except (DataError, ValueError) as e:  # bad options, --device cuda without a GPU
         print(f"error: {e}", file=sys.stderr)
         return 2

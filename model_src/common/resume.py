@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from model_src.common.options import option
-from model_src.common.training import MetricsLogger
+from model_src.common.training import PRECISIONS, MetricsLogger
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,14 @@ class RunControl:
 
     device: str = option(
         "cpu",
-        "cpu | cuda | cuda:N | auto (CUDA when torch sees a GPU); CUDA trains under bf16 autocast",
+        "cpu | cuda | cuda:N | auto (CUDA when torch sees a GPU)",
+        group=_GROUP,
+    )
+    precision: str = option(
+        "auto",
+        "matmul precision: fp32 | bf16 (autocast; weights stay fp32) | auto (bf16 on CUDA and "
+        "on CPUs with native bf16 instructions, AVX512_BF16 or AMX; else fp32)",
+        choices=PRECISIONS,
         group=_GROUP,
     )
     max_steps: int = option(

@@ -46,13 +46,51 @@ def pick_device(requested: str = "cpu") -> torch.device:
     return device
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); a no-op on CPU.
+# Matmul precision of a run: "fp32", "bf16" (autocast; weights, optimiser and losses stay fp32)
+# or "auto": bf16 on CUDA, and on CPUs whose instructions do bf16 natively (AVX512_BF16, AMX).
+# There, oneDNN's bf16 matmuls made a training step 1.6-1.7x faster than fp32 on the development
+# VM's AMD EPYC (one thread: NLI 37 -> 63 examples/s, translator step 1.08 -> 0.68 s) with the same
+# losses to 3 digits; on CPUs without them bf16 is emulated and slower, so auto keeps fp32 there.
+PRECISIONS = ("auto", "fp32", "bf16")
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+_DEFAULT_BF16_ON = {"cpu": False, "cuda": True}  # until a trainer calls use_precision
+_bf16_on = dict(_DEFAULT_BF16_ON)
 
-    CPU bf16 autocast is slower than fp32 on CPUs without AMX, which is what we train on.
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU advertises bf16 instructions (Linux /proc/cpuinfo; False elsewhere)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
+
+
+def use_precision(precision: str) -> dict[str, bool]:
+    """Set which device types `autocast` runs in bf16 for the rest of this process's run."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    bf16 = precision == "bf16"
+    _bf16_on["cpu"] = bf16 or (precision == "auto" and cpu_has_native_bf16())
+    _bf16_on["cuda"] = bf16 or precision == "auto"
+    log.info("matmul precision %s: bf16 autocast on %s", precision,
+             ", ".join(k for k, on in _bf16_on.items() if on) or "nothing")  # fmt: skip
+    return dict(_bf16_on)
+
+
+def reset_precision() -> None:
+    """Back to the default (bf16 on CUDA only), for a process that runs several trainers."""
+    _bf16_on.update(_DEFAULT_BF16_ON)
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast where the run's precision (`use_precision`) puts this device in bf16.
+
+    No loss scaling is needed (unlike fp16). Without `use_precision` (evaluation commands) CUDA
+    runs in bf16 and CPUs in fp32, so a CPU score is the fp32 model's.
     """
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    if enabled and _bf16_on.get(device.type, False):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -74,11 +112,13 @@ class DistContext:
         return self.world_size > 1
 
 
-def init_distributed(device_request: str = "cpu") -> DistContext:
-    """Join the process group torchrun describes in the environment, or run alone.
+def init_distributed(device_request: str = "cpu", precision: str = "auto") -> DistContext:
+    """Join the process group torchrun describes in the environment, or run alone, and set the
+    run's matmul precision (`use_precision`).
 
     gloo on CPU, nccl on CUDA; each CUDA rank takes the GPU of its LOCAL_RANK.
     """
+    use_precision(precision)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

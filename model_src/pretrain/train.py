@@ -196,7 +196,7 @@ def train(cfg: PretrainConfig) -> dict[str, Any]:
     Under torchrun each rank trains on its share of every epoch (DDP); rank 0 logs its own
     train metrics, evaluates dev and writes the checkpoint.
     """
-    ctx = training.init_distributed(cfg.run.device)
+    ctx = training.init_distributed(cfg.run.device, cfg.run.precision)
     try:
         with training.log_to_file(
             cfg.out / "train_log.txt", enabled=ctx.is_main, append=cfg.run.resume

@@ -70,7 +70,6 @@ class TranslatorConfig:
     label_smoothing: float = option(0.1, "the Transformer paper's 0.1", group=_OPT)
     clip_norm: float = option(1.0, "global gradient-norm clip; <= 0: off", group=_OPT)
     seed: int = option(0, "init, batch order and dropout", group=_OPT)
-    no_amp: bool = option(False, "no bf16 autocast on CUDA", group=_OPT)
     threads: int = option(0, "torch CPU threads (0 = default)", group=_OPT)
 
     eval_every: int = option(0, "steps; 0 = after every epoch", group=_EVAL)

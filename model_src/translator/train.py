@@ -11,9 +11,10 @@ budget; teacher forcing with label-smoothed cross-entropy (pads ignored, mean pe
 AdamW (betas 0.9/0.98 as in the paper) with inverse-square-root warm-up; gradient clipping; dev loss
 and dev sacreBLEU (greedy unless --dev-beam) after every epoch or every --eval-every steps; the
 checkpoint in --out is always the best by dev BLEU, and --out/resume.pt lets `--resume` continue
-an interrupted run exactly. Writes metrics.jsonl and training_curve.png. CUDA runs under bf16
-autocast; under torchrun each rank takes its share of the batches (DDP). The options are the
-fields of `TranslatorConfig` (translator/config.py).
+an interrupted run exactly. Writes metrics.jsonl and training_curve.png. Matmuls run in bf16
+where --precision says (auto: CUDA and bf16-capable CPUs); under torchrun each rank takes its
+share of the batches (DDP). The options are the fields of `TranslatorConfig`
+(translator/config.py).
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ class Trainer:
     def train_step(self, src: list[list[int]], tgt: list[list[int]]) -> tuple[float, int]:
         """One update; returns (summed token loss, target tokens)."""
         batch = collate(src, tgt).to(self.device)
-        with training.autocast(self.device, enabled=not self.cfg.no_amp):
+        with training.autocast(self.device):
             logits = self.model(batch.src, batch.tgt_in)  # (B, T, V)
         loss = self.loss_fn(logits.float().flatten(0, 1), batch.tgt_out.flatten())
         loss.backward()
@@ -249,7 +250,7 @@ class Trainer:
             batch = collate(
                 [self.dev_src_ids[i] for i in indices], [self.dev_tgt_ids[i] for i in indices]
             ).to(self.device)
-            with training.autocast(self.device, enabled=not self.cfg.no_amp):
+            with training.autocast(self.device):
                 logits = training.unwrap(self.model)(batch.src, batch.tgt_in)
             n = batch.num_target_tokens
             loss_sum += (
@@ -268,7 +269,7 @@ class Trainer:
         loss = self.dev_loss()
         if self.ctx.is_main:
             start = time.monotonic()
-            with training.autocast(self.device, enabled=not self.cfg.no_amp):
+            with training.autocast(self.device):
                 hyps = translate(
                     model,  # type: ignore[arg-type]
                     self.tokenizer,
@@ -356,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
     if resume.nothing_to_resume(cfg.run, cfg.out):
         return 0
     try:
-        ctx = training.init_distributed(cfg.run.device)
+        ctx = training.init_distributed(cfg.run.device, cfg.run.precision)
     except ValueError as e:
         print(f"error: {e}")
         return 2
