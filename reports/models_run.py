@@ -59,7 +59,7 @@ def summarise_run(directory: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {"run": directory.name, "kind": kind, "best": config.get("best")}
     stamp = directory / ".made"
     if stamp.is_file():
-        finished, commit = (stamp.read_text(encoding="utf-8").splitlines() + ["", ""])[:2]
+        finished, commit = [*stamp.read_text(encoding="utf-8").splitlines(), "", ""][:2]
         summary.update(finished=finished, commit=commit)
     log = directory / "train_log.txt"
     times = _log_times(log) if log.is_file() else None
