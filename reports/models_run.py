@@ -2,11 +2,12 @@
 per export its dev scores, and the dev curves as one PNG.
 
     python reports/models_run.py --runs RUNS --repository REPO \
-        --json reports/models-run.json --png reports/models-run.png
+        --json reports/models-run.json --png reports/models-run.png [--markdown FILE]
 
 Reads only what the run wrote: each run directory's `train_log.txt` (first and last timestamp),
 `config.json` (`best`), `metrics.jsonl` (dev records) and `.made` stamp (finish time, commit);
-each exported version's `manifest.json` (`dev_metrics`). Nothing is recomputed.
+each exported version's `manifest.json` (`dev_metrics`, the int8 setting chosen). Nothing is
+recomputed; --markdown writes the two tables reports/quality.md quotes.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def summarise_exports(repository: Path) -> list[dict[str, Any]]:
                 "model": manifest.parent.parent.name,
                 "version": manifest.parent.name,
                 "precision": data.get("precision"),
-                "quantization": (data.get("quantization") or {}).get("setting"),
+                "quantization": (data.get("quantization") or {}).get("chosen"),
                 "exported_at": data.get("exported_at"),
                 "dev_metrics": data.get("dev_metrics"),
             }
@@ -110,12 +111,51 @@ def plot(runs: list[dict[str, Any]], out: Path) -> None:
     fig.savefig(out, dpi=90)
 
 
+def markdown(summary: dict[str, Any]) -> str:
+    """The run table (started, wall, steps, best dev) and the export table (dev scores)."""
+    lines = [
+        "| run | started (UTC) | wall min | steps | best at step | best dev (training) |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for run in sorted(summary["runs"], key=lambda r: r.get("started") or ""):
+        best = run.get("best") or {}
+        if "dev_bleu" in best:
+            score = f"BLEU {best['dev_bleu']} (beam {best.get('dev_beam', 1)})"
+        elif "dev_accuracy" in best:
+            score = f"accuracy {best['dev_accuracy']:.4f}"
+        else:
+            score = "-"
+        started = (run.get("started") or "-").replace("T", " ")
+        lines.append(
+            f"| `{run['run']}` | {started} | {run.get('wall_minutes', '-')} "
+            f"| {run.get('steps') or '-'} | {best.get('step', '-')} | {score} |"
+        )
+    lines += [
+        "",
+        "| model | version | precision | int8 setting | dev metrics |",
+        "|---|---|---|---|---|",
+    ]
+    for export in summary["exports"]:
+        dev = export.get("dev_metrics") or {}
+        shown = ", ".join(
+            f"{k} {dev[k]}"
+            for k in ("accuracy", "macro_f1", "rows", "confusion_matrix")
+            if k in dev
+        )
+        lines.append(
+            f"| {export['model']} | {export['version']} | {export['precision']} "
+            f"| {export.get('quantization') or '-'} | {shown or '-'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, required=True, help="the run directories' parent")
     parser.add_argument("--repository", type=Path, help="the model repository it exported to")
     parser.add_argument("--json", type=Path, required=True, help="summary to write")
     parser.add_argument("--png", type=Path, help="dev curves to draw")
+    parser.add_argument("--markdown", type=Path, help="the run and export tables to write")
     args = parser.parse_args(argv)
     runs = [
         summarise_run(d)
@@ -129,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     if args.png:
         plot(runs, args.png)
+    if args.markdown:
+        args.markdown.write_text(markdown(summary), encoding="utf-8")
     for run in runs:
         best = run.get("best") or {}
         score = best.get("dev_accuracy", best.get("dev_bleu"))

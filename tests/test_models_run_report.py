@@ -60,12 +60,21 @@ def test_wall_time_best_score_curve_and_exports_come_from_the_run_files(tmp_path
     version = tmp_path / "repo" / "nli" / "1"
     version.mkdir(parents=True)
     (version / "manifest.json").write_text(
-        json.dumps({"precision": "fp32", "dev_metrics": {"accuracy": 0.81}})
+        json.dumps(
+            {
+                "precision": "int8",
+                "quantization": {"chosen": "static-entropy"},
+                "dev_metrics": {"accuracy": 0.81},
+            }
+        )
     )
     out = tmp_path / "summary.json"
     png = tmp_path / "curves.png"
+    tables = tmp_path / "tables.md"
     args = ["--runs", str(runs), "--repository", str(tmp_path / "repo")]
-    assert _tool().main([*args, "--json", str(out), "--png", str(png)]) == 0
+    assert (
+        _tool().main([*args, "--json", str(out), "--png", str(png), "--markdown", str(tables)]) == 0
+    )
 
     summary = json.loads(out.read_text())
     nli, translator = summary["runs"]
@@ -82,10 +91,14 @@ def test_wall_time_best_score_curve_and_exports_come_from_the_run_files(tmp_path
         {
             "model": "nli",
             "version": "1",
-            "precision": "fp32",
-            "quantization": None,
+            "precision": "int8",
+            "quantization": "static-entropy",
             "exported_at": None,
             "dev_metrics": {"accuracy": 0.81},
         }
     ]
     assert png.stat().st_size > 1000
+    rows = tables.read_text().splitlines()
+    assert "| `nli-stage1` | 2026-12-01 15:00:00 | 42.5 | 20 | 20 | accuracy 0.8000 |" in rows
+    assert "| `translator` | 2026-12-01 15:00:00 | 6.0 | 5 | 5 | BLEU 30.5 (beam 1) |" in rows
+    assert "| nli | 1 | int8 | static-entropy | accuracy 0.81 |" in rows

@@ -83,13 +83,13 @@ def reset_precision() -> None:
     _bf16_on.update(_DEFAULT_BF16_ON)
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast where the run's precision (`use_precision`) puts this device in bf16.
 
     No loss scaling is needed (unlike fp16). Without `use_precision` (evaluation commands) CUDA
     runs in bf16 and CPUs in fp32, so a CPU score is the fp32 model's.
     """
-    if enabled and _bf16_on.get(device.type, False):
+    if _bf16_on.get(device.type, False):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
