@@ -187,8 +187,10 @@ def attempts_table(attempts: list[dict[str, Any]], speed: dict[str, Any] | None)
     fp32 = (speed or {}).get("fp32_seq_per_s")
     shapes = ", ".join(f"B{b} T{t}" for b, t in (speed or {}).get("shapes", SPEED_SHAPES))
     lines = [
-        f"int8 settings tried by the exporter (speed: geometric mean over {shapes}, measured "
-        "only for settings inside the gate" + (f"; fp32 {fp32:.1f} seq/s" if fp32 else "") + "):",
+        f"int8 settings tried by the exporter (speed: geometric mean over {shapes}, every "
+        "setting timed; batch diff: largest logit change of a text alone vs in mixed batches"
+        + (f"; fp32 {fp32:.1f} seq/s" if fp32 else "")
+        + "):",
         "",
         "| setting | method | quantised nodes | agreement | accuracy drop (points) "
         "| batch diff | in gate | seq/s | x fp32 |",
