@@ -2,8 +2,8 @@
 
 Candidates are static (calibrated QDQ, export.quantize_static) and dynamic (export.quantize)
 settings. Each is built and scored on the dev sample (label agreement with fp32, accuracy drop,
-and whether a text's logits change with the batch it is run in: dynamic scales do, so dynamic
-settings stay in the record of what was tried but not in the gate); of those inside the gate,
+and whether a text's logits change with the batch it is run in: dynamic scales usually do, and
+such settings stay in the record of what was tried but out of the gate); of those inside the gate,
 the fastest on this CPU wins (sequences/s at batch 16 x 32 tokens and
 32 x 64 tokens, the batches the server forms; geometric mean). Every attempt is timed, inside the
 gate or not, and goes into the manifest with its speed, so the table of settings tried (what the
