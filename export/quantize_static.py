@@ -11,13 +11,16 @@ What is quantised: the MatMuls left after the transformer optimiser's fusions, i
 attention output projection and both feed-forward projections (about three quarters of the
 encoder's weights); the fused Attention op (QKV projection and scores) stays fp32, since QDQ
 has no integer Attention. By default a MatMul's output stays fp32 (the next op, a fused
-SkipLayerNormalization, reads fp32 anyway): one rounding per MatMul instead of two.
+SkipLayerNormalization, reads fp32 anyway): one rounding per MatMul instead of two, and the
+other readers of a quantised activation (the residual adds) read the float tensor
+(read_float_outside_matmuls), so no rounding enters the residual stream.
 The candidates below differ in how the activation ranges are calibrated and in which MatMuls
 stay fp32; the exporter measures each (export.int8_choice).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -28,6 +31,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from export.int8_sensitivity import greedy_harm_ranking
 from export.quantize import last_layer_patterns
 
 logger = logging.getLogger(__name__)
@@ -46,7 +50,17 @@ class StaticSettings:
     # The N MatMuls whose int8 input loses most (lowest signal-to-quantisation-noise ratio on
     # the calibration texts, measured on the fully quantised graph) stay fp32.
     fp32_most_sensitive: int = 0
+    # The N MatMuls whose restoring to fp32 most lowers the output's divergence from the fp32
+    # graph on the calibration texts (export.int8_sensitivity, greedy) stay fp32.
+    fp32_most_harmful: int = 0
+    # Non-MatMul readers of a quantised activation (the residual adds) read the float tensor.
+    float_residuals: bool = True
     notes: str = ""
+
+
+# Greedy steps of the harm ranking, computed once per calibration method and shared by the
+# candidates below (each keeps a prefix of it).
+HARM_RANKING_STEPS = 4
 
 
 STATIC_CANDIDATES: tuple[StaticSettings, ...] = (
@@ -81,6 +95,14 @@ STATIC_CANDIDATES: tuple[StaticSettings, ...] = (
         calibration="percentile",
         fp32_most_sensitive=6,
         notes="the 6 MatMuls with the noisiest int8 input (measured) stay fp32",
+    ),
+    *(
+        StaticSettings(
+            f"static-minmax-{k}-most-harmful-fp32",
+            fp32_most_harmful=k,
+            notes=f"the {k} MatMul(s) whose int8 output hurts the labels most (measured) stay fp32",
+        )
+        for k in range(1, HARM_RANKING_STEPS + 1)
     ),
     StaticSettings(
         "static-percentile-ffn-down-and-last-layer-fp32",
@@ -156,6 +178,9 @@ def quantize_static_int8(
         ranked = sorted(input_sqnr(probe, calibration).items(), key=lambda kv: kv[1])
         exclude += [name for name, _ in ranked[: settings.fp32_most_sensitive]]
         logger.info("most sensitive MatMuls (input SQNR dB): %s", ranked[:8])
+    if settings.fp32_most_harmful:
+        ranking = _harm_ranking(src, prepared, settings, calibration, work_dir)
+        exclude += ranking[: settings.fp32_most_harmful]
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "percentile": CalibrationMethod.Percentile,
@@ -182,7 +207,61 @@ def quantize_static_int8(
         calibrate_method=methods[settings.calibration],
         extra_options=extra,
     )
-    return qdq_counts(onnx.load(str(dst)))
+    model = onnx.load(str(dst))
+    if settings.float_residuals:
+        read_float_outside_matmuls(model)
+        onnx.save(model, str(dst))
+    return qdq_counts(model)
+
+
+def read_float_outside_matmuls(model: onnx.ModelProto) -> int:
+    """Make every consumer of a quantised activation other than a MatMul read the float tensor
+    again; returns how many inputs changed.
+
+    The QDQ quantiser shares one Quantize/DequantizeLinear pair among all readers of a tensor, so
+    a LayerNormalization output that feeds both the feed-forward MatMul and the residual
+    SkipLayerNormalization puts int8 rounding into the residual stream, which carries it through
+    every layer above. Only the MatMuls run integer kernels; nothing else gains from the rounding.
+    """
+    producer = {o: n for n in model.graph.node for o in n.output}
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = (
+                producer.get(dq.input[0])
+                if dq is not None and dq.op_type == "DequantizeLinear"
+                else None
+            )
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+                changed += 1
+    return changed
+
+
+def _harm_ranking(
+    src: Path,
+    prepared: Path,
+    settings: StaticSettings,
+    calibration: Sequence[Feeds],
+    work_dir: Path,
+) -> list[str]:
+    """The MatMuls in greedy harm order for this calibration method (cached in work_dir: every
+    most-harmful candidate of one export shares it)."""
+    cache = work_dir / f"int8-harm-ranking-{settings.calibration}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    probe = work_dir / f"int8-harm-probe-{settings.calibration}.onnx"
+    everything = replace(settings, fp32_most_harmful=0, fp32_most_sensitive=0, exclude_patterns=())
+    everything = replace(everything, fp32_last_layers=0)
+    quantize_static_int8(src, probe, everything, calibration, work_dir)
+    ranking = greedy_harm_ranking(prepared, probe, calibration, HARM_RANKING_STEPS, work_dir)
+    probe.unlink(missing_ok=True)
+    names = [name for name, _ in ranking]
+    cache.write_text(json.dumps(names))
+    return names
 
 
 def input_sqnr(qdq_model: Path, calibration: Sequence[Feeds]) -> dict[str, float]:

@@ -8,6 +8,7 @@ among candidates (gate first, then speed).
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 from pathlib import Path
@@ -206,3 +207,51 @@ def test_sensitive_candidate_keeps_the_noisiest_matmuls_fp32(
     fp32 = {n.name for n in model.graph.node
             if n.op_type == "MatMul" and not any(i in dq for i in n.input)}  # fmt: skip
     assert fp32 == set(worst) and counts["QDQMatMul"] == 3
+
+
+def test_restoring_every_matmul_gives_back_the_fp32_logits(tiny_fp32: Path, tmp_path: Path) -> None:
+    """The harm ranking's graph surgery: a QDQ graph with every MatMul restored (float activation,
+    fp32 weight) computes what the fp32 graph computes, with no Q/DQ node left."""
+    from export.int8_sensitivity import _matmul_weights, _quantised_matmuls, _restore
+
+    model, _ = _static(tiny_fp32, tmp_path, "static-minmax")
+    fp32 = onnx.load(str(tiny_fp32 / "model.onnx"))
+    restored = _restore(model, _matmul_weights(fp32), _quantised_matmuls(model))
+    assert not [n for n in restored.graph.node if "QuantizeLinear" in n.op_type]
+    onnx.save(restored, str(tmp_path / "restored.onnx"))
+    tokenizer = load_tokenizer(tiny_fp32 / "tokenizer.json", 64)
+    batch = encode(tokenizer, list(samples.SENTENCES[:8]))
+    got = classifier_logits(make_session(tmp_path / "restored.onnx", 1), batch)
+    want = classifier_logits(make_session(tiny_fp32 / "model.onnx", 1), batch)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_harmful_candidates_keep_a_prefix_of_the_greedy_ranking_fp32(
+    tiny_fp32: Path, tmp_path: Path
+) -> None:
+    """`fp32_most_harmful=N` keeps fp32 the first N MatMuls of the greedy ranking (each step
+    lowers the output's divergence from fp32 on the calibration texts), computed once per export
+    and shared by the candidates; the rest stay integer."""
+    _static(tiny_fp32, tmp_path, "static-minmax-1-most-harmful-fp32")
+    ranking = json.loads((tmp_path / "int8-harm-ranking-minmax.json").read_text())
+    assert len(ranking) == 4 and len(set(ranking)) == 4
+    model, counts = _static(tiny_fp32, tmp_path, "static-minmax-2-most-harmful-fp32")
+    dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    fp32 = {n.name for n in model.graph.node
+            if n.op_type == "MatMul" and not any(i in dq for i in n.input)}  # fmt: skip
+    assert fp32 == set(ranking[:2]) and counts["QDQMatMul"] == 4
+
+
+def test_greedy_harm_ranking_lowers_the_divergence_at_every_step(
+    tiny_fp32: Path, tmp_path: Path
+) -> None:
+    from export.int8_sensitivity import greedy_harm_ranking
+
+    _static(tiny_fp32, tmp_path, "static-minmax")
+    ranking = greedy_harm_ranking(
+        tiny_fp32 / "model.onnx", tmp_path / "static-minmax.onnx", _calibration(tiny_fp32), 6,
+        tmp_path,
+    )  # fmt: skip
+    kl = [score for _, score in ranking]
+    assert len(ranking) == 6 and all(a >= b for a, b in itertools.pairwise(kl))
+    assert kl[-1] == pytest.approx(0.0, abs=1e-9)  # everything restored: the fp32 graph
