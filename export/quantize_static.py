@@ -250,10 +250,11 @@ def _harm_ranking(
 ) -> list[str]:
     """The MatMuls in greedy harm order for this calibration method (cached in work_dir: every
     most-harmful candidate of one export shares it)."""
-    cache = work_dir / f"int8-harm-ranking-{settings.calibration}.json"
+    residuals = "float" if settings.float_residuals else "int8"
+    cache = work_dir / f"int8-harm-ranking-{settings.calibration}-{residuals}-residuals.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    probe = work_dir / f"int8-harm-probe-{settings.calibration}.onnx"
+    probe = cache.with_suffix(".onnx")
     everything = replace(settings, fp32_most_harmful=0, fp32_most_sensitive=0, exclude_patterns=())
     everything = replace(everything, fp32_last_layers=0)
     quantize_static_int8(src, probe, everything, calibration, work_dir)

@@ -233,7 +233,7 @@ def test_harmful_candidates_keep_a_prefix_of_the_greedy_ranking_fp32(
     lowers the output's divergence from fp32 on the calibration texts), computed once per export
     and shared by the candidates; the rest stay integer."""
     _static(tiny_fp32, tmp_path, "static-minmax-1-most-harmful-fp32")
-    ranking = json.loads((tmp_path / "int8-harm-ranking-minmax.json").read_text())
+    ranking = json.loads((tmp_path / "int8-harm-ranking-minmax-float-residuals.json").read_text())
     assert len(ranking) == 4 and len(set(ranking)) == 4
     model, counts = _static(tiny_fp32, tmp_path, "static-minmax-2-most-harmful-fp32")
     dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
@@ -255,3 +255,31 @@ def test_greedy_harm_ranking_lowers_the_divergence_at_every_step(
     kl = [score for _, score in ranking]
     assert len(ranking) == 6 and all(a >= b for a, b in itertools.pairwise(kl))
     assert kl[-1] == pytest.approx(0.0, abs=1e-9)  # everything restored: the fp32 graph
+
+
+def test_only_matmuls_read_rounded_activations(tiny_fp32: Path, tmp_path: Path) -> None:
+    """The QDQ quantiser hands a MatMul's rounded input to every reader of the tensor (the
+    residual SkipLayerNormalization too); the exporter rewires the other readers to the float
+    tensor, unless the setting asks to keep the quantiser's graph."""
+    from dataclasses import replace
+
+    def non_matmul_readers(model: onnx.ModelProto) -> list[str]:
+        producer = {o: n for n in model.graph.node for o in n.output}
+        rounded = {
+            n.output[0]
+            for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in producer
+        }
+        return [
+            n.op_type
+            for n in model.graph.node
+            if n.op_type != "MatMul" and any(i in rounded for i in n.input)
+        ]
+
+    model, _ = _static(tiny_fp32, tmp_path, "static-minmax")
+    assert non_matmul_readers(model) == []
+    settings = replace(STATIC_CANDIDATES[0], float_residuals=False)
+    quantize_static_int8(
+        tiny_fp32 / "model.onnx", tmp_path / "q.onnx", settings, _calibration(tiny_fp32), tmp_path
+    )
+    assert "SkipLayerNormalization" in non_matmul_readers(onnx.load(str(tmp_path / "q.onnx")))
