@@ -18,6 +18,8 @@ from loadtests.stats import EndpointStats
 from service.repository import ModelVersion
 
 GOAL_USERS = 32  # the issue states its goals at 32 concurrent users
+# Served throughput as a share of the engine-only rate at the batch size formed (issue 12: 90%).
+SERVED_SHARE_GOAL = 0.9
 
 
 @dataclass
@@ -247,9 +249,10 @@ def goals(result: BenchResult) -> list[tuple[str, str, bool | None]]:
             size = pa.batches.mean_batch_size if pa.batches else 0
             rows.append(
                 (
-                    f"{name} >= 80% of engine-only at its batch size ({GOAL_USERS} users)",
+                    f"{name} >= {SERVED_SHARE_GOAL:.0%} of engine-only at its batch size "
+                    f"({GOAL_USERS} users)",
                     f"{share:.0%} ({pa.stats.rps:.1f} of {ceiling:.1f} seq/s at batch {size:.1f})",
-                    share >= 0.8,
+                    share >= SERVED_SHARE_GOAL,
                 )
             )
         pb = unbatched.at(GOAL_USERS) if unbatched else None

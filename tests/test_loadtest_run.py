@@ -114,11 +114,11 @@ def _point(users: int, rps: float, p95: float, batches: BatchCounters | None = N
 
 
 def test_goals_compare_batching_with_unbatched_baseline_and_engine_only() -> None:
-    """At 32 users: (a)/(c) throughput >= 4x with lower p95, (a) >= 80% of the engine-only
+    """At 32 users: (a)/(c) throughput >= 4x with lower p95, (a) >= 90% of the engine-only
     rate at the batch size it formed, (a)/(b) >= 1.3x; each judged from the measured points."""
     batches = BatchCounters(runs=100, sequences=1600, padded_tokens=0, engine_seconds=8)
     a = ServerRun("a", "(a)", "batching", 1, "fp32", [_point(32, 200, 150, batches)])
-    a.engine_only = {16: 220.0}
+    a.engine_only = {16: 220.0}  # served 200 of 220: 91%
     b = ServerRun("b", "(b)", "unbatched", 1, "fp32", [_point(32, 120, 400)])
     c = ServerRun("c", "(c)", "baseline", None, "fp32", [_point(32, 40, 900)])
     result = BenchResult({}, "cmd", {}, [], "ck", {}, [a, b, c])
