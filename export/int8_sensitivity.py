@@ -31,11 +31,7 @@ Feeds = dict[str, np.ndarray]
 
 
 def greedy_harm_ranking(
-    fp32_model: Path,
-    qdq_model: Path,
-    feeds: Sequence[Feeds],
-    steps: int,
-    work_dir: Path,
+    fp32_model: Path, qdq_model: Path, feeds: Sequence[Feeds], steps: int
 ) -> list[tuple[str, float]]:
     """[(MatMul name, mean KL after restoring it and the ones before it)] for `steps` steps.
 
@@ -46,21 +42,26 @@ def greedy_harm_ranking(
     remaining = [name for name in _quantised_matmuls(qdq) if name in fp32_weights]
     restored: list[str] = []
     ranking: list[tuple[str, float]] = []
-    trial_path = work_dir / "int8-harm-trial.onnx"
     for _ in range(min(steps, len(remaining))):
         scores = {}
         for name in remaining:
             trial = _restore(qdq, fp32_model_weights=fp32_weights, names=[*restored, name])
-            onnx.save(trial, str(trial_path))
-            probs = _probabilities(_logits(make_session(trial_path, 1, spinning=False), feeds))
-            scores[name] = _mean_kl(reference, probs)
+            session = make_session(trial.SerializeToString(), 1, spinning=False)
+            scores[name] = _mean_kl(reference, _probabilities(_logits(session, feeds)))
         best = min(scores, key=scores.__getitem__)
         restored.append(best)
         remaining.remove(best)
         ranking.append((best, scores[best]))
         logger.info("int8 harm ranking: restoring %s -> mean KL %.3g", best, scores[best])
-    trial_path.unlink(missing_ok=True)
     return ranking
+
+
+def float_source(producer: dict[str, onnx.NodeProto], tensor: str) -> str | None:
+    """The float tensor behind `tensor` when it is DequantizeLinear(QuantizeLinear(float)) of
+    an activation (`producer`: output name -> node), else None."""
+    dq = producer.get(tensor)
+    q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+    return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
 
 
 def _quantised_matmuls(model: onnx.ModelProto) -> list[str]:
@@ -96,9 +97,7 @@ def _restore(
     for node in model.graph.node:
         if node.name not in wanted:
             continue
-        dequantize = producer[node.input[0]]
-        quantize = producer[dequantize.input[0]]
-        node.input[0] = quantize.input[0]
+        node.input[0] = float_source(producer, node.input[0]) or node.input[0]
         weight = onnx.TensorProto()
         weight.CopyFrom(fp32_model_weights[node.name])
         weight.name = f"{node.name}/fp32_weight"

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from export.int8_sensitivity import greedy_harm_ranking
+from export.int8_sensitivity import float_source, greedy_harm_ranking
 from export.quantize import last_layer_patterns
 
 logger = logging.getLogger(__name__)
@@ -214,9 +214,9 @@ def quantize_static_int8(
     return qdq_counts(model)
 
 
-def read_float_outside_matmuls(model: onnx.ModelProto) -> int:
+def read_float_outside_matmuls(model: onnx.ModelProto) -> None:
     """Make every consumer of a quantised activation other than a MatMul read the float tensor
-    again; returns how many inputs changed.
+    again.
 
     The QDQ quantiser shares one Quantize/DequantizeLinear pair among all readers of a tensor, so
     a LayerNormalization output that feeds both the feed-forward MatMul and the residual
@@ -224,21 +224,11 @@ def read_float_outside_matmuls(model: onnx.ModelProto) -> int:
     every layer above. Only the MatMuls run integer kernels; nothing else gains from the rounding.
     """
     producer = {o: n for n in model.graph.node for o in n.output}
-    changed = 0
     for node in model.graph.node:
         if node.op_type in ("MatMul", "QuantizeLinear", "DequantizeLinear"):
             continue
         for i, name in enumerate(node.input):
-            dq = producer.get(name)
-            q = (
-                producer.get(dq.input[0])
-                if dq is not None and dq.op_type == "DequantizeLinear"
-                else None
-            )
-            if q is not None and q.op_type == "QuantizeLinear":
-                node.input[i] = q.input[0]
-                changed += 1
-    return changed
+            node.input[i] = float_source(producer, name) or name
 
 
 def _harm_ranking(
@@ -255,10 +245,15 @@ def _harm_ranking(
     if cache.is_file():
         return json.loads(cache.read_text())
     probe = cache.with_suffix(".onnx")
-    everything = replace(settings, fp32_most_harmful=0, fp32_most_sensitive=0, exclude_patterns=())
-    everything = replace(everything, fp32_last_layers=0)
+    everything = replace(
+        settings,
+        fp32_most_harmful=0,
+        fp32_most_sensitive=0,
+        exclude_patterns=(),
+        fp32_last_layers=0,
+    )
     quantize_static_int8(src, probe, everything, calibration, work_dir)
-    ranking = greedy_harm_ranking(prepared, probe, calibration, HARM_RANKING_STEPS, work_dir)
+    ranking = greedy_harm_ranking(prepared, probe, calibration, HARM_RANKING_STEPS)
     probe.unlink(missing_ok=True)
     names = [name for name, _ in ranking]
     cache.write_text(json.dumps(names))

@@ -249,8 +249,7 @@ def test_greedy_harm_ranking_lowers_the_divergence_at_every_step(
 
     _static(tiny_fp32, tmp_path, "static-minmax")
     ranking = greedy_harm_ranking(
-        tiny_fp32 / "model.onnx", tmp_path / "static-minmax.onnx", _calibration(tiny_fp32), 6,
-        tmp_path,
+        tiny_fp32 / "model.onnx", tmp_path / "static-minmax.onnx", _calibration(tiny_fp32), 6
     )  # fmt: skip
     kl = [score for _, score in ranking]
     assert len(ranking) == 6 and all(a >= b for a, b in itertools.pairwise(kl))
