@@ -236,6 +236,7 @@ def session_settings(settings: Settings) -> SessionSettings:
         intra_op_threads=settings.intra_op_threads,
         graph_optimization_level=settings.graph_optimization_level,
         allow_spinning=settings.allow_spinning,
+        spin_only_during_runs=settings.spin_only_during_runs,
         cuda_device_id=settings.cuda_device_id,
     )
 

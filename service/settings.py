@@ -102,6 +102,11 @@ class Settings(BaseSettings):
         default=True,
         description="ORT worker threads spin while idle: lower latency, more CPU burned",
     )
+    spin_only_during_runs: bool = Field(
+        default=True,
+        description="with allow_spinning: idle threads stop spinning as soon as no run is in "
+        "flight, so they do not take the cores from the HTTP side between batches",
+    )
 
     # --- request limits
     max_items_per_request: int = Field(default=64, ge=1, le=100_000)

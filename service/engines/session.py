@@ -44,6 +44,10 @@ class SessionSettings:
     intra_op_threads: int = 1
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     allow_spinning: bool = True  # idle worker threads spin: lower latency, more CPU
+    # spinning stops when the last concurrent run returns (restarts with the next): the
+    # workers spin inside a run, where they hand operators to each other, not between runs,
+    # where they would take the cores from the event loop and the tokenizer
+    spin_only_during_runs: bool = True
     cuda_device_id: int = 0
 
 
@@ -56,6 +60,8 @@ def _options(settings: SessionSettings) -> ort.SessionOptions:
     options.add_session_config_entry(
         "session.intra_op.allow_spinning", "1" if settings.allow_spinning else "0"
     )
+    if settings.spin_only_during_runs:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     options.log_severity_level = 3  # errors only: ORT's warnings go to stderr, not our log
     return options
 

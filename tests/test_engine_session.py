@@ -1,0 +1,75 @@
+"""The one ORT session factory: the settings it is given are the settings the session runs with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from service.engines.session import CPU, SessionSettings, _options, create_session
+from service.served_model import session_settings
+from service.settings import Settings
+
+
+def _entry(options: object, key: str) -> str | None:
+    try:
+        return options.get_session_config_entry(key)  # type: ignore[attr-defined]
+    except Exception:  # ORT raises for a key never set
+        return None
+
+
+def test_threads_spin_only_inside_runs_by_default() -> None:
+    options = _options(SessionSettings(intra_op_threads=2))
+    assert options.intra_op_num_threads == 2
+    assert _entry(options, "session.intra_op.allow_spinning") == "1"
+    assert _entry(options, "session.force_spinning_stop") == "1"
+
+
+@pytest.mark.parametrize(
+    ("allow", "only_during_runs", "spinning", "stop"),
+    [(True, False, "1", None), (False, True, "0", "1"), (False, False, "0", None)],
+)
+def test_spin_settings_reach_the_session_options(
+    allow: bool, only_during_runs: bool, spinning: str, stop: str | None
+) -> None:
+    settings = SessionSettings(allow_spinning=allow, spin_only_during_runs=only_during_runs)
+    options = _options(settings)
+    assert _entry(options, "session.intra_op.allow_spinning") == spinning
+    assert _entry(options, "session.force_spinning_stop") == stop
+
+
+def test_service_settings_map_to_session_settings(tmp_path: Path) -> None:
+    mapped = session_settings(
+        Settings(
+            model_repository=tmp_path,
+            intra_op_threads=3,
+            allow_spinning=True,
+            spin_only_during_runs=False,
+        )
+    )
+    assert (mapped.intra_op_threads, mapped.allow_spinning, mapped.spin_only_during_runs) == (
+        3,
+        True,
+        False,
+    )
+    assert session_settings(Settings(model_repository=tmp_path)).spin_only_during_runs is True
+
+
+def test_a_cpu_session_runs_the_model_it_was_given() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        "double",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session, provider = create_session(
+        model.SerializeToString(), SessionSettings(providers="cpu", intra_op_threads=2)
+    )
+    assert provider == CPU
+    (y,) = session.run(None, {"x": np.array([1.0, 2.5], dtype=np.float32)})
+    np.testing.assert_array_equal(y, [2.0, 5.0])
+    onnx.checker.check_model(model)
