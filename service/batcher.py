@@ -13,7 +13,11 @@ is full, none) and awaits their futures. The loop forms a batch from the head of
 - only items with the head's `key` join (the translator keys by decoding parameters);
 - inside the batch items are sorted by length and cut into runs of similar length when that saves
   more padding than a run costs (`split_runs`), started oldest item first (`oldest_first`); each
-  run takes a slot of its own, so with several slots the runs of one batch go side by side.
+  run takes a slot of its own, so with several slots the runs of one batch go side by side;
+- with `run_alone` (a CPU engine that also has a one-thread session): a batch that is one run,
+  with no run in flight and nothing left queued when the last run ended (the server is not under
+  load), takes every slot and runs with `run_alone` on all the engine's threads, for the lowest
+  latency; under load, runs go side by side with `run_batch`, one thread each.
 
 Those rules (what a batch may hold and how it is cut) are in service/batch_policy.py; this module
 is the mechanism that applies them.
@@ -69,6 +73,7 @@ class RunStats:
     queue_waits: tuple[float, ...]  # seconds each item waited before its run started
     run_seconds: float
     failed: bool
+    alone: bool = False  # ran with `run_alone`, holding every slot
 
 
 class BatchObserver(Protocol):
@@ -111,10 +116,13 @@ class Batcher(Generic[P, R]):
         *,
         clock: Clock | None = None,
         observer: BatchObserver | None = None,
+        run_alone: RunBatch | None = None,
     ) -> None:
         self.name = name
         self.policy = policy
         self._run_batch = run_batch
+        self._run_alone = run_alone  # a run holding every slot (module docstring)
+        self._queued_when_last_run_ended = False  # under load: no run alone
         self._clock: Clock = clock or LoopClock()
         self._observer: BatchObserver = observer or _NullObserver()
         self._queue: deque[WorkItem[P, R]] = deque()
@@ -253,6 +261,10 @@ class Batcher(Generic[P, R]):
         runs = oldest_first(runs, [item.enqueued_at for item in batch])
         self._running += len(batch)
         self._running_tokens += sum(item.tokens for item in batch)
+        alone = self._runs_alone(len(runs))
+        held = self.policy.max_concurrent_runs if alone else 1  # slots the first run holds
+        for _ in range(held - 1):
+            await slots.acquire()  # free at once: no run is in flight
         started = 0  # runs that got a slot
         try:
             for index, (start, end) in enumerate(runs):
@@ -262,10 +274,11 @@ class Batcher(Generic[P, R]):
                 group = self._alive(batch[start:end])
                 if not group:
                     self._release(batch[start:end])
-                    slots.release()
+                    for _ in range(held):
+                        slots.release()
                     continue
                 task = asyncio.get_running_loop().create_task(
-                    self._run_in_slot(group, batch[start:end], slots)
+                    self._run_in_slot(group, batch[start:end], slots, held, alone)
                 )
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
@@ -278,24 +291,37 @@ class Batcher(Generic[P, R]):
                 self._release(batch[start:end])
             raise
 
+    def _runs_alone(self, runs: int) -> bool:
+        """Whether a batch of `runs` runs takes every slot and all the engine's threads."""
+        return (
+            self._run_alone is not None
+            and runs == 1
+            and not self._in_flight
+            and not self._queue
+            and not self._queued_when_last_run_ended
+        )
+
     async def _run_in_slot(
         self,
         group: list[WorkItem[P, R]],
         taken: Sequence[WorkItem[P, R]],
         slots: asyncio.Semaphore,
+        held: int = 1,
+        alone: bool = False,
     ) -> None:
         try:
-            await self._run_group(group)
+            await self._run_group(group, alone)
         finally:
             self._release(taken)
-            slots.release()
+            for _ in range(held):
+                slots.release()
 
     def _release(self, items: Sequence[WorkItem[P, R]]) -> None:
         """Items taken from the queue that are done (run, failed or skipped)."""
         self._running -= len(items)
         self._running_tokens -= sum(item.tokens for item in items)
 
-    async def _run_group(self, group: list[WorkItem[P, R]]) -> None:
+    async def _run_group(self, group: list[WorkItem[P, R]], alone: bool = False) -> None:
         started = self._clock.now()
         padded_tokens = len(group) * max(item.tokens for item in group)
         for item in group:
@@ -304,7 +330,8 @@ class Batcher(Generic[P, R]):
             item.padded_tokens = padded_tokens
         failed = False
         try:
-            results = await self._run_batch([item.payload for item in group], group[0].key)
+            run_batch = self._run_alone if alone and self._run_alone else self._run_batch
+            results = await run_batch([item.payload for item in group], group[0].key)
             if len(results) != len(group):
                 raise RuntimeError(
                     f"engine returned {len(results)} results for a batch of {len(group)}"
@@ -325,6 +352,7 @@ class Batcher(Generic[P, R]):
             now = self._clock.now()
             seconds = now - started
             self._last_run_size = len(group)
+            self._queued_when_last_run_ended = bool(self._queue)
             self._regroup_until = now + self.policy.regroup_wait_s
             lengths = [item.tokens for item in group]
             if not failed and sum(lengths) > 0:
@@ -337,6 +365,7 @@ class Batcher(Generic[P, R]):
                     queue_waits=tuple(started - item.enqueued_at for item in group),
                     run_seconds=seconds,
                     failed=failed,
+                    alone=alone,
                 )
             )
 

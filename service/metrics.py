@@ -131,6 +131,13 @@ class ServiceMetrics:
         self.failed_runs = Counter(
             "nlpserve_failed_runs", "Engine runs that raised", ["model"], registry=r
         )
+        self.runs_alone = Counter(
+            "nlpserve_runs_alone",
+            "Engine runs that had the engine to themselves and used every thread (the others, "
+            "under load, ran side by side on one thread each)",
+            ["model"],
+            registry=r,
+        )
         self.tokenization_seconds = Histogram(
             "nlpserve_tokenization_seconds",
             "Time to tokenize one request's inputs",
@@ -179,6 +186,8 @@ class BatchMetrics:
             wait.observe(seconds)
         if stats.failed:
             m.failed_runs.labels(model).inc()
+        if stats.alone:
+            m.runs_alone.labels(model).inc()
 
     def on_dropped(self, reason: str, count: int) -> None:
         self._m.dropped.labels(self._model, reason).inc(count)

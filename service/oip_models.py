@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from service.batch_policy import BatchPolicy
 from service.errors import ErrorKind, ServiceError
 from service.registry import ModelRegistry
 from service.repository import ModelConfig, RepositoryError, model_directories
-from service.served_model import LoadedModel, ModelState, ServedModel
+from service.served_model import LoadedModel, ModelState, ServedModel, batch_policy
 from service.settings import Settings
 from service.stats import ModelStatistics
 
@@ -73,7 +72,7 @@ def model_config(model: ServedModel, settings: Settings) -> dict[str, Any]:
     first dimension: an item is one text (`dims` [1], reshaped to a scalar, so [N] tensors are
     what clients send), `max_batch_size` is the most items one request may hold."""
     config = config_of(model)
-    policy = BatchPolicy.for_model(config, settings)
+    policy = batch_policy(model, config, settings)
     inputs, outputs = _tensors(config)
 
     def tensor(name: str, datatype: str, width: int) -> dict[str, Any]:

@@ -23,7 +23,6 @@ import gc
 import logging
 import time
 
-from service.batch_policy import BatchPolicy
 from service.engines import Engine, TranslatorEngine
 from service.errors import ErrorKind, ServiceError, shorten
 from service.metrics import ServiceMetrics
@@ -40,6 +39,7 @@ from service.served_model import (
     ModelState,
     ServedModel,
     UnavailableModel,
+    batch_policy,
     load_on_worker,
 )
 from service.settings import Settings
@@ -259,7 +259,7 @@ class ModelRegistry:
             step_scheduled=self._steps_decoding(engine),
         )
         self._swap_in(model)
-        policy = BatchPolicy.for_model(version.config, self._settings)
+        policy = batch_policy(model, version.config, self._settings)
         logger.info(
             "model %s version %d ready on %s in %.2f s (max_batch_size %d, max_batch_tokens %d, "
             "max_queue_delay_ms %.1f, %d worker(s))",

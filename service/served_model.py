@@ -14,7 +14,7 @@ import asyncio
 import enum
 import functools
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from service.batch_policy import BatchPolicy
@@ -22,6 +22,7 @@ from service.batcher import Batcher
 from service.decode_policy import DecodePolicy
 from service.decode_scheduler import DecodeScheduler
 from service.engines import (
+    ClassifierEngine,
     Encoded,
     Engine,
     ModelWorker,
@@ -137,11 +138,18 @@ class LoadedModel:
             batcher = decode_scheduler(name, engine, settings, metrics)
         else:
             run: Callable[[list[Encoded], Any], Sequence[Any]] = engine.run  # either engine's
+            policy = BatchPolicy.for_model(version.config, settings)
+            run_alone = None
+            if isinstance(engine, ClassifierEngine) and engine.single_thread_session is not None:
+                # side by side under load: one-thread runs, as many as the threads of a run alone
+                run, run_alone = engine.run_single_thread, functools.partial(worker.call, run)
+                policy = replace(policy, max_concurrent_runs=settings.intra_op_threads)
             batcher = Batcher(  # runs each batch with engine.run on the model's worker thread
                 name,
                 functools.partial(worker.call, run),
-                BatchPolicy.for_model(version.config, settings),
+                policy,
                 observer=FanOut(metrics.batch_observer(name), stats),
+                run_alone=run_alone,
             )
         batcher.start()
         return cls(
@@ -215,12 +223,25 @@ class LoadedModel:
 ServedModel = LoadedModel | UnavailableModel
 
 
+def batch_policy(model: ServedModel, config: ModelConfig, settings: Settings) -> BatchPolicy:
+    """The batching policy a model is served with: its batcher's when it runs (which may run
+    more batches side by side than the settings say), else what its config and settings give."""
+    if isinstance(model, LoadedModel) and isinstance(model.batcher, Batcher):
+        return model.batcher.policy
+    return BatchPolicy.for_model(config, settings)
+
+
 async def load_on_worker(version: ModelVersion, settings: Settings) -> tuple[Engine, ModelWorker]:
     """Load, verify and warm up one version's engine on a worker of its own (blocking work, all
     on that worker); raises what went wrong, with the worker shut down."""
-    worker = ModelWorker(version.name, settings.workers_per_model)
+    side_by_side = side_by_side_runs(settings)
+    worker = ModelWorker(version.name, max(settings.workers_per_model, side_by_side))
     try:
-        engine = await worker.call(load_engine, version, session_settings(settings))
+        engine = await worker.call(
+            functools.partial(load_engine, single_thread_runs=side_by_side > 1),
+            version,
+            session_settings(settings),
+        )
         if settings.warmup:
             policy = BatchPolicy.for_model(version.config, settings)
             await worker.call(engine.warmup, policy.max_batch_size)
@@ -228,6 +249,14 @@ async def load_on_worker(version: ModelVersion, settings: Settings) -> tuple[Eng
         worker.shutdown()
         raise
     return engine, worker
+
+
+def side_by_side_runs(settings: Settings) -> int:
+    """How many one-thread runs of a classifier go side by side under load (0: none; see
+    `Settings.side_by_side_under_load`)."""
+    if not settings.side_by_side_under_load or settings.workers_per_model > 1:
+        return 0  # several workers: the operator chose fixed runs side by side
+    return settings.intra_op_threads if settings.intra_op_threads > 1 else 0
 
 
 def session_settings(settings: Settings) -> SessionSettings:

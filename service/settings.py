@@ -97,6 +97,12 @@ class Settings(BaseSettings):
         description="engine runs in flight per model, each on its own thread with "
         "intra_op_threads ORT threads (on CPU, workers x threads should not exceed the cores)",
     )
+    side_by_side_under_load: bool = Field(
+        default=True,
+        description="CPU, workers_per_model 1: under load a classifier's runs go side by side on "
+        "one thread each (intra_op_threads of them) instead of one at a time on every thread; a "
+        "run with the server to itself keeps every thread (a second, one-thread session)",
+    )
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     allow_spinning: bool = Field(
         default=True,

@@ -640,3 +640,101 @@ def test_admission_measures_throughput_and_refuses_work_past_its_deadline() -> N
         await batcher.stop(0)
 
     asyncio.run(main())
+
+
+class Alone(Gated):
+    """A Gated engine that also records which runs went through `run_alone` (all threads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alone: list[list[int]] = []
+
+    async def run_alone(self, payloads: list[int], key: Hashable) -> list[int]:
+        self.alone.append(list(payloads))
+        return await self(payloads, key)
+
+
+def side_by_side(test: Callable[..., Awaitable[None]], slots: int = 2) -> None:
+    async def main() -> None:
+        engine = Alone()
+        policy = BatchPolicy(max_batch_size=8, max_queue_delay_s=0.0, max_concurrent_runs=slots)
+        batcher: Batcher[int, int] = Batcher(
+            "m", engine, policy, clock=FakeClock(), run_alone=engine.run_alone
+        )
+        batcher.start()
+        try:
+            await test(batcher, engine)
+        finally:
+            for gate in engine._gates:
+                gate.set()
+            await batcher.stop(timeout_s=1.0)
+
+    asyncio.run(main())
+
+
+def test_a_run_with_the_server_to_itself_takes_every_slot() -> None:
+    """Idle server: the lone request runs alone (all threads); a request arriving meanwhile
+    waits for it instead of starting beside it on a core the first run is using."""
+
+    async def body(batcher: Any, engine: Alone) -> None:
+        first = submit(batcher, 1)
+        await settle()
+        assert engine.alone == [[1]]
+        second = submit(batcher, 2)
+        await settle()
+        assert engine.started == [[1]]  # both slots are held by the run alone
+        await engine.finish(0)
+        assert first[0].future.result() == 10
+        # The first run ended with work queued: under load, so the next run is not alone.
+        assert engine.started == [[1], [2]] and engine.alone == [[1]]
+        await engine.finish(1)
+        assert second[0].future.result() == 20
+
+    side_by_side(body)
+
+
+def test_under_load_runs_go_side_by_side_until_the_queue_stays_empty() -> None:
+    async def body(batcher: Any, engine: Alone) -> None:
+        a = submit(batcher, 1)
+        await settle()
+        b = submit(batcher, 2)
+        await settle()
+        await engine.finish(0)  # [1] ran alone; [2] was queued when it ended
+        c = submit(batcher, 3)
+        await settle()
+        # Under load: [2] and [3] are in the engine at once, one slot each, not alone.
+        assert engine.started == [[1], [2], [3]] and engine.alone == [[1]]
+        await engine.finish(1)  # nothing queued when [2] ends
+        await engine.finish(2)
+        d = submit(batcher, 4)
+        await settle()
+        assert engine.alone == [[1], [4]]  # idle again: alone
+        await engine.finish(3)
+        assert [i.future.result() for i in a + b + c + d] == [10, 20, 30, 40]
+
+    side_by_side(body)
+
+
+def test_a_batch_cut_into_runs_never_runs_alone() -> None:
+    async def body(batcher: Any, engine: Alone) -> None:
+        long = batcher.submit([3], [200], timeout_s=60)
+        short = batcher.submit([1, 2], [2, 2], timeout_s=60)
+        await settle()
+        assert engine.started == [[1, 2], [3]] and engine.alone == []
+        await engine.finish(0)
+        await engine.finish(1)
+        assert [i.future.result() for i in short + long] == [10, 20, 30]
+
+    async def main() -> None:
+        engine = Alone()
+        policy = BatchPolicy(max_queue_delay_s=0.0, max_concurrent_runs=2, run_overhead_tokens=1)
+        batcher: Batcher[int, int] = Batcher(
+            "m", engine, policy, clock=FakeClock(), run_alone=engine.run_alone
+        )
+        batcher.start()
+        try:
+            await body(batcher, engine)
+        finally:
+            await batcher.stop(timeout_s=1.0)
+
+    asyncio.run(main())

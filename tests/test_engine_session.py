@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -73,3 +75,38 @@ def test_a_cpu_session_runs_the_model_it_was_given() -> None:
     (y,) = session.run(None, {"x": np.array([1.0, 2.5], dtype=np.float32)})
     np.testing.assert_array_equal(y, [2.0, 5.0])
     onnx.checker.check_model(model)
+
+
+def test_a_classifier_with_single_thread_runs_answers_the_same_on_both_sessions(
+    model_repository: Path,
+) -> None:
+    from service.engines import ClassifierEngine
+    from service.repository import read_model
+
+    version = read_model(model_repository / "sentiment")
+    settings = SessionSettings(providers="cpu", intra_op_threads=2, allow_spinning=False)
+    engine = ClassifierEngine(version, settings, single_thread_runs=True)
+    assert engine.single_thread_session is not None
+    assert engine.single_thread_session.get_session_options().intra_op_num_threads == 1
+    batch = engine.encoder.encode(["a fine film", "dull , long and loud", "ok"])
+    for wide, narrow in zip(engine.run(batch), engine.run_single_thread(batch), strict=True):
+        np.testing.assert_allclose(wide, narrow, atol=1e-6)
+    # One thread per session already: nothing to put side by side, no second session.
+    one = ClassifierEngine(version, replace(settings, intra_op_threads=1), single_thread_runs=True)
+    assert one.single_thread_session is None
+
+
+def test_the_served_policy_counts_the_side_by_side_runs(app_client: Any) -> None:
+    """Two threads, one worker: /v1/models reports the two one-thread runs the batcher may put
+    side by side (the policy the batcher really has), and classification answers."""
+    with app_client(intra_op_threads=2) as client:
+        models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+        assert models["sentiment"]["batching"]["workers"] == 2
+        assert models["translator"]["batching"]["workers"] == 1  # translators: not classifiers
+        answer = client.post("/v1/classify", json={"texts": ["a fine film"]})
+        assert answer.status_code == 200
+        # An idle server: that request's run had the engine to itself, on every thread.
+        assert 'nlpserve_runs_alone_total{model="sentiment"} 1.0' in client.get("/metrics").text
+    with app_client(intra_op_threads=2, side_by_side_under_load=False) as client:
+        models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+        assert models["sentiment"]["batching"]["workers"] == 1

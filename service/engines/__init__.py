@@ -28,7 +28,11 @@ __all__ = [
 ]
 
 
-def load_engine(version: ModelVersion, settings: SessionSettings) -> Engine:
+def load_engine(
+    version: ModelVersion, settings: SessionSettings, *, single_thread_runs: bool = False
+) -> Engine:
+    """`single_thread_runs`: a classifier on CPU also opens a one-thread session, for the runs
+    the batcher puts side by side under load (ClassifierEngine.run_single_thread)."""
     if version.config.task == "translation":
         return TranslatorEngine(version, settings)
-    return ClassifierEngine(version, settings)
+    return ClassifierEngine(version, settings, single_thread_runs=single_thread_runs)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable
+from dataclasses import replace
 
 import numpy as np
+import onnxruntime as ort
 
-from service.engines.session import SessionSettings, create_session
+from service.engines.session import CPU, SessionSettings, create_session
 from service.engines.tokenization import Encoded, TextEncoder
 from service.repository import ModelVersion, RepositoryError
 
@@ -32,14 +34,24 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class ClassifierEngine:
     """Loads one classifier version (blocking: call it on the model's worker thread)."""
 
-    def __init__(self, version: ModelVersion, settings: SessionSettings) -> None:
+    def __init__(
+        self, version: ModelVersion, settings: SessionSettings, *, single_thread_runs: bool = False
+    ) -> None:
         config = version.config
         assert config.labels is not None  # guaranteed by ModelConfig for classification tasks
         self.labels = list(config.labels)
         self.pair = config.task == "text-pair-classification"
         tokenizer_json = version.read_verified("tokenizer.json").decode("utf-8")
         self.encoder = TextEncoder(tokenizer_json, config.max_length)
-        self.session, self.provider = create_session(version.read_verified("model.onnx"), settings)
+        model = version.read_verified("model.onnx")
+        self.session, self.provider = create_session(model, settings)
+        # Under load the batcher runs batches side by side on a one-thread session instead of one
+        # at a time on all threads (service/batcher.py, run_alone): on a small CPU an operator
+        # split over every core waits at its barrier for whichever thread the HTTP side took.
+        self.single_thread_session: ort.InferenceSession | None = None
+        if single_thread_runs and self.provider == CPU and settings.intra_op_threads > 1:
+            one_thread = replace(settings, providers="cpu", intra_op_threads=1)
+            self.single_thread_session, _ = create_session(model, one_thread)
         self.inputs = {i.name: i.type for i in self.session.get_inputs()}
         unknown = [n for n in self.inputs if n not in KNOWN_INPUTS]
         bad_type = [
@@ -56,6 +68,13 @@ class ClassifierEngine:
 
     def run(self, batch: list[Encoded], key: Hashable = None) -> list[np.ndarray]:
         """Probabilities float32 [labels] per sequence; the batch is padded to its longest."""
+        return self._run(self.session, batch)
+
+    def run_single_thread(self, batch: list[Encoded], key: Hashable = None) -> list[np.ndarray]:
+        """`run` on the one-thread session (the same results), for runs side by side."""
+        return self._run(self.single_thread_session or self.session, batch)
+
+    def _run(self, session: ort.InferenceSession, batch: list[Encoded]) -> list[np.ndarray]:
         B, T = len(batch), max(e.tokens for e in batch)
         ids = np.full((B, T), self.encoder.pad_id, dtype=np.int64)
         mask = np.zeros((B, T), dtype=np.int64)
@@ -66,7 +85,7 @@ class ClassifierEngine:
             types[row, : e.tokens] = e.type_ids
         arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         feeds = {n: arrays[n].astype(_NUMPY_TYPES[t], copy=False) for n, t in self.inputs.items()}
-        (logits,) = self.session.run([self.output], feeds)
+        (logits,) = session.run([self.output], feeds)
         if logits.shape != (B, len(self.labels)):
             raise RuntimeError(
                 f"model returned logits of shape {logits.shape}, expected {(B, len(self.labels))}"
@@ -82,5 +101,6 @@ class ClassifierEngine:
         else:
             long = self.encoder.encode([text] * min(max_batch_size, 8))
             short = self.encoder.encode(["warm up"])
-        self.run(long)
-        self.run(short)
+        for session in filter(None, (self.session, self.single_thread_session)):
+            self._run(session, long)
+            self._run(session, short)

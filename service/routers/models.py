@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.batch_policy import BatchPolicy
 from service.dependencies import StateDep
 from service.schemas import ERROR_RESPONSES, BatchingInfo, ModelInfo, ModelsResponse
-from service.served_model import LoadedModel
+from service.served_model import LoadedModel, batch_policy
 
 router = APIRouter(prefix="/v1", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -18,7 +17,7 @@ async def list_models(state: StateDep) -> ModelsResponse:
     for m in sorted(state.registry.models(), key=lambda m: m.name):
         batching = None
         if m.config is not None:
-            policy = BatchPolicy.for_model(m.config, state.settings)
+            policy = batch_policy(m, m.config, state.settings)
             batching = BatchingInfo(
                 max_batch_size=policy.max_batch_size,
                 max_batch_tokens=policy.max_batch_tokens,
