@@ -5,10 +5,14 @@ reports/translation-benchmark.md).
         --version-dir runs/demo/model_repository/translator/1 \
         --sentences ../shared/data/multi30k/val.en --limit 200
     python -m loadtests.decode_check layouts --version-dir runs/demo/model_repository/translator/1
+    python -m loadtests.decode_check step-cost --version-dir runs/demo/model_repository/translator/1
 
 identity: every sentence decoded through a shared `DecodeBatch` (sentences joining at seeded
 random steps, several per step, greedy, beam 4, and both mixed) against the same sentence decoded
 alone with `OnnxGenerator.generate`; prints the number of sentences whose token ids differ.
+
+step-cost: time of one decoder step at 1 to 64 rows (cache and source 16 positions) and the
+line through them, fixed ms per step + ms per row: what bounds step scheduling's gain on a CPU.
 
 layouts: time of one decoder step for B rows whose caches have different lengths, under three
 ways of batching the cache: left-padded with a mask (one run, padded to the longest cache; what
@@ -73,6 +77,57 @@ def identity(
     return report
 
 
+def random_state(
+    generator: OnnxGenerator, rows: int, cache: int, source: int, rng: np.random.Generator
+) -> DecoderState:
+    """A decoder state of `rows` rows with `cache` self-attention columns and `source` encoder
+    positions, filled with noise (a step's cost does not depend on the values)."""
+    meta = generator.decoder.get_modelmeta().custom_metadata_map
+    L, H, hd = (int(meta[k]) for k in ("num_layers", "num_heads", "head_dim"))
+    return DecoderState(
+        memory_mask=np.ones((rows, source), bool),
+        cross_k=rng.standard_normal((L, rows, H, source, hd), dtype=np.float32),
+        cross_v=rng.standard_normal((L, rows, H, source, hd), dtype=np.float32),
+        self_k=rng.standard_normal((L, rows, H, cache, hd), dtype=np.float32),
+        self_v=rng.standard_normal((L, rows, H, cache, hd), dtype=np.float32),
+        position=np.full(rows, cache, np.int64),
+    )
+
+
+def median_ms(fn: Any, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return round(statistics.median(times) * 1000, 3)
+
+
+def step_cost(
+    generator: OnnxGenerator, rows: Sequence[int], cache: int, source: int, repeats: int
+) -> dict[str, Any]:
+    """ms per decoder step at each row count (cache and source lengths fixed), and the
+    least-squares line through them: fixed ms per step + ms per row (the scheduler's cost
+    model in reports/translation-benchmark.md)."""
+    rng = np.random.default_rng(0)
+    points = []
+    for n in rows:
+        state = random_state(generator, n, cache, source, rng)
+        tokens = np.full(n, 5, np.int64)
+        self_mask = np.ones((n, cache + 1), bool)
+        ms = median_ms(lambda s=state, t=tokens, m=self_mask: generator.step(s, t, m), repeats)
+        points.append({"rows": n, "step_ms": ms, "ms_per_row": round(ms / n, 3)})
+    fixed, per_row = _line([p["rows"] for p in points], [p["step_ms"] for p in points])
+    line = {"fixed_ms": fixed, "row_ms": per_row}
+    return {"cache": cache, "source": source, "points": points, **line}
+
+
+def _line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    slope, intercept = np.polyfit(np.asarray(x, float), np.asarray(y, float), 1)
+    return round(float(intercept), 3), round(float(slope), 3)
+
+
 def layouts(
     generator: OnnxGenerator,
     rows: int,
@@ -85,21 +140,12 @@ def layouts(
     """ms per decoder step for `rows` rows whose caches hold `distinct` different lengths
     spread over 1..max_len-1 (the preallocated cache has `preallocated` columns: the
     max_new_tokens default of an export)."""
-    meta = generator.decoder.get_modelmeta().custom_metadata_map
-    L, H, hd = (int(meta[k]) for k in ("num_layers", "num_heads", "head_dim"))
     rng = np.random.default_rng(0)
     lengths = np.repeat(np.linspace(1, max_len - 1, distinct).astype(int), rows // distinct)
     B = lengths.size
 
     def state(n: int, t: int) -> DecoderState:
-        return DecoderState(
-            memory_mask=np.ones((n, source), bool),
-            cross_k=rng.standard_normal((L, n, H, source, hd), dtype=np.float32),
-            cross_v=rng.standard_normal((L, n, H, source, hd), dtype=np.float32),
-            self_k=rng.standard_normal((L, n, H, t, hd), dtype=np.float32),
-            self_v=rng.standard_normal((L, n, H, t, hd), dtype=np.float32),
-            position=np.full(n, t, np.int64),
-        )
+        return random_state(generator, n, t, source, rng)
 
     def mask(T: int) -> np.ndarray:
         return np.arange(T + 1)[None, :] >= (T - lengths)[:, None]
@@ -130,19 +176,13 @@ def layouts(
         "grouped_by_length": run_groups,
         "preallocated_max": run_full,
     }.items():
-        fn()  # warm-up
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        out[name + "_ms"] = round(statistics.median(times) * 1000, 2)
+        out[name + "_ms"] = round(median_ms(fn, repeats), 2)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("check", choices=["identity", "layouts"])
+    parser.add_argument("check", choices=["identity", "layouts", "step-cost"])
     parser.add_argument("--version-dir", type=Path, required=True)
     parser.add_argument("--sentences", type=Path, help="identity: one source per line")
     parser.add_argument("--limit", type=int, default=200)
@@ -159,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines = args.sentences.read_text().splitlines()[: args.limit]
         sources = [e.ids for e in tokenizer.encode_batch(lines)]
         report = identity(generator, sources, args.max_new_tokens, args.seed)
+    elif args.check == "step-cost":
+        report = step_cost(generator, (1, 2, 4, 8, 16, 32, 64), cache=16, source=16, repeats=50)
     else:
         report = {
             "layouts": [
