@@ -113,8 +113,16 @@ def add_engine_only(result: BenchResult, config: BenchConfig, texts: list[str]) 
             }
         )
         if sizes:
+            # A server whose batcher puts one-thread runs side by side: measure that way too.
+            workers = int((run.batching or {}).get("workers", 1))
             rates = engine_only_rates(
-                model_dir, run.version, texts, sizes, settings, config.engine_seconds
+                model_dir,
+                run.version,
+                texts,
+                sizes,
+                settings,
+                config.engine_seconds,
+                side_by_side=workers if config.threads > 1 else 1,
             )
             run.engine_only = {r.batch_size: r.sequences_per_s for r in rates}
 

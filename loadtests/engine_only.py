@@ -10,12 +10,15 @@ padded about as little as a run can be: a ceiling, not a replay.
 from __future__ import annotations
 
 import random
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.engines.classifier import ClassifierEngine
 from service.engines.session import SessionSettings
+from service.engines.tokenization import Encoded
 from service.repository import read_model
 
 
@@ -24,6 +27,7 @@ class EngineRate:
     batch_size: int
     sequences_per_s: float
     batches: int  # how many runs the rate was measured over
+    side_by_side: int = 1  # runs in flight at once (one-thread runs when > 1)
 
 
 def engine_only_rates(
@@ -34,24 +38,61 @@ def engine_only_rates(
     settings: SessionSettings,
     seconds_per_size: float = 3.0,
     seed: int = 0,
+    side_by_side: int = 1,
 ) -> list[EngineRate]:
     """Sequences/s of the engine at each batch size (tokenisation excluded, as in the server's
-    nlpserve_inference_seconds)."""
-    engine = ClassifierEngine(read_model(model_dir, version), settings)
+    nlpserve_inference_seconds). With `side_by_side` > 1 (a server that puts one-thread runs
+    side by side under load, service/batcher.py) the rate is the better of one run at a time on
+    every thread and `side_by_side` one-thread runs at once: the server may do either."""
+    engine = ClassifierEngine(
+        read_model(model_dir, version), settings, single_thread_runs=side_by_side > 1
+    )
     engine.warmup(max(batch_sizes))
     encoded = sorted(engine.encoder.encode(texts), key=lambda e: e.tokens)
-    rng = random.Random(seed)
     rates = []
     for size in batch_sizes:
-        batches = sequences = 0
-        busy = 0.0
-        while busy < seconds_per_size or batches < 3:
-            first = rng.randrange(max(1, len(encoded) - size + 1))
-            batch = encoded[first : first + size]
-            started = time.perf_counter()
-            engine.run(batch)
-            busy += time.perf_counter() - started
-            batches += 1
-            sequences += len(batch)
-        rates.append(EngineRate(size, sequences / busy, batches))
+        rate = _rate(engine.run, encoded, size, seconds_per_size, random.Random(seed), 1)
+        if engine.single_thread_session is not None:
+            rng = random.Random(seed)
+            beside = _rate(
+                engine.run_single_thread, encoded, size, seconds_per_size, rng, side_by_side
+            )
+            rate = max(rate, beside, key=lambda r: r.sequences_per_s)
+        rates.append(rate)
     return rates
+
+
+def _rate(
+    run: Callable[[list[Encoded]], object],
+    encoded: list[Encoded],
+    size: int,
+    seconds: float,
+    rng: random.Random,
+    threads: int,
+) -> EngineRate:
+    """`threads` loops, each running random batches of `size` for `seconds` (at least 3 runs)."""
+    starts = [rng.randrange(max(1, len(encoded) - size + 1)) for _ in range(100_000)]
+    lock = threading.Lock()
+    counts = [0, 0]  # batches, sequences
+
+    def loop(offset: int) -> None:
+        done, deadline = 0, time.perf_counter() + seconds
+        while time.perf_counter() < deadline or done < 3:
+            first = starts[(offset + done * threads) % len(starts)]
+            run(encoded[first : first + size])
+            done += 1
+        with lock:
+            counts[0] += done
+            counts[1] += done * min(size, len(encoded))
+
+    started = time.perf_counter()
+    if threads == 1:
+        loop(0)
+    else:
+        workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    wall = time.perf_counter() - started
+    return EngineRate(size, counts[1] / wall, counts[0], threads)
