@@ -1,7 +1,8 @@
 """Translation load benchmark: the step scheduler against request-level batching, in one run.
 
-For each batching mode (NLPSERVE_TRANSLATION_BATCHING=step, then =request) it starts nlpserve on
-the repository, and for each user count runs a closed loop for `--duration` seconds: every user
+For each batching mode (`--modes`: step, the server's default; step-inline, the scheduler with
+the joiners' encoder inside the step instead of beside it; request, request-level batching) it
+starts nlpserve on the repository, and for each user count runs a closed loop for `--duration` seconds: every user
 sends one sentence per request (`POST /v1/translate`, the sentences in turn from `--sentences`,
 e.g. Multi30k val.en) and sends the next as soon as the answer came. With the scheduler it then
 runs the same loop with `"stream": true`, timing the first piece and the whole stream.
@@ -39,7 +40,13 @@ from service.engines.translator import DecodingParams
 
 logger = logging.getLogger(__name__)
 
-MODES = ("step", "request")
+# The server's environment per mode: step scheduling (encoder beside the steps, the default),
+# step scheduling with the encoder inside the step, request-level batching.
+MODES = {
+    "step": {"NLPSERVE_TRANSLATION_BATCHING": "step"},
+    "step-inline": {"NLPSERVE_TRANSLATION_BATCHING": "step", "NLPSERVE_DECODE_ENCODE_AHEAD": "0"},
+    "request": {"NLPSERVE_TRANSLATION_BATCHING": "request"},
+}
 
 
 def read_metrics(host: str) -> dict[str, float]:
@@ -141,6 +148,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 params,
                 args.threads,
                 args.rates,
+                args.modes,
             )
         )
         return {**describe(args, sentences), "in_process": True, "results": rows}
@@ -153,7 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for mode in args.modes:
         with running_server(
             nlpserve_command(args.repository),
-            env={**env, "NLPSERVE_TRANSLATION_BATCHING": mode},
+            env={**env, **MODES[mode]},
             log_path=args.log_dir / f"server-{mode}.log" if args.log_dir else None,
         ) as (host, _):
             phases = [False, True] if mode == "step" and args.beam_size == 1 else [False]
@@ -177,7 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         mean_sequences_per_run=per_step(before, after, "nlpserve_batch_size"),
                     )
                     logger.info("%s", row)
-                    if mode == "step" and row["mean_rows_per_step"] is None:
+                    if mode != "request" and row["mean_rows_per_step"] is None:
                         raise SystemExit(
                             "translation_bench: the server did not decode step by step (a "
                             "decoder.onnx without self_mask falls back to request-level "
@@ -226,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=200, help="sentences used (in turn)")
     parser.add_argument("--users", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per user count")
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=["step", "request"])
     parser.add_argument("--beam-size", type=int, default=1, help="1: greedy (and streams)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads")

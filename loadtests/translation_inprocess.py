@@ -150,8 +150,9 @@ async def compare(
     params: DecodingParams,
     threads: int,
     rates: Sequence[float] = (),
+    modes: Sequence[str] = ("step", "request"),
 ) -> list[dict[str, Any]]:
-    """Rows of the benchmark table for both modes (see translation_bench.row)."""
+    """Rows of the benchmark table for each mode (see translation_bench.row and MODES)."""
     versions, _ = scan(repository, {})
     version = next(v for v in versions if v.name == "translator")
     settings = SessionSettings(providers="cpu", intra_op_threads=threads, allow_spinning=False)
@@ -163,11 +164,11 @@ async def compare(
 
     worker = ModelWorker("translator")
     results = []
-    for mode in ("step", "request"):
+    for mode in modes:
         counts = Counts()
         scheduler: DecodeScheduler | None = None
         batcher: Batcher[Any, Any] | None = None
-        if mode == "step":
+        if mode != "request":
             scheduler = DecodeScheduler(
                 "translator",
                 engine.decode_batch(),
@@ -175,6 +176,7 @@ async def compare(
                 finish=engine.finish,
                 max_steps=engine.generator.max_steps,
                 observer=counts,
+                encode_ahead=mode == "step",
             )
             scheduler.start()
             submit = _scheduler_submit(scheduler, params)

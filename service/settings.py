@@ -21,7 +21,7 @@ from service.repository import MODEL_NAME_PATTERN
 ENV_PREFIX = "NLPSERVE_"
 
 
-def _available_cores() -> int:
+def available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     )
     cuda_device_id: int = Field(default=0, ge=0)
     intra_op_threads: int = Field(
-        default_factory=_available_cores,
+        default_factory=available_cores,
         ge=1,
         le=256,
         description="threads per session; lower it when several models are busy at once",
@@ -171,6 +171,13 @@ class Settings(BaseSettings):
     )
     decode_max_running_sequences: int = Field(
         default=64, ge=1, le=4096, description="decoder rows running at once (beam-K takes K)"
+    )
+    decode_encode_ahead: bool = Field(
+        default=True,
+        description="step-scheduled translators, when intra_op_threads leaves a core free: "
+        "joiners are encoded on a thread of their own beside the running batch's decoder step "
+        "and join at the next step, so decoding never waits for the encoder (else: encoded "
+        "inside the step)",
     )
     decode_max_cache_tokens: int = Field(
         default=16384,

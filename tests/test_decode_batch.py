@@ -7,6 +7,7 @@ The graphs are the tiny translator of tests/conftest.py (exported by the real ex
 from __future__ import annotations
 
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,37 @@ def test_graphs_without_self_mask_are_refused(generator: OnnxGenerator) -> None:
     old.has_self_mask = False
     with pytest.raises(ValueError, match="re-export"):
         DecodeBatch(old)
+
+
+def test_joiners_encoded_on_another_thread_beside_a_step_decode_as_if_alone(
+    generator: OnnxGenerator,
+) -> None:
+    """The scheduler's encode-ahead: joiners are encoded on a second thread while the batch
+    steps, then join at the next step with their encoded runs; a joiner dropped from its run
+    (`without`: its client left) never joins, and every other sequence's ids equal decoding it
+    alone, greedy and beam."""
+    rng = random.Random(3)
+    joins = [
+        Join(i, src, rng.choice([1, 1, 4]), rng.randint(2, 14))
+        for i, src in enumerate(random_sources(12, 3))
+    ]
+    batch = DecodeBatch(generator)
+    results: dict[int, list[int]] = {}
+    waves = [joins[:3], joins[3:7], joins[7:9], joins[9:]]
+    dropped = joins[5].seq_id
+    with ThreadPoolExecutor(1) as encoder:
+        outcomes = batch.step(waves[0], [])
+        for wave in waves[1:]:
+            pending = encoder.submit(batch.encode, wave)
+            outcomes += batch.step([], [])  # decodes while the encoder runs
+            runs = [run.without({dropped}) for run in pending.result()]
+            outcomes += batch.step([], [], [run for run in runs if run is not None])
+        for _ in range(200):
+            if not batch.sequences:
+                break
+            outcomes += batch.step([], [])
+    results = {o.seq_id: list(o.result) for o in outcomes if o.result is not None}
+    assert dropped not in results
+    for join in joins:
+        if join.seq_id != dropped:
+            assert results[join.seq_id] == alone(generator, join), join

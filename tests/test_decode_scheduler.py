@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,24 @@ class FakeRunner:
         self.calls: list[tuple[list[int], list[int], int]] = []  # joins, leaves, rows after
         self.fail_next = False
         self.permits: threading.Semaphore | None = None  # when set up, each step takes one
+        self.encoded_on: list[str] = []  # the thread each `encode` call ran on
 
-    def step(self, joins: list[Join], leaves: list[int]) -> list[Outcome]:
+    @property
+    def rows(self) -> int:
+        return sum(r for _, r in self.active.values())
+
+    def encode(self, joins: list[Join]) -> list[FakeRun]:
+        self.encoded_on.append(threading.current_thread().name)
+        return [FakeRun(tuple(joins))]
+
+    def step(
+        self, joins: list[Join], leaves: list[int], encoded: Sequence[FakeRun] = ()
+    ) -> list[Outcome]:
         if self.permits is not None:
             self.permits.acquire()
         for seq_id in leaves:
-            self.active.pop(seq_id)
+            self.active.pop(seq_id, None)  # a sequence that left while encoding never joined
+        joins = [*(j for run in encoded for j in run.joins), *joins]
         for j in joins:
             self.active[j.seq_id] = (min(j.src_ids[0], j.max_new_tokens), j.beam_size)
             self.done[j.seq_id] = 0
@@ -60,6 +73,15 @@ class FakeRunner:
 
     def reset(self) -> None:
         self.active.clear()
+
+
+@dataclass(frozen=True)
+class FakeRun:
+    joins: tuple[Join, ...]
+
+    def without(self, seq_ids: set[int]) -> FakeRun | None:
+        kept = tuple(j for j in self.joins if j.seq_id not in seq_ids)
+        return FakeRun(kept) if kept else None
 
 
 async def advance(runner: FakeRunner, steps: int) -> None:
@@ -98,7 +120,7 @@ GREEDY = DecodingParams(beam_size=1, max_new_tokens=32)
 
 
 def make(
-    clock: Callable[[], float] = time.monotonic, **policy: int
+    clock: Callable[[], float] = time.monotonic, encode_ahead: bool = False, **policy: int
 ) -> tuple[DecodeScheduler, FakeRunner, Recorder]:
     runner, recorder = FakeRunner(), Recorder()
     scheduler = DecodeScheduler(
@@ -109,6 +131,7 @@ def make(
         max_steps=lambda n: min(n, 20),  # a positional table of 20
         clock=clock,
         observer=recorder,
+        encode_ahead=encode_ahead,
     )
     return scheduler, runner, recorder
 
@@ -148,6 +171,54 @@ def test_late_arrival_joins_at_the_next_step_boundary() -> None:
         joined_at = next(i for i, c in enumerate(runner.calls) if late.seq_id in c[0])
         assert joined_at == 4
         assert [c[2] for c in runner.calls[4:6]] == [2, 2]
+
+    asyncio.run(main())
+
+
+def test_encode_ahead_encodes_late_arrivals_beside_the_step_and_joins_them_next() -> None:
+    """encode_ahead: a request arriving while a batch decodes is encoded on the encoder's thread
+    during a step and joins at the step after; one arriving to an empty batch (nothing to
+    overlap) is encoded inline and joins at once."""
+
+    async def main() -> None:
+        scheduler, runner, recorder = make(encode_ahead=True)
+        runner.permits = threading.Semaphore(0)
+        scheduler.start()
+        (long,) = scheduler.submit([src(10)], key=GREEDY, timeout_s=10)
+        await advance(runner, 3)
+        (late,) = scheduler.submit([src(2)], key=GREEDY, timeout_s=10)
+        unleash(runner)
+        await long.future
+        await scheduler.stop(5)
+        assert late.future.result() == "7 7"
+        assert runner.calls[0][0] == [long.seq_id]  # inline: the batch was empty
+        joined_at = next(i for i, c in enumerate(runner.calls) if late.seq_id in c[0])
+        assert joined_at == 5  # admitted at step 4, encoded beside it
+        assert runner.encoded_on == ["encode-translator_0"]
+        assert sum(s.joined for s in recorder.steps) == 2
+
+    asyncio.run(main())
+
+
+def test_a_sequence_that_leaves_while_it_is_encoded_never_joins() -> None:
+    async def main() -> None:
+        scheduler, runner, recorder = make(encode_ahead=True)
+        runner.permits = threading.Semaphore(0)
+        scheduler.start()
+        (long,) = scheduler.submit([src(8)], key=GREEDY, timeout_s=10)
+        await advance(runner, 2)
+        (gone,) = scheduler.submit([src(3)], key=GREEDY, timeout_s=10)
+        await advance(runner, 1)
+        while not runner.encoded_on:  # admitted, its encoder run handed off
+            await asyncio.sleep(0.001)
+        gone.future.cancel()
+        unleash(runner)
+        await long.future
+        await scheduler.stop(5)
+        assert all(gone.seq_id not in joins for joins, _, _ in runner.calls)
+        assert long.future.result() == " ".join(["7"] * 8)
+        assert recorder.dropped == {"cancelled": 1}
+        assert scheduler.rows == 0
 
     asyncio.run(main())
 
@@ -337,9 +408,11 @@ def test_work_that_would_wait_past_its_deadline_is_refused_with_retry_after() ->
         scheduler, runner, _ = make(clock=lambda: now[0], max_running_sequences=1)
         original = runner.step
 
-        def slow_step(joins: list[Join], leaves: list[int]) -> list[Outcome]:
+        def slow_step(
+            joins: list[Join], leaves: list[int], encoded: Sequence[FakeRun] = ()
+        ) -> list[Outcome]:
             now[0] += 0.1  # every step takes 0.1 s on the fake clock
-            return original(joins, leaves)
+            return original(joins, leaves, encoded)
 
         runner.step = slow_step  # type: ignore[method-assign]
         scheduler.start()
@@ -381,3 +454,29 @@ def test_translators_are_step_scheduled_unless_told_or_exported_before(
     engine.generator.has_self_mask = False
     assert not step._steps_decoding(engine)
     assert "re-export" in caplog.text
+
+
+@pytest.mark.parametrize(("threads", "ahead"), [(1, True), (2, False)])
+def test_the_encoder_runs_beside_the_step_only_when_the_threads_leave_it_a_core(
+    model_repository: Path,
+    service_settings: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    threads: int,
+    ahead: bool,
+) -> None:
+    """On 2 cores: a decoder on 1 thread leaves a core for the encoder beside it; on 2 it
+    would only take turns with it, so the joiners are encoded inside the step."""
+    from service import served_model
+    from service.engines import SessionSettings, TranslatorEngine
+    from service.metrics import ServiceMetrics
+    from service.repository import scan
+
+    monkeypatch.setattr(served_model, "available_cores", lambda: 2)
+    versions, _ = scan(model_repository, {})
+    version = next(v for v in versions if v.name == "translator")
+    engine = TranslatorEngine(version, SessionSettings(providers="cpu", allow_spinning=False))
+    settings = service_settings(intra_op_threads=threads)
+    scheduler = served_model.decode_scheduler("translator", engine, settings, ServiceMetrics())
+    assert scheduler.encodes_ahead is ahead
+    off = service_settings(intra_op_threads=1, decode_encode_ahead=False)
+    assert not served_model.decode_scheduler("t", engine, off, ServiceMetrics()).encodes_ahead

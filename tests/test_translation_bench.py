@@ -45,7 +45,8 @@ def test_in_process_benchmark_reports_cpu_per_request(
     copy_repository: Callable[..., Path], tmp_path: Path
 ) -> None:
     """--in-process drives the scheduler and the batcher without HTTP, closed loop and open
-    loop (--rates): both modes, the scheduler also with a token listener (a stream), rows per
+    loop (--rates): every mode (the scheduler with its encoder beside the steps and inside
+    them, request-level), the scheduler also with a token listener (a stream), rows per
     step / sequences per run, first tokens for streams, CPU ms per request."""
     sentences = tmp_path / "val.en"
     sentences.write_text("A dog runs.\nTwo men play football in a park.\n")
@@ -53,7 +54,7 @@ def test_in_process_benchmark_reports_cpu_per_request(
     argv = [
         "--repository", str(copy_repository("translator")), "--sentences", str(sentences),
         "--users", "2", "--rates", "20", "--duration", "0.5", "--max-new-tokens", "6",
-        "--in-process",
+        "--in-process", "--modes", "step", "step-inline", "request",
         "--out", str(out),
     ]  # fmt: skip
     assert main(argv) == 0
@@ -61,9 +62,11 @@ def test_in_process_benchmark_reports_cpu_per_request(
     assert [(r["mode"], r["stream"], r["users"]) for r in rows] == [
         ("step", False, 2), ("step", False, "20/s open"),
         ("step", True, 2), ("step", True, "20/s open"),
+        ("step-inline", False, 2), ("step-inline", False, "20/s open"),
         ("request", False, 2), ("request", False, "20/s open"),
     ]  # fmt: skip
-    step, streamed, request = rows[0], rows[2], rows[4]
+    step, streamed, inline, request = rows[0], rows[2], rows[4], rows[6]
+    assert inline["requests"] > 0 and inline["mean_rows_per_step"] >= 1
     assert step["requests"] > 0 and request["requests"] > 0 and streamed["requests"] > 0
     assert step["mean_rows_per_step"] >= 1 and request["mean_sequences_per_run"] >= 1
     assert streamed["first_piece_ms"]["p50"] is not None

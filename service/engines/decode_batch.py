@@ -50,6 +50,24 @@ class Join:
 
 
 @dataclass(frozen=True)
+class EncodedRun:
+    """Joiners encoded in one encoder run (`DecodeBatch.encode`) and the state it made for them:
+    encoder outputs, empty caches, one row per joiner in `joins` order."""
+
+    joins: tuple[Join, ...]
+    fresh: DecoderState
+
+    def without(self, seq_ids: set[int]) -> EncodedRun | None:
+        """This run minus the joiners in `seq_ids` (their client left while it ran)."""
+        keep = [i for i, j in enumerate(self.joins) if j.seq_id not in seq_ids]
+        if len(keep) == len(self.joins):
+            return self
+        if not keep:
+            return None
+        return EncodedRun(tuple(self.joins[i] for i in keep), self.fresh.select(np.asarray(keep)))
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What one step did for one sequence."""
 
@@ -129,13 +147,20 @@ class DecodeBatch:
 
     # ------------------------------------------------------------------ the step
 
-    def step(self, joins: Sequence[Join], leaves: Iterable[int]) -> list[Outcome]:
+    def step(
+        self,
+        joins: Sequence[Join],
+        leaves: Iterable[int],
+        encoded: Sequence[EncodedRun] = (),
+    ) -> list[Outcome]:
         """Free the rows of `leaves` (seq ids), write `joins` into free rows (their encoder runs
-        once, batched), run one decoder step for every row, advance every search; finished
-        sequences leave at once."""
+        once, batched) and the joiners `encoded` beforehand, run one decoder step for every row,
+        advance every search; finished sequences leave at once."""
         self._free(set(leaves))
-        if joins:
-            self._join(joins)
+        runs = [*encoded, *(self.encode(joins) if joins else ())]
+        if runs:  # the joiners encoded beforehand came first
+            earlier = sorted(j.seq_id for run in encoded for j in run.joins)  # ids count arrivals
+            self._join(runs, [*earlier, *(j.seq_id for j in joins)])
         if not self.sequences:
             self.reset()
             return []
@@ -226,24 +251,36 @@ class DecodeBatch:
 
     # ------------------------------------------------------------------ membership
 
-    def _join(self, joins: Sequence[Join]) -> None:
-        """Encode the joiners into free rows, in runs of similar source length (`split_runs`; a
-        run costs ~19 padded tokens of fixed overhead on the demo translator). Padding changes
-        no id: a source's encoder outputs are bitwise the same padded or alone (898 of 898 in
-        padded runs of 2 to 8). One run per distinct length cost 2.4x the request batcher's
-        encoder time per request at 32 HTTP users (py-spy), joiners arriving 1 to 3 a step."""
+    def encode(self, joins: Sequence[Join]) -> list[EncodedRun]:
+        """Run the joiners' encoder, in runs of similar source length (`split_runs`; a run costs
+        ~19 padded tokens of fixed overhead on the demo translator). Padding changes no id: a
+        source's encoder outputs are bitwise the same padded or alone (898 of 898 in padded runs
+        of 2 to 8). One run per distinct length cost 2.4x the request batcher's encoder time per
+        request at 32 HTTP users (py-spy), joiners arriving 1 to 3 a step.
+
+        Reads only the encoder session, so another thread may run it while `step` decodes: the
+        scheduler encodes the next joiners beside the running batch's step."""
+        g = self.generator
         by_length = sorted(joins, key=lambda j: len(j.src_ids))
+        runs = split_runs([len(j.src_ids) for j in by_length], JOIN_RUN_OVERHEAD_TOKENS)
+        return [
+            EncodedRun(tuple(run), g.start(g.pad([j.src_ids for j in run])))
+            for run in (by_length[start:end] for start, end in runs)
+        ]
+
+    def _join(self, runs: Sequence[EncodedRun], order: Sequence[int]) -> None:
+        """Write encoded joiners into free rows; `order` (seq ids) is the order they joined in,
+        which outcomes follow."""
         joined: dict[int, _Sequence] = {}
-        for start, end in split_runs([len(j.src_ids) for j in by_length], JOIN_RUN_OVERHEAD_TOKENS):
-            for seq in self._join_run(by_length[start:end]):
+        for run in runs:
+            for seq in self._join_run(run):
                 joined[seq.seq_id] = seq
-        for j in joins:  # in arrival order: outcomes come in the order sequences joined
-            self.sequences[j.seq_id] = joined[j.seq_id]
+        for seq_id in order:
+            self.sequences[seq_id] = joined[seq_id]
         self._layout = None
 
-    def _join_run(self, joins: Sequence[Join]) -> list[_Sequence]:
-        g = self.generator
-        fresh = g.start(g.pad([j.src_ids for j in joins]))
+    def _join_run(self, run: EncodedRun) -> list[_Sequence]:
+        g, joins, fresh = self.generator, run.joins, run.fresh
         beams = [j.beam_size for j in joins]
         if max(beams) > 1:  # a beam-K sequence's K rows start from copies of its source
             fresh = fresh.select(np.repeat(np.arange(len(joins)), beams))
