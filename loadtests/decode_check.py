@@ -28,21 +28,33 @@ import random
 import statistics
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.engines.decode_batch import DecodeBatch, Join
+from service.engines.decode_batch import DecodeBatch, EncodedRun, Join
 from service.engines.generation import DecoderState, OnnxGenerator
 from service.engines.session import SessionSettings
 
 
 def identity(
-    generator: OnnxGenerator, sources: Sequence[list[int]], max_new_tokens: int, seed: int
+    generator: OnnxGenerator,
+    sources: Sequence[list[int]],
+    max_new_tokens: int,
+    seed: int,
+    encode_ahead: bool = False,
 ) -> dict[str, Any]:
-    report: dict[str, Any] = {"sentences": len(sources), "max_new_tokens": max_new_tokens}
+    """With `encode_ahead`, the joiners of each step are encoded on a second thread while the
+    batch takes that step and join at the next, as the scheduler does by default."""
+    report: dict[str, Any] = {
+        "sentences": len(sources),
+        "max_new_tokens": max_new_tokens,
+        "encode_ahead": encode_ahead,
+    }
+    encoder = ThreadPoolExecutor(1)
     rng = random.Random(seed)
     for name, beams in {"greedy": [1], "beam4": [4], "mixed": [1, 4]}.items():
         joins = [Join(i, s, rng.choice(beams), max_new_tokens) for i, s in enumerate(sources)]
@@ -56,8 +68,14 @@ def identity(
         rows: list[int] = []
         t0 = time.perf_counter()
         step = 0
+        pending: Future[list[EncodedRun]] | None = None
         while len(results) < len(joins):
-            for outcome in batch.step(arrivals.get(step, []), []):
+            encoded = pending.result() if pending is not None else []
+            now = arrivals.get(step, [])
+            pending = None
+            if encode_ahead and now and batch.rows:
+                pending, now = encoder.submit(batch.encode, now), []
+            for outcome in batch.step(now, [], encoded):
                 if outcome.result is not None:
                     results[outcome.seq_id] = outcome.result
             rows.append(batch.rows)
@@ -189,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--encode-ahead", action="store_true", help="identity: encode joiners beside the step"
+    )
     args = parser.parse_args(argv)
     settings = SessionSettings(providers="cpu", intra_op_threads=args.threads, allow_spinning=False)
     generator = OnnxGenerator.from_directory(args.version_dir, settings)
@@ -198,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokenizer = Tokenizer.from_file(str(args.version_dir / "tokenizer.json"))
         lines = args.sentences.read_text().splitlines()[: args.limit]
         sources = [e.ids for e in tokenizer.encode_batch(lines)]
-        report = identity(generator, sources, args.max_new_tokens, args.seed)
+        report = identity(generator, sources, args.max_new_tokens, args.seed, args.encode_ahead)
     elif args.check == "step-cost":
         report = step_cost(generator, (1, 2, 4, 8, 16, 32, 64), cache=16, source=16, repeats=50)
     else:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.decode_check import _line, main, step_cost
+from loadtests.decode_check import _line, identity, main, step_cost
 from service.engines.generation import OnnxGenerator
 from service.engines.session import SessionSettings
 
@@ -30,3 +30,17 @@ def test_step_cost_times_every_row_count_on_a_real_decoder(model_repository: Pat
 def test_an_unknown_check_is_refused() -> None:
     with pytest.raises(SystemExit):
         main(["nonsense", "--version-dir", "x"])
+
+
+@pytest.mark.parametrize("encode_ahead", [False, True])
+def test_identity_finds_no_difference_with_the_encoder_inside_or_beside_the_step(
+    model_repository: Path, encode_ahead: bool
+) -> None:
+    settings = SessionSettings(providers="cpu", intra_op_threads=1, allow_spinning=False)
+    generator = OnnxGenerator.from_directory(model_repository / "translator" / "1", settings)
+    sources = [[4 + (7 * i + j) % 150 for j in range(1 + i % 9)] + [2] for i in range(10)]
+    report = identity(generator, sources, max_new_tokens=8, seed=1, encode_ahead=encode_ahead)
+    assert report["encode_ahead"] is encode_ahead
+    for search in ("greedy", "beam4", "mixed"):
+        assert report[search]["differences"] == 0
+        assert report[search]["max_rows"] > 1  # sentences really shared steps
