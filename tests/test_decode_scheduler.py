@@ -200,6 +200,27 @@ def test_encode_ahead_encodes_late_arrivals_beside_the_step_and_joins_them_next(
     asyncio.run(main())
 
 
+def test_a_streamed_sequence_joins_at_once_even_with_encode_ahead() -> None:
+    """Its client waits for the first piece: no step of delay for it."""
+
+    async def main() -> None:
+        scheduler, runner, _ = make(encode_ahead=True)
+        runner.permits = threading.Semaphore(0)
+        scheduler.start()
+        (long,) = scheduler.submit([src(10)], key=GREEDY, timeout_s=10)
+        await advance(runner, 3)
+        pieces: list[int] = []
+        (streamed,) = scheduler.submit([src(2)], key=GREEDY, timeout_s=10, on_token=pieces.append)
+        unleash(runner)
+        await long.future
+        await scheduler.stop(5)
+        assert streamed.future.result() == "7 7" and pieces == [7, 7]
+        joined_at = next(i for i, c in enumerate(runner.calls) if streamed.seq_id in c[0])
+        assert joined_at == 4 and runner.encoded_on == []
+
+    asyncio.run(main())
+
+
 def test_a_sequence_that_leaves_while_it_is_encoded_never_joins() -> None:
     async def main() -> None:
         scheduler, runner, recorder = make(encode_ahead=True)
