@@ -336,9 +336,11 @@ def write_report(
         "req/s per server core = req/s / server CPU, comparable when other work on the machine "
         "takes a varying share of the cores; "
         "mean batch = sequences / engine runs from nlpserve's /metrics; engine busy = engine "
-        "run time / load window; engine-only = `loadtests.engine_only`, the server's own "
-        "classifier engine fed batches of that size with no HTTP, measured after the servers "
-        "stopped.",
+        "run time / load window, summed over the runs in flight (up to 200% with two one-thread "
+        "runs side by side); engine-only = `loadtests.engine_only`, the server's own "
+        "classifier engine fed batches of that size with no HTTP (the better of one run on "
+        "every thread and the server's one-thread runs side by side), measured after the "
+        "servers stopped.",
         "",
     ]
     report.parent.mkdir(parents=True, exist_ok=True)

@@ -301,8 +301,7 @@ class DecodeScheduler:
             if leaves:  # the batch still holds their rows
                 self._engine.step([], leaves)
             return
-        rows, sequences = self._rows, len(self.running)
-        cache = cache_tokens(rows, self.running.values())
+        in_step = list(self.running.values())  # what this step runs (less what is encoded)
         started = self._clock()
         try:
             encoded = self._take_encoded()
@@ -313,9 +312,12 @@ class DecodeScheduler:
                 future = self._encoder.submit(self._engine.encode, [_join(i) for i in ahead])
                 self._encoding = (ahead, future)
                 joins = [i for i in joins if i.on_token is not None]
+                aside = {i.seq_id for i in ahead}
+                in_step = [i for i in in_step if i.seq_id not in aside]
+            rows = sum(i.beam_size for i in in_step)
             outcomes = self._engine.step([_join(i) for i in joins], leaves, encoded)
         except Exception as error:
-            logger.exception("model %s: a decoding step of %d rows failed", self.name, rows)
+            logger.exception("model %s: a decoding step of %d rows failed", self.name, self._rows)
             self._deliver([(item, None, error) for item in self.running.values()])
             self.running.clear()
             self._rows = 0
@@ -327,7 +329,8 @@ class DecodeScheduler:
         seconds = self._clock() - started
         self._admission.observe_step(seconds, rows_before - self._rows)
         joined = len(joins) + sum(len(run.joins) for run in encoded)
-        self._observer.on_step(StepStats(rows, sequences, joined, finished, cache, seconds))
+        cache = cache_tokens(rows, in_step)
+        self._observer.on_step(StepStats(rows, len(in_step), joined, finished, cache, seconds))
 
     def _take_encoded(self) -> list[Any]:
         """The runs encoded beside the last step (waiting for the encoder if it is still on
