@@ -2,10 +2,11 @@
 
 For each batching mode (`--modes`: step, the server's default; step-inline, the scheduler with
 the joiners' encoder inside the step instead of beside it; request, request-level batching) it
-starts nlpserve on the repository, and for each user count runs a closed loop for `--duration` seconds: every user
-sends one sentence per request (`POST /v1/translate`, the sentences in turn from `--sentences`,
-e.g. Multi30k val.en) and sends the next as soon as the answer came. With the scheduler it then
-runs the same loop with `"stream": true`, timing the first piece and the whole stream.
+starts nlpserve on the repository, and for each user count runs a closed loop for `--duration`
+seconds: every user sends one sentence per request (`POST /v1/translate`, the sentences in turn
+from `--sentences`, e.g. Multi30k val.en) and sends the next as soon as the answer came. With
+the scheduler it then runs the same loop with `"stream": true`, timing the first piece and the
+whole stream.
 
     python -m loadtests.translation_bench --repository runs/demo/model_repository \
         --sentences ../shared/data/multi30k/val.en --users 1 8 32 64 --duration 20
