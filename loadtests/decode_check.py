@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.engines.decode_batch import DecodeBatch, EncodedRun, Join
+from service.engines.decode_batch import DecodeBatch
+from service.engines.decode_io import EncodedRun, Join
 from service.engines.generation import DecoderState, OnnxGenerator
 from service.engines.session import SessionSettings
 
@@ -92,6 +93,7 @@ def identity(
             "shared_seconds": round(shared_s, 2),
             "alone_seconds": round(alone_s, 2),
         }
+    encoder.shutdown()
     return report
 
 

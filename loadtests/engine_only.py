@@ -51,11 +51,10 @@ def engine_only_rates(
     encoded = sorted(engine.encoder.encode(texts), key=lambda e: e.tokens)
     rates = []
     for size in batch_sizes:
-        rate = _rate(engine.run, encoded, size, seconds_per_size, random.Random(seed), 1)
+        rate = _rate(engine.run, encoded, size, seconds_per_size, seed, 1)
         if engine.single_thread_session is not None:
-            rng = random.Random(seed)
             beside = _rate(
-                engine.run_single_thread, encoded, size, seconds_per_size, rng, side_by_side
+                engine.run_single_thread, encoded, size, seconds_per_size, seed, side_by_side
             )
             rate = max(rate, beside, key=lambda r: r.sequences_per_s)
         rates.append(rate)
@@ -67,32 +66,28 @@ def _rate(
     encoded: list[Encoded],
     size: int,
     seconds: float,
-    rng: random.Random,
+    seed: int,
     threads: int,
 ) -> EngineRate:
-    """`threads` loops, each running random batches of `size` for `seconds` (at least 3 runs)."""
-    starts = [rng.randrange(max(1, len(encoded) - size + 1)) for _ in range(100_000)]
-    lock = threading.Lock()
-    counts = [0, 0]  # batches, sequences
+    """`threads` loops at once, each running random batches of `size` for `seconds` (at least
+    3 runs each)."""
+    batches: list[int] = []  # runs done by each loop
 
-    def loop(offset: int) -> None:
+    def loop(index: int) -> None:
+        rng = random.Random(seed + index)
         done, deadline = 0, time.perf_counter() + seconds
         while time.perf_counter() < deadline or done < 3:
-            first = starts[(offset + done * threads) % len(starts)]
+            first = rng.randrange(max(1, len(encoded) - size + 1))
             run(encoded[first : first + size])
             done += 1
-        with lock:
-            counts[0] += done
-            counts[1] += done * min(size, len(encoded))
+        batches.append(done)  # list.append is atomic
 
     started = time.perf_counter()
-    if threads == 1:
-        loop(0)
-    else:
-        workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
     wall = time.perf_counter() - started
-    return EngineRate(size, counts[1] / wall, counts[0], threads)
+    runs = sum(batches)
+    return EngineRate(size, runs * min(size, len(encoded)) / wall, runs, threads)

@@ -22,8 +22,9 @@ import numpy as np
 
 from service.batch_policy import BatchPolicy
 from service.batcher import Batcher, RunStats
+from service.decode_items import StepStats
 from service.decode_policy import DecodePolicy
-from service.decode_scheduler import DecodeScheduler, StepStats
+from service.decode_scheduler import DecodeScheduler
 from service.engines import ModelWorker, SessionSettings, TranslatorEngine
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams

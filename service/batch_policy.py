@@ -5,7 +5,8 @@ that apply it (service/batcher.py), so each rule can be read and tested on its o
 - `next_batch`: the items (FIFO, one key) the next batch takes, and whether it is full;
 - `split_runs` (service/engines/runs.py, shared with the decode batch's joiners): where to cut
   a length-sorted batch into runs;
-- `oldest_first`: the order the runs start in.
+- `oldest_first`: the order the runs start in;
+- `runs_alone`: whether a batch takes every slot and thread (not under load).
 """
 
 from __future__ import annotations
@@ -86,3 +87,10 @@ def oldest_first(runs: list[tuple[int, int]], arrivals: Sequence[float]) -> list
     length among ties). Shortest first would put a long text that already waited through the
     previous batch behind every shorter run of its own batch as well."""
     return sorted(runs, key=lambda run: min(arrivals[run[0] : run[1]]))
+
+
+def runs_alone(runs: int, runs_in_flight: bool, queued: bool, queued_at_last_end: bool) -> bool:
+    """Whether a batch cut into `runs` runs takes every engine slot and all the engine's threads
+    (with an engine that can run alone): one run, no other in flight, nothing queued now or when
+    the last run ended, i.e. the server is not under load."""
+    return runs == 1 and not runs_in_flight and not queued and not queued_at_last_end

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from service.admission import Admission
-from service.batch_policy import BatchPolicy, next_batch, oldest_first
+from service.batch_policy import BatchPolicy, next_batch, oldest_first, runs_alone
 from service.clock import Clock, LoopClock
 from service.engines.runs import split_runs
 from service.errors import ErrorKind, ServiceError
@@ -261,7 +261,9 @@ class Batcher(Generic[P, R]):
         runs = oldest_first(runs, [item.enqueued_at for item in batch])
         self._running += len(batch)
         self._running_tokens += sum(item.tokens for item in batch)
-        alone = self._runs_alone(len(runs))
+        alone = self._run_alone is not None and runs_alone(
+            len(runs), bool(self._in_flight), bool(self._queue), self._queued_when_last_run_ended
+        )
         held = self.policy.max_concurrent_runs if alone else 1  # slots the first run holds
         for _ in range(held - 1):
             await slots.acquire()  # free at once: no run is in flight
@@ -290,16 +292,6 @@ class Batcher(Generic[P, R]):
                     _fail(item, error)
                 self._release(batch[start:end])
             raise
-
-    def _runs_alone(self, runs: int) -> bool:
-        """Whether a batch of `runs` runs takes every slot and all the engine's threads."""
-        return (
-            self._run_alone is not None
-            and runs == 1
-            and not self._in_flight
-            and not self._queue
-            and not self._queued_when_last_run_ended
-        )
 
     async def _run_in_slot(
         self,

@@ -30,7 +30,8 @@ per step.
 Budgets, queue limits and admission (429 with Retry-After when the wait for a place, predicted
 from the measured rate rows free up, would pass the deadline), deadlines (504) and cancellation
 work as in `service.batcher`, whose `submit` interface this class shares. The budgets and the
-admission rule are in service/decode_policy.py; metrics observe it from outside (`DecodeObserver`).
+admission rule are in service/decode_policy.py; metrics observe it from outside (`DecodeObserver`);
+the items, step statistics and interfaces are in service/decode_items.py.
 """
 
 from __future__ import annotations
@@ -43,84 +44,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from service.decode_items import DecodeItem, DecodeObserver, NullObserver, StepEngine, StepStats
 from service.decode_policy import DecodeAdmission, DecodePolicy, cache_tokens, check_fits, joining
-from service.engines.decode_batch import Join, Outcome
+from service.engines.decode_io import Outcome
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams
 from service.errors import ErrorKind, ServiceError
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class DecodeItem:
-    """One sequence (one text of a request) through the scheduler; await `future`."""
-
-    seq_id: int
-    src_ids: list[int]
-    beam_size: int
-    max_steps: int  # decode steps it may take (max_new_tokens capped by the positional table)
-    future: asyncio.Future[Any]
-    enqueued_at: float
-    deadline: float
-    on_token: Callable[[int], None] | None = None  # greedy: called with every new token
-    batch_size: int = 0  # rows of the step it joined, for the request log
-    joined_at: float | None = None  # when it joined the running batch (clock), for traces
-
-    @property
-    def tokens(self) -> int:
-        return len(self.src_ids)
-
-
-@dataclass(frozen=True)
-class StepStats:
-    """One scheduler step, as the observer sees it."""
-
-    rows: int  # decoder rows that ran
-    sequences: int  # sequences that ran
-    joined: int
-    finished: int
-    cache_tokens: int  # padded positions the caches held during the step
-    seconds: float
-
-
-class DecodeObserver(Protocol):
-    def on_step(self, stats: StepStats) -> None: ...
-
-    def on_dropped(self, reason: str, count: int) -> None:
-        """Sequences that left unanswered: "cancelled", "timeout" or "shutdown"."""
-        ...
-
-
-class StepEngine(Protocol):
-    """The mechanism (`DecodeBatch`): `step` and `reset` on the scheduler's thread, `encode` on
-    the encoder's (it returns runs with `without(seq_ids)`: `EncodedRun`)."""
-
-    @property
-    def rows(self) -> int: ...
-
-    def step(
-        self, joins: list[Join], leaves: list[int], encoded: Sequence[Any] = ()
-    ) -> list[Outcome]: ...
-
-    def encode(self, joins: list[Join]) -> Sequence[Any]: ...
-
-    def reset(self) -> None: ...
-
-
-def _join(item: DecodeItem) -> Join:
-    return Join(item.seq_id, item.src_ids, item.beam_size, item.max_steps)
-
-
-class _NullObserver:
-    def on_step(self, stats: StepStats) -> None:
-        pass
-
-    def on_dropped(self, reason: str, count: int) -> None:
-        pass
 
 
 class DecodeScheduler:
@@ -147,7 +80,7 @@ class DecodeScheduler:
         self._finish = finish
         self._max_steps = max_steps
         self._clock = clock
-        self._observer: DecodeObserver = observer or _NullObserver()
+        self._observer: DecodeObserver = observer or NullObserver()
         self.waiting: deque[DecodeItem] = deque()  # guarded by _wake (submit vs the loop)
         self.running: dict[int, DecodeItem] = {}  # the loop thread's alone
         self._rows = 0  # decoder rows of `running`, readable from any thread
@@ -309,13 +242,13 @@ class DecodeScheduler:
             # streamed sequence joins at once: its client is waiting for the first piece.
             ahead = [i for i in joins if i.on_token is None]
             if ahead and self._encoder is not None and self._engine.rows:
-                future = self._encoder.submit(self._engine.encode, [_join(i) for i in ahead])
+                future = self._encoder.submit(self._engine.encode, [i.as_join() for i in ahead])
                 self._encoding = (ahead, future)
                 joins = [i for i in joins if i.on_token is not None]
                 aside = {i.seq_id for i in ahead}
                 in_step = [i for i in in_step if i.seq_id not in aside]
             rows = sum(i.beam_size for i in in_step)
-            outcomes = self._engine.step([_join(i) for i in joins], leaves, encoded)
+            outcomes = self._engine.step([i.as_join() for i in joins], leaves, encoded)
         except Exception as error:
             logger.exception("model %s: a decoding step of %d rows failed", self.name, self._rows)
             self._deliver([(item, None, error) for item in self.running.values()])

@@ -143,7 +143,7 @@ class LoadedModel:
             if isinstance(engine, ClassifierEngine) and engine.single_thread_session is not None:
                 # side by side under load: one-thread runs, as many as the threads of a run alone
                 run, run_alone = engine.run_single_thread, functools.partial(worker.call, run)
-                policy = replace(policy, max_concurrent_runs=settings.intra_op_threads)
+                policy = replace(policy, max_concurrent_runs=side_by_side_runs(settings))
             batcher = Batcher(  # runs each batch with engine.run on the model's worker thread
                 name,
                 functools.partial(worker.call, run),

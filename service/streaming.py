@@ -25,7 +25,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from service.decode_scheduler import DecodeItem
+from service.decode_items import DecodeItem
 from service.engines.translator import TranslatorEngine
 from service.errors import ErrorKind, ServiceError
 

@@ -440,12 +440,31 @@ class Gated:
         await settle()
 
 
-def gated(test: Callable[..., Awaitable[None]], **policy: Any) -> None:
+class Alone(Gated):
+    """A Gated engine that also records which runs went through `run_alone` (all threads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alone: list[list[int]] = []
+
+    async def run_alone(self, payloads: list[int], key: Hashable) -> list[int]:
+        self.alone.append(list(payloads))
+        return await self(payloads, key)
+
+
+def gated(test: Callable[..., Awaitable[None]], run_alone: bool = False, **policy: Any) -> None:
+    """Run `test(batcher, engine)` on a Gated engine (an Alone one, given to the batcher as its
+    `run_alone` when `run_alone`)."""
+
     async def main() -> None:
-        engine = Gated()
+        engine = Alone()
         settings: dict[str, Any] = {"max_batch_size": 8, "max_queue_delay_s": 0.0, **policy}
         batcher: Batcher[int, int] = Batcher(
-            "m", engine, BatchPolicy(**settings), clock=FakeClock()
+            "m",
+            engine,
+            BatchPolicy(**settings),
+            clock=FakeClock(),
+            run_alone=engine.run_alone if run_alone else None,
         )
         batcher.start()
         try:
@@ -642,36 +661,6 @@ def test_admission_measures_throughput_and_refuses_work_past_its_deadline() -> N
     asyncio.run(main())
 
 
-class Alone(Gated):
-    """A Gated engine that also records which runs went through `run_alone` (all threads)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.alone: list[list[int]] = []
-
-    async def run_alone(self, payloads: list[int], key: Hashable) -> list[int]:
-        self.alone.append(list(payloads))
-        return await self(payloads, key)
-
-
-def side_by_side(test: Callable[..., Awaitable[None]], slots: int = 2) -> None:
-    async def main() -> None:
-        engine = Alone()
-        policy = BatchPolicy(max_batch_size=8, max_queue_delay_s=0.0, max_concurrent_runs=slots)
-        batcher: Batcher[int, int] = Batcher(
-            "m", engine, policy, clock=FakeClock(), run_alone=engine.run_alone
-        )
-        batcher.start()
-        try:
-            await test(batcher, engine)
-        finally:
-            for gate in engine._gates:
-                gate.set()
-            await batcher.stop(timeout_s=1.0)
-
-    asyncio.run(main())
-
-
 def test_a_run_with_the_server_to_itself_takes_every_slot() -> None:
     """Idle server: the lone request runs alone (all threads); a request arriving meanwhile
     waits for it instead of starting beside it on a core the first run is using."""
@@ -690,7 +679,7 @@ def test_a_run_with_the_server_to_itself_takes_every_slot() -> None:
         await engine.finish(1)
         assert second[0].future.result() == 20
 
-    side_by_side(body)
+    gated(body, run_alone=True, max_concurrent_runs=2)
 
 
 def test_under_load_runs_go_side_by_side_until_the_queue_stays_empty() -> None:
@@ -712,7 +701,7 @@ def test_under_load_runs_go_side_by_side_until_the_queue_stays_empty() -> None:
         await engine.finish(3)
         assert [i.future.result() for i in a + b + c + d] == [10, 20, 30, 40]
 
-    side_by_side(body)
+    gated(body, run_alone=True, max_concurrent_runs=2)
 
 
 def test_a_batch_cut_into_runs_never_runs_alone() -> None:
@@ -725,16 +714,4 @@ def test_a_batch_cut_into_runs_never_runs_alone() -> None:
         await engine.finish(1)
         assert [i.future.result() for i in short + long] == [10, 20, 30]
 
-    async def main() -> None:
-        engine = Alone()
-        policy = BatchPolicy(max_queue_delay_s=0.0, max_concurrent_runs=2, run_overhead_tokens=1)
-        batcher: Batcher[int, int] = Batcher(
-            "m", engine, policy, clock=FakeClock(), run_alone=engine.run_alone
-        )
-        batcher.start()
-        try:
-            await body(batcher, engine)
-        finally:
-            await batcher.stop(timeout_s=1.0)
-
-    asyncio.run(main())
+    gated(body, run_alone=True, max_concurrent_runs=2, run_overhead_tokens=1)

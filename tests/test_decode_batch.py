@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from service.engines.decode_batch import TRIM_SLACK_COLUMNS, DecodeBatch, Join
+from service.engines.decode_batch import TRIM_SLACK_COLUMNS, DecodeBatch
+from service.engines.decode_io import Join
 from service.engines.generation import OnnxGenerator
 
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
+from service.decode_items import DecodeItem, StepStats
 from service.decode_policy import DecodePolicy
-from service.decode_scheduler import DecodeScheduler, StepStats
-from service.engines.decode_batch import Join, Outcome
+from service.decode_scheduler import DecodeScheduler
+from service.engines.decode_io import Join, Outcome
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams
 from service.errors import ErrorKind, ServiceError
@@ -175,50 +176,43 @@ def test_late_arrival_joins_at_the_next_step_boundary() -> None:
     asyncio.run(main())
 
 
+async def late_arrival_with_encode_ahead(
+    on_token: Callable[[int], None] | None = None,
+) -> tuple[FakeRunner, Recorder, DecodeItem, DecodeItem]:
+    """encode_ahead: a 10-token sequence decodes; a 2-token one arrives during step 3 (with
+    `on_token`, streamed). -> runner, recorder, the long item, the late one (both answered)."""
+    scheduler, runner, recorder = make(encode_ahead=True)
+    runner.permits = threading.Semaphore(0)
+    scheduler.start()
+    (long,) = scheduler.submit([src(10)], key=GREEDY, timeout_s=10)
+    await advance(runner, 3)
+    (late,) = scheduler.submit([src(2)], key=GREEDY, timeout_s=10, on_token=on_token)
+    unleash(runner)
+    await long.future
+    await scheduler.stop(5)
+    return runner, recorder, long, late
+
+
 def test_encode_ahead_encodes_late_arrivals_beside_the_step_and_joins_them_next() -> None:
     """encode_ahead: a request arriving while a batch decodes is encoded on the encoder's thread
     during a step and joins at the step after; one arriving to an empty batch (nothing to
     overlap) is encoded inline and joins at once."""
-
-    async def main() -> None:
-        scheduler, runner, recorder = make(encode_ahead=True)
-        runner.permits = threading.Semaphore(0)
-        scheduler.start()
-        (long,) = scheduler.submit([src(10)], key=GREEDY, timeout_s=10)
-        await advance(runner, 3)
-        (late,) = scheduler.submit([src(2)], key=GREEDY, timeout_s=10)
-        unleash(runner)
-        await long.future
-        await scheduler.stop(5)
-        assert late.future.result() == "7 7"
-        assert runner.calls[0][0] == [long.seq_id]  # inline: the batch was empty
-        joined_at = next(i for i, c in enumerate(runner.calls) if late.seq_id in c[0])
-        assert joined_at == 5  # admitted at step 4, encoded beside it
-        assert runner.encoded_on == ["encode-translator_0"]
-        assert sum(s.joined for s in recorder.steps) == 2
-
-    asyncio.run(main())
+    runner, recorder, long, late = asyncio.run(late_arrival_with_encode_ahead())
+    assert late.future.result() == "7 7"
+    assert runner.calls[0][0] == [long.seq_id]  # inline: the batch was empty
+    joined_at = next(i for i, c in enumerate(runner.calls) if late.seq_id in c[0])
+    assert joined_at == 5  # admitted at step 4, encoded beside it
+    assert runner.encoded_on == ["encode-translator_0"]
+    assert sum(s.joined for s in recorder.steps) == 2
 
 
 def test_a_streamed_sequence_joins_at_once_even_with_encode_ahead() -> None:
     """Its client waits for the first piece: no step of delay for it."""
-
-    async def main() -> None:
-        scheduler, runner, _ = make(encode_ahead=True)
-        runner.permits = threading.Semaphore(0)
-        scheduler.start()
-        (long,) = scheduler.submit([src(10)], key=GREEDY, timeout_s=10)
-        await advance(runner, 3)
-        pieces: list[int] = []
-        (streamed,) = scheduler.submit([src(2)], key=GREEDY, timeout_s=10, on_token=pieces.append)
-        unleash(runner)
-        await long.future
-        await scheduler.stop(5)
-        assert streamed.future.result() == "7 7" and pieces == [7, 7]
-        joined_at = next(i for i, c in enumerate(runner.calls) if streamed.seq_id in c[0])
-        assert joined_at == 4 and runner.encoded_on == []
-
-    asyncio.run(main())
+    pieces: list[int] = []
+    runner, _, _, streamed = asyncio.run(late_arrival_with_encode_ahead(pieces.append))
+    assert streamed.future.result() == "7 7" and pieces == [7, 7]
+    joined_at = next(i for i, c in enumerate(runner.calls) if streamed.seq_id in c[0])
+    assert joined_at == 4 and runner.encoded_on == []
 
 
 def test_a_sequence_that_leaves_while_it_is_encoded_never_joins() -> None:

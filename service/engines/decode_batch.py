@@ -35,45 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from service.engines.decode_io import EncodedRun, Join, Outcome
 from service.engines.generation import DecoderState, OnnxGenerator, _log_softmax
 from service.engines.runs import split_runs
-
-
-@dataclass(frozen=True)
-class Join:
-    """A sequence entering the batch: its encoded source (ending in <eos>) and search."""
-
-    seq_id: int
-    src_ids: Sequence[int]
-    beam_size: int
-    max_new_tokens: int
-
-
-@dataclass(frozen=True)
-class EncodedRun:
-    """Joiners encoded in one encoder run (`DecodeBatch.encode`) and the state it made for them:
-    encoder outputs, empty caches, one row per joiner in `joins` order."""
-
-    joins: tuple[Join, ...]
-    fresh: DecoderState
-
-    def without(self, seq_ids: set[int]) -> EncodedRun | None:
-        """This run minus the joiners in `seq_ids` (their client left while it ran)."""
-        keep = [i for i, j in enumerate(self.joins) if j.seq_id not in seq_ids]
-        if len(keep) == len(self.joins):
-            return self
-        if not keep:
-            return None
-        return EncodedRun(tuple(self.joins[i] for i in keep), self.fresh.select(np.asarray(keep)))
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one step did for one sequence."""
-
-    seq_id: int
-    token: int | None  # greedy: the token decoded this step (beam search: None until done)
-    result: list[int] | None  # the final ids, when the sequence finished this step
 
 
 @dataclass(eq=False)
