@@ -16,11 +16,13 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI
+from starlette.types import ASGIApp
 
 import service
 from service import grpc_server
 from service.context import ServiceState
 from service.dependencies import require_api_key
+from service.fast_lane import FastLane
 from service.http_errors import install_error_handlers
 from service.inference import InferenceService
 from service.lifecycle import Lifecycle
@@ -50,6 +52,26 @@ Text classification, natural language inference and translation served with ONNX
 dynamic batching. The task API is under `/v1`; the Open Inference Protocol (KServe V2, with the
 binary tensor extension) is under `/v2`, so `tritonclient.http` works unchanged.
 """
+
+
+class ServiceApp(FastAPI):
+    """FastAPI with the service's middleware (`add_middleware`) in front of FastAPI's own layers
+    (its ServerErrorMiddleware, telemetry and body-size middleware) instead of inside them.
+
+    The request middleware answers every error itself, the 500 included, so those layers add
+    nothing it needs; in front of it they cost every request about 0.2 ms of event-loop time on
+    the dev VM (py-spy, one user), 14% of the loop's time per request with the fast lane.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        ours, self.user_middleware = self.user_middleware, []
+        try:
+            app = super().build_middleware_stack()
+        finally:
+            self.user_middleware = ours
+        for cls, args, kwargs in reversed(ours):
+            app = cls(app, *args, **kwargs)
+        return app
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -86,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await registry.shutdown(settings.drain_timeout_s)
             logger.info("shut down")
 
-    app = FastAPI(
+    app = ServiceApp(
         title="nlpserve",
         version=service.__version__,
         description=DESCRIPTION,
@@ -94,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.nlpserve = state
     install_error_handlers(app)
+    app.add_middleware(FastLane, state=state)  # inside the request middleware: after its checks
     app.add_middleware(RequestMiddleware, state=state)
     guarded = [Depends(require_api_key)]
     for router in (classify.router, nli.router, translate.router, models.router):

@@ -19,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.request_info import new_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 + b"content-type: application/json\r\n"
                 + b"content-length: %d\r\n" % len(body)
                 + b"x-request-id: "
-                + uuid.uuid4().hex.encode()
+                + new_request_id().encode()
                 + b"\r\nconnection: close\r\n\r\n"
             )
             self.transport.write(head + body)

@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import Receive
 
 from service.auth import UNAUTHORIZED_MESSAGE, key_matches
 from service.context import INFO_KEY, ServiceState
@@ -58,10 +59,15 @@ async def require_api_key(
 
 def disconnect_watcher(request: Request) -> Disconnected:
     """An awaitable factory that completes when the client goes away (after the body was read)."""
+    return watch_disconnect(request.receive)
+
+
+def watch_disconnect(receive: Receive) -> Disconnected:
+    """`disconnect_watcher` on a bare ASGI `receive` (the task routes' fast lane has no Request)."""
 
     async def wait() -> None:
         while True:
-            message = await request.receive()
+            message = await receive()
             if message["type"] == "http.disconnect":
                 return
 

@@ -22,7 +22,6 @@ import functools
 import logging
 import socket
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,7 +35,7 @@ from service import grpc_codec, oip_infer, oip_models
 from service.auth import bearer_token, key_matches
 from service.context import ServiceState
 from service.errors import ErrorKind, ServiceError
-from service.request_info import RequestInfo
+from service.request_info import RequestInfo, new_request_id
 from service.served_model import ServedModel
 from service.tracing import RpcSpan, Tracing
 
@@ -95,7 +94,7 @@ def rpc(guarded: bool = True) -> Callable[[Method], Handler]:
         async def handler(self: InferenceServicer, request: Any, context: Any) -> Any:
             started = time.perf_counter()
             info = RequestInfo(
-                request_id=getattr(request, "id", "") or uuid.uuid4().hex,
+                request_id=getattr(request, "id", "") or new_request_id(),
                 started=asyncio.get_running_loop().time(),
             )
             span = None

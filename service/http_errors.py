@@ -7,19 +7,22 @@ protocol's exact shape. Unexpected exceptions are logged with their traceback an
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import Send
 
 from service.errors import ErrorKind, ServiceError
 
 logger = logging.getLogger(__name__)
 
-_HTTP_KINDS = {
+HTTP_KINDS = {
     401: ErrorKind.UNAUTHORIZED.value,
     404: ErrorKind.NOT_FOUND.value,
     405: "method_not_allowed",
@@ -39,6 +42,32 @@ def error_body(path: str, message: str, kind: str) -> dict[str, Any]:
     if path == "/v2" or path.startswith("/v2/"):
         return {"error": message}
     return {"error": message, "type": kind}
+
+
+async def send_error(
+    send: Send,
+    path: str,
+    status: int,
+    message: str,
+    kind: str,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """The JSON error answer, sent on a bare ASGI `send` (layers in front of FastAPI's handlers:
+    the request middleware, the task routes' fast lane)."""
+    body = json.dumps(error_body(path, message, kind)).encode()
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -87,7 +116,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        kind = _HTTP_KINDS.get(exc.status_code, "http_error")
+        kind = HTTP_KINDS.get(exc.status_code, "http_error")
         message = str(exc.detail)
         if exc.status_code == 400:  # FastAPI could not decode the body it was about to parse
             kind = ErrorKind.BAD_REQUEST.value

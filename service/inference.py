@@ -119,7 +119,7 @@ class InferenceService:
                     loaded.version_str,
                     engine.labels,
                     probabilities,
-                    [_best(engine.labels, p) for p in probabilities],
+                    _best(engine.labels, probabilities),
                     self._truncated(loaded, encoded),
                 )
 
@@ -345,9 +345,12 @@ def _log_batch_size(info: RequestInfo, stream: TranslationStream) -> None:
     info.batch_size = stream.rows_at_join or None
 
 
-def _best(labels: list[str], probabilities: np.ndarray) -> tuple[str, float]:
-    k = int(np.argmax(probabilities))
-    return labels[k], float(probabilities[k])
+def _best(labels: list[str], probabilities: list[np.ndarray]) -> list[tuple[str, float]]:
+    """The most probable label and its probability, per input (one argmax for the request)."""
+    stacked = np.stack(probabilities)
+    best = stacked.argmax(axis=1)
+    scores = stacked[np.arange(len(best)), best].tolist()
+    return [(labels[k], score) for k, score in zip(best.tolist(), scores, strict=True)]
 
 
 async def _off_loop_if_large(encode: Callable[[Any], list[Encoded]], inputs: Any) -> list[Encoded]:

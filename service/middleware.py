@@ -7,20 +7,19 @@ included; `Connection: close` while draining (so keep-alive clients reconnect to
 instead of reusing a connection this process is about to close); the latency histogram and one
 structured log line.
 
-It is the outermost layer that sees app errors (Starlette's catch-all handler sits outside user
-middleware and would answer without the request id, then re-raise and drop the connection), so an
-unexpected exception is logged here with its traceback and answered as a JSON 500 on a connection
-that stays usable.
+It sits in front of FastAPI's own layers (service/app.py), so it sees every error. One raised in
+a route is answered (JSON 500) and logged by the app's handler inside, then re-raised for the
+server by FastAPI's ServerErrorMiddleware: this layer stops it there, so uvicorn keeps the
+connection of a complete answer. An exception with nothing answered yet is logged here with its
+traceback and answered as a JSON 500 carrying the request id, on a connection that stays usable.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable
 
 from starlette.datastructures import Headers
@@ -30,8 +29,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.auth import UNAUTHORIZED_MESSAGE, bearer_token, is_guarded, key_matches
 from service.context import INFO_KEY, ServiceState
 from service.errors import ErrorKind
-from service.http_errors import error_body
-from service.request_info import RequestInfo
+from service.http_errors import send_error
+from service.request_info import RequestInfo, new_request_id
 from service.shedding import InFlightGate, is_inference
 
 access_log = logging.getLogger("nlpserve.access")
@@ -73,17 +72,18 @@ class RequestMiddleware:
         loop = asyncio.get_running_loop()
         headers = Headers(scope=scope)
         given_id = headers.get("x-request-id", "")
-        request_id = given_id if _REQUEST_ID.match(given_id) else uuid.uuid4().hex
+        request_id = given_id if _REQUEST_ID.match(given_id) else new_request_id()
         info = RequestInfo(request_id=request_id, started=loop.time())
         started = time.perf_counter()  # loop.time() may tick in whole milliseconds (uvloop)
         scope[INFO_KEY] = info
         path: str = scope["path"]
         limit = self.state.settings.max_body_bytes
         status = 0  # 0 until the response started
+        finished = False  # the response's last byte was handed to the server
         close = False  # set when the body overflowed: the connection cannot be reused
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, finished
             if message["type"] == "http.response.start":
                 status = message["status"]
                 extra = [(b"x-request-id", request_id.encode())]
@@ -93,6 +93,8 @@ class RequestMiddleware:
                 if info.batch_size is not None and not info.streamed:
                     extra.append((b"x-batch-size", str(info.batch_size).encode()))
                 message["headers"] = [*message.get("headers", []), *extra]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished = True
             await send(message)
 
         received = 0
@@ -112,29 +114,34 @@ class RequestMiddleware:
         try:
             declared = headers.get("content-length", "")
             if is_guarded(path) and not self._authorized(headers):
-                await _send_error(
-                    send_with_id, path, 401, UNAUTHORIZED_MESSAGE, ErrorKind.UNAUTHORIZED,
-                    [(b"www-authenticate", b"Bearer")],
+                await send_error(
+                    send_with_id, path, 401, UNAUTHORIZED_MESSAGE, ErrorKind.UNAUTHORIZED.value,
+                    {"WWW-Authenticate": "Bearer"},
                 )  # fmt: skip
             elif declared.isdigit() and int(declared) > limit:
                 close = True
                 if headers.get("expect", "").lower() != "100-continue":
                     await _discard_body(receive)  # the client is sending it anyway
-                await _send_error(
+                await send_error(
                     send_with_id, path, 413, too_large_message(limit),
-                    ErrorKind.PAYLOAD_TOO_LARGE,
+                    ErrorKind.PAYLOAD_TOO_LARGE.value,
                 )  # fmt: skip
             elif is_inference(scope["method"], path):
                 await self._gated(scope, receive_limited, send_with_id, lambda: status)
             else:
                 await self.app(scope, receive_limited, send_with_id)
         except Exception:
+            if finished:
+                # FastAPI's ServerErrorMiddleware (inside this one, see service/app.py) answered
+                # and logged the error, then re-raised it for the server: re-raising here would
+                # make uvicorn drop a connection whose answer is complete and keep-alive
+                return
             logger.exception("unhandled error on %s %s", scope["method"], path)
             if status:  # the response had started: nothing valid can follow it
                 raise
-            await _send_error(
+            await send_error(
                 send_with_id, path, 500, "internal server error (details are in the server log)",
-                ErrorKind.INTERNAL,
+                ErrorKind.INTERNAL.value,
             )  # fmt: skip
         finally:
             self._record(scope, info, status or 500, time.perf_counter() - started)
@@ -147,10 +154,10 @@ class RequestMiddleware:
         retry_after = self.gate.try_enter(loop.time())
         if retry_after is not None:
             self.state.metrics.rejected.labels("", "in_flight_cap").inc()
-            await _send_error(
+            await send_error(
                 send, scope["path"], 429,
                 "the server is overloaded: too many requests in flight; retry later",
-                ErrorKind.OVERLOADED, [(b"retry-after", str(retry_after).encode())],
+                ErrorKind.OVERLOADED.value, {"Retry-After": str(retry_after)},
             )  # fmt: skip
             return
         try:
@@ -204,26 +211,3 @@ async def _discard_body(receive: Receive) -> None:
         discarded += len(message.get("body", b""))
         if not message.get("more_body", False):
             return
-
-
-async def _send_error(
-    send: Send,
-    path: str,
-    status: int,
-    message: str,
-    kind: ErrorKind,
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    body = json.dumps(error_body(path, message, kind.value)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

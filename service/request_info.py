@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+import uuid
 from dataclasses import dataclass
+
+# Ids this process makes: a random per-process prefix and a counter, unique across replicas as
+# uuid4 is, without its urandom call per request (py-spy: 2% of the event loop's time per request).
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_id_counter = itertools.count()
+
+
+def new_request_id() -> str:
+    """An id for a request that brought none: 32 hex digits, like uuid4().hex."""
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 @dataclass

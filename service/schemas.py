@@ -120,11 +120,13 @@ class ClassifyResponse(TaskResponse):
 
     @classmethod
     def from_result(cls, result: ClassificationResult) -> ClassifyResponse:
+        # model_construct: the fields are the service's own, already of their types; validating
+        # them again cost ~4% of the event loop's time per request
         results = []
         for (label, score), probabilities in zip(result.best, result.probabilities, strict=True):
             scores = dict(zip(result.labels, probabilities.tolist(), strict=True))
-            results.append(ClassResult(label=label, score=score, scores=scores))
-        return cls(
+            results.append(ClassResult.model_construct(label=label, score=score, scores=scores))
+        return cls.model_construct(
             model=result.model, version=result.version, results=results, truncated=result.truncated
         )
 

@@ -54,6 +54,13 @@ class Settings(BaseSettings):
         "http://collector:4318/v1/traces (off when unset; needs the otel extra)",
     )
 
+    fast_lane: bool = Field(
+        default=True,
+        description="POST /v1/classify, /v1/nli and /v1/translate (not streamed) are answered in "
+        "front of FastAPI's routing and dependency layers, with the same models and errors "
+        "(off: every request takes the FastAPI route; for comparison)",
+    )
+
     # --- connections (uvicorn's HTTP/1.1 server; see service/connections.py)
     max_connections: int = Field(
         default=1024,

@@ -7,9 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from service.context import ServiceState
 from service.dependencies import InfoDep, StateDep, disconnect_watcher
 from service.errors import ErrorKind, ServiceError
+from service.request_info import RequestInfo
 from service.schemas import ERROR_RESPONSES, TranslateRequest, TranslateResponse
+from service.served_model import Disconnected, ServedModel
 from service.streaming import MEDIA_TYPE
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERROR_RESPONSES)
@@ -54,13 +57,32 @@ async def translate(
             media_type=MEDIA_TYPE,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+    return await _answer(state, model, body, info, disconnect_watcher(request))
+
+
+async def answer(
+    state: ServiceState, body: TranslateRequest, info: RequestInfo, disconnected: Disconnected
+) -> TranslateResponse:
+    """The route's answer to a request that does not stream (the fast lane,
+    service/fast_lane.py, calls it; it hands streams to the route)."""
+    model = state.registry.for_task("translation", body.model, body.version)
+    return await _answer(state, model, body, info, disconnected)
+
+
+async def _answer(
+    state: ServiceState,
+    model: ServedModel,
+    body: TranslateRequest,
+    info: RequestInfo,
+    disconnected: Disconnected,
+) -> TranslateResponse:
     result = await state.inference.translate(
         model,
         body.texts,
         info,
         beam_size=body.beam_size,
         max_new_tokens=body.max_new_tokens,
-        disconnected=disconnect_watcher(request),
+        disconnected=disconnected,
     )
     return TranslateResponse(
         model=result.model,

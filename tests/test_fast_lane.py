@@ -1,0 +1,176 @@
+"""The task routes' fast lane (service/fast_lane.py): the same answers as the FastAPI route, byte
+for byte where it answers itself, and the route's own answer for everything it hands over."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.test_service_api import BAD_INPUTS
+
+# (case, path, httpx request arguments): well-formed requests the lane answers, refusals that
+# happen after parsing (the lane answers those too) and requests it hands to the route.
+CASES: list[tuple[str, str, dict[str, Any]]] = [
+    ("classify", "/v1/classify", {"json": {"texts": ["A great film.", "Dull.", ""]}}),
+    (
+        "classify charset",
+        "/v1/classify",
+        {
+            "content": b'{"texts": ["ok"]}',
+            "headers": {"content-type": "Application/JSON; charset=utf-8"},
+        },
+    ),
+    ("classify named", "/v1/classify", {"json": {"texts": ["x"], "model": "sentiment"}}),
+    ("nli", "/v1/nli", {"json": {"pairs": [{"premise": "A man sings.", "hypothesis": "A song."}]}}),
+    ("translate", "/v1/translate", {"json": {"texts": ["a dog runs .", "hello"]}}),
+    ("translate beam", "/v1/translate", {"json": {"texts": ["a dog"], "beam_size": 2}}),
+    ("stream", "/v1/translate", {"json": {"texts": ["a dog runs ."], "stream": True}}),
+    ("stream two texts", "/v1/translate", {"json": {"texts": ["a", "b"], "stream": True}}),
+    ("unknown model", "/v1/classify", {"json": {"texts": ["x"], "model": "nope"}}),
+    ("wrong task", "/v1/classify", {"json": {"texts": ["x"], "model": "translator"}}),
+    (
+        "unknown version",
+        "/v1/nli",
+        {"json": {"pairs": [{"premise": "a", "hypothesis": "b"}], "version": "9"}},
+    ),
+    (
+        "json+ type",
+        "/v1/classify",
+        {
+            "content": b'{"texts": ["ok"]}',
+            "headers": {"content-type": "application/x+json"},
+        },
+    ),
+    (
+        "duplicate key",
+        "/v1/classify",
+        {
+            "content": b'{"texts": ["a"], "texts": ["b", "c"]}',
+            "headers": {"content-type": "application/json"},
+        },
+    ),
+    (
+        "lone surrogate",
+        "/v1/classify",
+        {
+            "content": b'{"texts": ["\\ud800"]}',
+            "headers": {"content-type": "application/json"},
+        },
+    ),
+    *BAD_INPUTS,
+]
+
+
+@pytest.fixture(scope="module")
+def servers(
+    launch_server: Callable[..., Any], model_repository: Path
+) -> Iterator[tuple[httpx.Client, httpx.Client]]:
+    """Two real servers on the same repository: the fast lane on, and off (every request takes
+    the FastAPI route)."""
+    lane = launch_server(model_repository, fast_lane=True, max_body_bytes=4096)
+    route = launch_server(model_repository, fast_lane=False, max_body_bytes=4096)
+    with (
+        httpx.Client(base_url=lane.url, timeout=60) as a,
+        httpx.Client(base_url=route.url, timeout=60) as b,
+    ):
+        yield a, b
+
+
+@pytest.mark.parametrize(("case", "path", "request_kwargs"), CASES, ids=[c[0] for c in CASES])
+def test_lane_answers_as_the_route_does(
+    servers: tuple[httpx.Client, httpx.Client], case: str, path: str, request_kwargs: dict[str, Any]
+) -> None:
+    """Status, content type and body are the route's, for answers and refusals alike (JSON
+    compared parsed; the lane's serializer writes floats as pydantic does)."""
+    lane, route = servers
+    ours, theirs = lane.post(path, **request_kwargs), route.post(path, **request_kwargs)
+    assert ours.status_code == theirs.status_code, (case, ours.text, theirs.text)
+    assert ours.headers["content-type"] == theirs.headers["content-type"]
+    assert ours.status_code < 500, (case, ours.text)
+    if ours.headers["content-type"].startswith("application/json"):
+        assert ours.json() == theirs.json(), case
+    else:
+        assert ours.text == theirs.text, case  # a stream: the same events
+    assert ours.headers["x-request-id"] and ours.headers.get("retry-after") == theirs.headers.get(
+        "retry-after"
+    )
+
+
+def test_a_body_over_the_limit_without_a_length_is_refused_by_the_lane(
+    servers: tuple[httpx.Client, httpx.Client],
+) -> None:
+    """A chunked body (no Content-Length) passing max_body_bytes while the lane reads it: 413
+    naming the limit, as the route answers, and no 5xx."""
+    texts = json.dumps({"texts": ["a long text " * 50] * 10}).encode()
+    assert len(texts) > 4096
+    for client in servers:
+        reply = client.post(
+            "/v1/classify",
+            content=iter([texts[:1000], texts[1000:]]),  # an iterator: sent chunked
+            headers={"content-type": "application/json"},
+        )
+        assert reply.status_code == 413, reply.text
+        assert "max_body_bytes" in reply.json()["error"] and reply.json()["type"]
+
+
+def test_the_lane_takes_well_formed_requests_and_hands_the_rest_on(
+    app_client: Callable[..., Any],
+) -> None:
+    """In process, the lane in front of a recording app: a well-formed classify is answered
+    without reaching it; a body the model refuses, a stream and another content type reach it
+    with their body intact."""
+    from service.context import INFO_KEY
+    from service.fast_lane import FastLane
+    from service.request_info import RequestInfo
+
+    reached: list[tuple[str, bytes]] = []
+
+    async def route(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        reached.append((scope["path"], message["body"]))
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def call(lane: FastLane, path: str, body: bytes, content_type: bytes) -> int:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": path,
+            "headers": [(b"content-type", content_type)],
+            INFO_KEY: RequestInfo(request_id="t", started=asyncio.get_running_loop().time()),
+        }
+        sent: list[dict[str, Any]] = []
+        chunks = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> Any:
+            if chunks:
+                return chunks.pop()
+            await asyncio.Event().wait()  # the client stays: the disconnect watcher waits
+            raise AssertionError("unreachable")
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await lane(scope, receive, send)
+        return int(sent[0]["status"])
+
+    with app_client() as client:
+        lane = FastLane(route, client.app.state.nlpserve)
+        run = client.portal.call  # the app's event loop: the models' queues live there
+        good = b'{"texts": ["a fine film"]}'
+        assert run(call, lane, "/v1/classify", good, b"application/json") == 200
+        assert reached == []
+        handed = [
+            ("/v1/classify", b'{"texts": []}', b"application/json"),
+            ("/v1/translate", b'{"texts": ["a"], "stream": true}', b"application/json"),
+            ("/v1/nli", b'{"pairs": []}', b"text/plain"),
+        ]
+        for path, body, content_type in handed:
+            assert run(call, lane, path, body, content_type) == 299
+        assert reached == [(path, body) for path, body, _ in handed]
