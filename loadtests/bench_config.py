@@ -21,6 +21,10 @@ class BenchConfig:
     checkpoint: Path | None = None  # baseline's checkpoint; None: the manifest's source
     users: tuple[int, ...] = (1, 8, 32, 64)  # the load points
     run_time: str = "20s"  # per point; ~20 s gives p99 from >1000 requests at 32+ users
+    # locust: Locust's ClassifyUser (the load; ~1.5 ms of client CPU per request, on the
+    # server's cores); raw: loadtests.raw_http's closed loop, same texts and JSON, tens of
+    # microseconds per request, for what the servers do with the cores to themselves
+    load: Literal["locust", "raw"] = "locust"
     providers: Literal["cpu", "cuda"] = (
         "cpu"  # NLPSERVE_PROVIDERS; "cuda" also puts the baseline on the GPU
     )

@@ -1,12 +1,15 @@
 """Measuring one server of the serving benchmark: start it, label the probe texts, run the
-Locust load at every user count with server CPU, client CPU and batching around each run; then,
-servers down, the engine-only rates and every run's label agreement with (a)."""
+load (Locust, or the raw closed loop) at every user count with server CPU, client CPU and
+batching around each run; then, servers down, the engine-only rates and every run's label
+agreement with (a)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import resource
+import time
 import urllib.request
 from typing import Any
 
@@ -17,10 +20,11 @@ from loadtests.bench_report import BenchResult, Point, ServerRun
 from loadtests.bench_servers import ServerSpec
 from loadtests.engine_only import engine_only_rates
 from loadtests.peers import label_agreement, probe_labels
+from loadtests.raw_http import closed_loop
 from loadtests.run import parse_duration, run_once
 from loadtests.server_metrics import scrape_batch_counters
 from loadtests.servers import running_server
-from loadtests.stats import aggregated, read_stats
+from loadtests.stats import AGGREGATED, EndpointStats, aggregated, read_stats
 from service.engines.session import SessionSettings
 
 logger = logging.getLogger(__name__)
@@ -42,29 +46,74 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # the raw load runs in this process
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure_point(
-    spec: ServerSpec, server: psutil.Process, host: str, users: int, config: BenchConfig
+    spec: ServerSpec,
+    server: psutil.Process,
+    host: str,
+    users: int,
+    config: BenchConfig,
+    texts: list[str],
 ) -> Point:
-    """One Locust run against a running server, with CPU and batching deltas around it."""
-    extra = ["--classify-model", config.model, "--think-time", "0", "--items-per-request", "1"]
-    if config.data_dir:
-        extra += ["--data-dir", config.data_dir]
+    """One load run against a running server, with CPU and batching deltas around it."""
     before = scrape_batch_counters(host, config.model) if spec.nlpserve else None
-    server_cpu, client_cpu = _cpu_seconds(server), _children_cpu_seconds()
-    # All users start within a second (spawn rate = users): the run is the steady state.
-    stats_csv = run_once(
-        host, users, users, config.run_time, config.work_dir / spec.key, ["ClassifyUser"], extra
-    )
     window_s = parse_duration(config.run_time)
+    if config.load == "raw":
+        server_cpu, client_cpu = _cpu_seconds(server), _own_cpu_seconds()
+        stats = _raw_load(host, users, window_s, config.model, texts)
+        client_cpu = (_own_cpu_seconds() - client_cpu) / window_s
+        stats_path = ""
+    else:
+        extra = ["--classify-model", config.model, "--think-time", "0", "--items-per-request", "1"]
+        if config.data_dir:
+            extra += ["--data-dir", config.data_dir]
+        server_cpu, client_cpu = _cpu_seconds(server), _children_cpu_seconds()
+        # All users start within a second (spawn rate = users): the run is the steady state.
+        stats_csv = run_once(
+            host, users, users, config.run_time, config.work_dir / spec.key, ["ClassifyUser"],
+            extra,
+        )  # fmt: skip
+        client_cpu = (_children_cpu_seconds() - client_cpu) / window_s
+        stats, stats_path = aggregated(read_stats(stats_csv)), str(stats_csv)
     server_cpu = (_cpu_seconds(server) - server_cpu) / window_s
-    client_cpu = (_children_cpu_seconds() - client_cpu) / window_s
     batches = (scrape_batch_counters(host, config.model) - before) if before else None
-    stats = aggregated(read_stats(stats_csv))
-    return Point(users, stats, server_cpu, client_cpu, batches, str(stats_csv))
+    return Point(users, stats, server_cpu, client_cpu, batches, stats_path)
 
 
-def run_server(spec: ServerSpec, config: BenchConfig, probe_texts: list[str]) -> ServerRun:
-    """Start one server, label `probe_texts`, measure every user count against it, stop it."""
+def _raw_load(host: str, users: int, seconds: float, model: str, texts: list[str]) -> EndpointStats:
+    """The closed loop of loadtests.raw_http (one text per request, as ClassifyUser sends)."""
+    bodies = [json.dumps({"texts": [text], "model": model}).encode() for text in texts]
+    started = time.perf_counter()
+    latencies, errors = asyncio.run(closed_loop(host, "/v1/classify", bodies, users, seconds))
+    elapsed = time.perf_counter() - started
+    ms = sorted(1000 * s for s in latencies) or [0.0]
+
+    def at(q: float) -> float:
+        return ms[min(len(ms) - 1, int(len(ms) * q))]
+
+    return EndpointStats(
+        method="",
+        name=AGGREGATED,
+        requests=len(latencies),
+        failures=errors,
+        rps=len(latencies) / elapsed,
+        avg_ms=sum(ms) / len(ms),
+        p50_ms=at(0.5),
+        p95_ms=at(0.95),
+        p99_ms=at(0.99),
+        max_ms=ms[-1],
+    )
+
+
+def run_server(
+    spec: ServerSpec, config: BenchConfig, probe_texts: list[str], texts: list[str]
+) -> ServerRun:
+    """Start one server, label `probe_texts`, measure every user count against it (the raw
+    load sends `texts`), stop it."""
     log_path = config.work_dir / "logs" / f"{spec.key}.log"
     logger.info("server %s", spec.label)
     with running_server(spec.command, spec.env, log_path, ready_path=spec.ready_path) as (
@@ -77,7 +126,7 @@ def run_server(spec: ServerSpec, config: BenchConfig, probe_texts: list[str]) ->
         points = []
         for users in config.users:
             logger.info("%s: %d users for %s", spec.label, users, config.run_time)
-            points.append(measure_point(spec, server, host, users, config))
+            points.append(measure_point(spec, server, host, users, config, texts))
     return ServerRun(
         spec.key,
         spec.label,

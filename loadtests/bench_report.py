@@ -21,13 +21,18 @@ GOAL_USERS = 32  # the issue states its goals at 32 concurrent users
 # Served throughput as a share of the engine-only rate at the batch size formed (issue 12: 90%).
 SERVED_SHARE_GOAL = 0.9
 
+LOAD_NAMES = {
+    "locust": "Locust ClassifyUser",
+    "raw": "loadtests.raw_http's closed loop (the texts ClassifyUser sends)",
+}
+
 
 @dataclass
 class Point:
     users: int
     stats: EndpointStats  # Locust's aggregate row
     server_cpu_cores: float  # server process CPU seconds / load window
-    client_cpu_cores: float  # Locust's CPU seconds / load window (same machine)
+    client_cpu_cores: float  # the load generator's CPU seconds / load window (same machine)
     batches: BatchCounters | None  # nlpserve only: what the batcher formed
     stats_csv: str
 
@@ -312,9 +317,10 @@ def write_report(
         f"`{result.checkpoint}` (best: {result.checkpoint_best or 'not recorded'}).",
         f"- nlpserve: providers={c['providers']}, {c['threads']} intra-op threads, batching from "
         f"the model's config.json; (b) sets NLPSERVE_MAX_BATCH_SIZE=1.",
-        f"- Load: Locust ClassifyUser, closed loop (no think time), one text per request, "
-        f"{c['run_time']} per point, all users started within the first second. Locust runs on "
-        f"the same cores as the server (its CPU is in the tables).",
+        f"- Load: {LOAD_NAMES[c.get('load', 'locust')]}, closed loop (no think time), one text "
+        f"per request, {c['run_time']} per point, all users started within the first second. "
+        f"The load generator runs on the same cores as the server (its CPU is in the tables, "
+        f"column 'Locust CPU' whichever it is).",
         *_contention_warning(m),
         "",
         "## Goals",

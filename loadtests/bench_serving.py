@@ -59,7 +59,7 @@ def run_benchmark(config: BenchConfig, command_line: str) -> BenchResult:
     result = BenchResult.describe(config_dict(config), command_line, versions, checkpoint)
     probe_texts = texts[: config.label_probe_texts]
     for spec in server_specs(config, versions, checkpoint):
-        result.runs.append(run_server(spec, config, probe_texts))
+        result.runs.append(run_server(spec, config, probe_texts, texts))
     add_label_agreement(result)
     if "batching" in config.servers:
         add_engine_only(result, config, texts)
@@ -104,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, help="baseline checkpoint (default: manifest)")
     parser.add_argument("--users", type=int, nargs="+", default=list(defaults.users))
     parser.add_argument("--run-time", default=defaults.run_time)
+    parser.add_argument(
+        "--load",
+        choices=["locust", "raw"],
+        default=defaults.load,
+        help="locust: Locust's ClassifyUser; raw: loadtests.raw_http's closed loop (the same "
+        "texts, ~1/50 of Locust's client CPU per request) (default: %(default)s)",
+    )
     parser.add_argument("--providers", choices=["cpu", "cuda"], default=defaults.providers)
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--data-dir", default=defaults.data_dir)

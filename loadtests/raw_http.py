@@ -16,7 +16,8 @@ body, and reads chunked answers (Server-Sent Events) chunk by chunk.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 
@@ -87,3 +88,30 @@ class RawHttpPool:
         for _, writer in self._idle:
             writer.close()
         self._idle.clear()
+
+
+async def closed_loop(
+    host: str, path: str, bodies: Sequence[bytes], users: int, duration_s: float
+) -> tuple[list[float], int]:
+    """`users` clients POSTing `bodies` in turn to `path` for `duration_s` seconds, each sending
+    its next as soon as the last was answered: every latency (s) and the non-200 count."""
+    pool = RawHttpPool.for_url(host)
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + duration_s
+
+    async def user(index: int) -> None:
+        nonlocal errors
+        i = index
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            status, _ = await pool.post_json(path, bodies[i % len(bodies)])
+            latencies.append(time.perf_counter() - started)
+            errors += status != 200
+            i += users
+
+    try:
+        await asyncio.gather(*(user(k) for k in range(users)))
+    finally:
+        pool.close()
+    return latencies, errors

@@ -168,6 +168,28 @@ def test_serving_benchmark_end_to_end_on_a_tiny_model(
     assert parse_duration(bench_serving.BenchConfig(Path(".")).run_time) > 0
 
 
+def test_serving_benchmark_with_the_raw_load(model_repository: Path, tmp_path: Path) -> None:
+    """--load raw: the raw closed loop instead of Locust, against nlpserve and the baseline:
+    requests answered without failures, percentiles in order, the client's CPU measured (this
+    process), the report naming the load generator."""
+    report = tmp_path / "serving-benchmark.md"
+    argv = ["--repository", str(model_repository), "--users", "1", "3", "--run-time", "1s",
+            "--servers", "batching", "baseline", "--threads", "1", "--engine-seconds", "0.1",
+            "--load", "raw", "--data-dir", "bundled", "--work-dir", str(tmp_path / "work"),
+            "--engine-json", str(tmp_path / "none.json"), "--report", str(report)]  # fmt: skip
+    assert bench_serving.main(argv) == 0
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert results["config"]["load"] == "raw"
+    for run_ in results["runs"]:
+        assert [p["users"] for p in run_["points"]] == [1, 3]
+        for point in run_["points"]:
+            stats = point["stats"]
+            assert stats["requests"] > 0 and stats["failures"] == 0 and stats["rps"] > 0
+            assert stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+            assert point["client_cpu_cores"] > 0 and point["server_cpu_cores"] > 0
+    assert "Load: loadtests.raw_http's closed loop" in report.read_text()
+
+
 def test_variant_option_names_only_real_settings(capsys: pytest.CaptureFixture[str]) -> None:
     """`--variant` maps setting names to NLPSERVE_* variables and rejects unknown ones."""
     assert bench_serving.parse_variant("w2:workers_per_model=2, intra_op_threads=1") == (

@@ -1,0 +1,158 @@
+"""What one classification request costs the server's event loop, setting against setting.
+
+    python -m loadtests.loop_cost --repository REPO --users 1 32 --duration 8 --rounds 3 \\
+        --variant lane:fast_lane=true --variant route:fast_lane=false
+
+Each round runs every variant in turn (rounds alternate, so a VM whose speed drifts within the
+hour moves every variant alike), each at every user count: nlpserve serving REPO with the
+variant's NLPSERVE_* settings, a closed loop of one-text POST /v1/classify requests (SST-2 dev
+texts, or the bundled sample) from the raw HTTP client (tens of microseconds of client CPU per
+request; Locust's 1.5 ms would blur the figures), after a short warm-up. From /proc, around the
+loop: CPU ms per request of the event loop's thread (the server's main thread: HTTP parsing,
+the middleware, validation, tokenization, the answer) and of the whole process (the engine's
+threads too). Linux only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from loadtests.bench_config import Variant
+from loadtests.bench_serving import parse_variant
+from loadtests.payloads import default_data_dir, load_payloads, resolve_data_dir
+from loadtests.raw_http import closed_loop
+from loadtests.servers import nlpserve_command, running_server
+
+PATH = "/v1/classify"
+WARMUP_S = 2.0  # before each point: connections open, the engine's threads and caches warm
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True)
+class Point:
+    round: int
+    variant: str
+    users: int
+    requests: int
+    req_per_s: float
+    p50_ms: float
+    p95_ms: float
+    errors: int
+    loop_cpu_ms_per_request: float
+    process_cpu_ms_per_request: float
+
+
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds of a process (or one of its threads) so far."""
+    path = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def measure(
+    host: str, pid: int, bodies: Sequence[bytes], users: int, duration_s: float, warmup_s: float
+) -> tuple[int, float, float, float, int, float, float]:
+    asyncio.run(closed_loop(host, PATH, bodies, users, warmup_s))
+    loop0, all0, t0 = cpu_seconds(pid, pid), cpu_seconds(pid), time.perf_counter()
+    latencies, errors = asyncio.run(closed_loop(host, PATH, bodies, users, duration_s))
+    elapsed = time.perf_counter() - t0
+    loop1, all1 = cpu_seconds(pid, pid), cpu_seconds(pid)
+    n = len(latencies)
+    latencies.sort()
+    return (
+        n,
+        n / elapsed,
+        1000 * latencies[n // 2],
+        1000 * latencies[min(n - 1, int(n * 0.95))],
+        errors,
+        1000 * (loop1 - loop0) / n,
+        1000 * (all1 - all0) / n,
+    )
+
+
+def run(
+    repository: Path,
+    variants: Sequence[Variant],
+    users: Sequence[int],
+    duration_s: float,
+    rounds: int,
+    bodies: Sequence[bytes],
+    warmup_s: float = WARMUP_S,
+) -> list[Point]:
+    points = []
+    quiet = {"NLPSERVE_LOG_LEVEL": "warning"}  # no access log line per request
+    for round_ in range(1, rounds + 1):
+        for name, settings in variants:
+            env = {**quiet, **dict(settings)}
+            with running_server(nlpserve_command(repository), env=env) as (host, process):
+                for count in users:
+                    n, rps, p50, p95, errors, loop_ms, all_ms = measure(
+                        host, process.pid, bodies, count, duration_s, warmup_s
+                    )
+                    point = Point(round_, name, count, n, rps, p50, p95, errors, loop_ms, all_ms)
+                    print(json.dumps(asdict(point)), file=sys.stderr, flush=True)
+                    points.append(point)
+    return points
+
+
+def table(points: Sequence[Point]) -> str:
+    """Per variant and user count: the medians over rounds."""
+    lines = [
+        "| variant | users | rounds | req/s | p50 ms | p95 ms | event loop CPU ms/req "
+        "| process CPU ms/req | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    keys = dict.fromkeys((p.variant, p.users) for p in points)
+    for variant, users in keys:
+        group = [p for p in points if (p.variant, p.users) == (variant, users)]
+
+        def median(field: str, group: list[Point] = group) -> float:
+            return statistics.median(getattr(p, field) for p in group)
+
+        lines.append(
+            f"| {variant} | {users} | {len(group)} | {median('req_per_s'):.1f} "
+            f"| {median('p50_ms'):.1f} | {median('p95_ms'):.1f} "
+            f"| {median('loop_cpu_ms_per_request'):.3f} "
+            f"| {median('process_cpu_ms_per_request'):.3f} | {sum(p.errors for p in group)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.loop_cost", description=__doc__)
+    parser.add_argument("--repository", type=Path, required=True)
+    parser.add_argument("--users", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per point")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=float, default=WARMUP_S, help="seconds before a point")
+    parser.add_argument(
+        "--variant", type=parse_variant, action="append", default=[],
+        help="NAME:SETTING=VALUE[,...] (as bench_serving's); default: the server's defaults",
+    )  # fmt: skip
+    parser.add_argument("--data-dir", help="../shared/data layout (default: found beside)")
+    parser.add_argument("--out", type=Path, help="JSON: every point")
+    args = parser.parse_args(argv)
+    data_dir = resolve_data_dir(args.data_dir) if args.data_dir else default_data_dir()
+    texts = load_payloads(data_dir).texts
+    bodies = [json.dumps({"texts": [t]}).encode() for t in texts]
+    variants: list[Variant] = args.variant or [("defaults", ())]
+    points = run(
+        args.repository, variants, args.users, args.duration, args.rounds, bodies, args.warmup
+    )
+    print(table(points))
+    if args.out:
+        args.out.write_text(json.dumps([asdict(p) for p in points], indent=2) + "\n")
+    return 0 if not any(p.errors for p in points) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
