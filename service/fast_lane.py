@@ -9,7 +9,8 @@ Same request models (pydantic-core validates the JSON bytes, strict as the route
 answer functions (`routers.<task>.answer`), the same response models and error bodies. A request
 the lane does not take as sent - another content type, a body its model refuses, a stream - goes
 to the FastAPI route with its body replayed, so every validation message and the OpenAPI schema
-stay FastAPI's. Authentication, the body limit and the in-flight gate are the request
+stay FastAPI's. A client gone before its body arrived is answered 499 (client_closed, for the
+log line and the metrics; the route would say 400). Authentication, the body limit and the in-flight gate are the request
 middleware's, outside this layer, as for every route.
 """
 
@@ -25,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.context import INFO_KEY, ServiceState
 from service.dependencies import watch_disconnect
-from service.errors import ServiceError
+from service.errors import ErrorKind, ServiceError
 from service.http_errors import HTTP_KINDS, send_error
 from service.request_info import RequestInfo
 from service.routers import classify, nli, translate
@@ -68,14 +69,17 @@ class FastLane:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
+        scope["route"] = LaneRoute(path)  # the request log and metrics label its route
         try:
             raw = await _read_body(receive)
         except HTTPException as e:  # over max_body_bytes (the request middleware's limit)
             kind = HTTP_KINDS.get(e.status_code, "http_error")
             await send_error(send, path, e.status_code, str(e.detail), kind, e.headers)
             return
-        if raw is None:
-            return  # the client went away before its body arrived: nobody to answer
+        if raw is None:  # the client went away mid-body: logged and counted as 499, not 5xx
+            closed = ServiceError(ErrorKind.CLIENT_CLOSED, "the client closed the request")
+            await send_error(send, path, closed.status_code, closed.message, closed.kind.value)
+            return
         try:
             body = lane.request.model_validate_json(raw)
         except ValidationError:
@@ -83,7 +87,6 @@ class FastLane:
         if body is None or not lane.takes(body):
             await self.app(scope, _replaying(raw, receive), send)
             return
-        scope["route"] = LaneRoute(path)
         info: RequestInfo = scope[INFO_KEY]
         try:
             response = await lane.answer(self.state, body, info, watch_disconnect(receive))

@@ -124,7 +124,7 @@ def test_the_lane_takes_well_formed_requests_and_hands_the_rest_on(
 ) -> None:
     """In process, the lane in front of a recording app: a well-formed classify is answered
     without reaching it; a body the model refuses, a stream and another content type reach it
-    with their body intact."""
+    with their body intact; a client gone mid-body is answered 499 (for the log and metrics)."""
     from service.context import INFO_KEY
     from service.fast_lane import FastLane
     from service.request_info import RequestInfo
@@ -137,7 +137,9 @@ def test_the_lane_takes_well_formed_requests_and_hands_the_rest_on(
         await send({"type": "http.response.start", "status": 299, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    async def call(lane: FastLane, path: str, body: bytes, content_type: bytes) -> int:
+    async def call(
+        lane: FastLane, path: str, body: bytes, content_type: bytes, gone: bool = False
+    ) -> int:
         scope = {
             "type": "http",
             "method": "POST",
@@ -146,7 +148,9 @@ def test_the_lane_takes_well_formed_requests_and_hands_the_rest_on(
             INFO_KEY: RequestInfo(request_id="t", started=asyncio.get_running_loop().time()),
         }
         sent: list[dict[str, Any]] = []
-        chunks = [{"type": "http.request", "body": body, "more_body": False}]
+        chunks = [{"type": "http.request", "body": body, "more_body": gone}]
+        if gone:  # the client leaves halfway through its body
+            chunks.insert(0, {"type": "http.disconnect"})
 
         async def receive() -> Any:
             if chunks:
@@ -174,3 +178,6 @@ def test_the_lane_takes_well_formed_requests_and_hands_the_rest_on(
         for path, body, content_type in handed:
             assert run(call, lane, path, body, content_type) == 299
         assert reached == [(path, body) for path, body, _ in handed]
+        # gone mid-body: counted as the client's doing (499), not a server error, not handed on
+        assert run(call, lane, "/v1/classify", b'{"texts": ["a', b"application/json", True) == 499
+        assert len(reached) == len(handed)
