@@ -1,26 +1,31 @@
-"""The task routes' fast lane: POST /v1/classify, /v1/nli and /v1/translate answered without
-FastAPI's routing, dependency solving, exception layers and response re-validation.
+"""The hot inference routes' fast lane: POST /v1/classify, /v1/nli, /v1/translate and the Open
+Inference Protocol's /v2/models/{name}[/versions/{version}]/infer, answered without FastAPI's
+routing, dependency solving, exception layers and response re-validation.
 
-Those layers cost the event loop about 1 ms per request on this project's 2-core dev VM (py-spy
-and the /metrics phase sums at one user: request span 5.5 ms, of which engine, queue and
-tokenisation 4.3 ms), time that one user waits for and that the engine loses under load.
+Those layers cost the event loop 0.3-0.35 ms of CPU per request on this project's 2-core dev VM
+(`python -m loadtests.loop_cost`, reports/serving-benchmark.md), a third of what the loop spends
+per request, time that one user waits for and that the engine loses under load.
 
-Same request models (pydantic-core validates the JSON bytes, strict as the route does), the same
-answer functions (`routers.<task>.answer`), the same response models and error bodies. A request
-the lane does not take as sent - another content type, a body its model refuses, a stream - goes
-to the FastAPI route with its body replayed, so every validation message and the OpenAPI schema
-stay FastAPI's. A client gone before its body arrived is answered 499 (client_closed, for the
-log line and the metrics; the route would say 400). Authentication, the body limit and the in-flight gate are the request
-middleware's, outside this layer, as for every route.
+Task routes: the same request models (pydantic-core validates the JSON bytes, strict as the route
+does), the same answer functions (`routers.<task>.answer`), the same response models and error
+bodies. A request the lane does not take as sent - another content type, a body its model
+refuses, a stream - goes to the FastAPI route with its body replayed, so every validation message
+and the OpenAPI schema stay FastAPI's. Infer: the route's own steps (`routers.v2.answer_infer`:
+the model, the body, decompression, the protocol's parser and encoder) minus FastAPI around them.
+A client gone before its body arrived is answered 499 (client_closed, for the log line and the
+metrics; the route would say 400). Authentication, the body limit and the in-flight gate are the
+request middleware's, outside this layer, as for every route.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,7 +34,7 @@ from service.dependencies import watch_disconnect
 from service.errors import ErrorKind, ServiceError
 from service.http_errors import HTTP_KINDS, send_error
 from service.request_info import RequestInfo
-from service.routers import classify, nli, translate
+from service.routers import classify, nli, translate, v2
 from service.schemas import ClassifyRequest, NliRequest, TranslateRequest
 from service.served_model import Disconnected
 
@@ -49,6 +54,10 @@ class Lane:
     takes: Callable[[Any], bool] = lambda body: True  # else the FastAPI route answers
 
 
+# The infer routes of service/routers/v2.py, as FastAPI matches them ({name} is one path segment)
+V2_INFER = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
+V2_INFER_ROUTES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer")
+
 LANES: dict[str, Lane] = {
     "/v1/classify": Lane(ClassifyRequest, classify.answer),
     "/v1/nli": Lane(NliRequest, nli.answer),
@@ -61,25 +70,28 @@ class FastLane:
     def __init__(self, app: ASGIApp, state: ServiceState) -> None:
         self.app = app
         self.state = state
-        self.lanes = LANES if state.settings.fast_lane else {}
+        self.enabled = state.settings.fast_lane
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        lane = self.lanes.get(scope["path"]) if scope["type"] == "http" else None
-        if lane is None or scope["method"] != "POST" or not _json_content(scope):
+        if not self.enabled or scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        lane = LANES.get(scope["path"])
+        if lane is not None and _json_content(scope):
+            await self._task(lane, scope, receive, send)
+            return
+        infer = V2_INFER.match(scope["path"])
+        if infer is not None:
+            await self._infer(infer["name"], infer["version"], scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _task(self, lane: Lane, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         scope["route"] = LaneRoute(path)  # the request log and metrics label its route
-        try:
-            raw = await _read_body(receive)
-        except HTTPException as e:  # over max_body_bytes (the request middleware's limit)
-            kind = HTTP_KINDS.get(e.status_code, "http_error")
-            await send_error(send, path, e.status_code, str(e.detail), kind, e.headers)
-            return
-        if raw is None:  # the client went away mid-body: logged and counted as 499, not 5xx
-            closed = ServiceError(ErrorKind.CLIENT_CLOSED, "the client closed the request")
-            await send_error(send, path, closed.status_code, closed.message, closed.kind.value)
-            return
+        raw = await _read_body(path, receive, send)
+        if raw is None:
+            return  # answered
         try:
             body = lane.request.model_validate_json(raw)
         except ValidationError:
@@ -94,17 +106,45 @@ class FastLane:
             await send_error(send, path, e.status_code, e.message, e.kind.value, e.headers())
             return
         payload = response.__pydantic_serializer__.to_json(response)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        await _send_ok(send, payload, {"content-type": "application/json"})
+
+    async def _infer(
+        self, name: str, version: str | None, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """The Open Inference Protocol's infer, in the route's order: the model, then the body."""
+        path = scope["path"]
+        scope["route"] = LaneRoute(V2_INFER_ROUTES[version is not None])
+        try:
+            model = self.state.registry.get(name, version)
+        except ServiceError as e:
+            await send_error(send, path, e.status_code, e.message, e.kind.value, e.headers())
+            return
+        raw = await _read_body(path, receive, send)
+        if raw is None:
+            return  # answered
+        info: RequestInfo = scope[INFO_KEY]
+        try:
+            content, headers = await v2.answer_infer(
+                self.state, model, raw, Headers(scope=scope), info, watch_disconnect(receive)
+            )
+        except ServiceError as e:
+            await send_error(send, path, e.status_code, e.message, e.kind.value, e.headers())
+            return
+        await _send_ok(send, content, headers)
+
+
+async def _send_ok(send: Send, payload: bytes, headers: dict[str, str]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
 
 
 def _json_content(scope: Scope) -> bool:
@@ -116,16 +156,25 @@ def _json_content(scope: Scope) -> bool:
     return False
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole body, or None when the client disconnected first."""
+async def _read_body(path: str, receive: Receive, send: Send) -> bytes | None:
+    """The whole body; None when it was answered instead: over max_body_bytes (413, the request
+    middleware's limit), or the client gone mid-body (499 client_closed, for the log line and
+    the metrics, not a 5xx; the FastAPI route would say 400)."""
     chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                closed = ServiceError(ErrorKind.CLIENT_CLOSED, "the client closed the request")
+                await send_error(send, path, closed.status_code, closed.message, closed.kind.value)
+                return None
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+    except HTTPException as e:
+        kind = HTTP_KINDS.get(e.status_code, "http_error")
+        await send_error(send, path, e.status_code, str(e.detail), kind, e.headers)
+        return None
 
 
 def _replaying(raw: bytes, receive: Receive) -> Receive:

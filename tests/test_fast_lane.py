@@ -1,5 +1,6 @@
-"""The task routes' fast lane (service/fast_lane.py): the same answers as the FastAPI route, byte
-for byte where it answers itself, and the route's own answer for everything it hands over."""
+"""The inference routes' fast lane (service/fast_lane.py): the same answers as the FastAPI
+routes, task API and Open Inference Protocol alike, and the route's own answer for everything it
+hands over."""
 
 from __future__ import annotations
 
@@ -13,6 +14,13 @@ import httpx
 import pytest
 
 from tests.test_service_api import BAD_INPUTS
+from tests.test_v2_protocol import BAD_REQUESTS, binary_request, bytes_tensor, text_input
+
+INFER = "/v2/models/sentiment/infer"
+_binary_body, _binary_headers = binary_request(
+    [({"name": "text", "shape": [2], "datatype": "BYTES"}, bytes_tensor("good", "bad"))],
+    outputs=[{"name": "label", "parameters": {"binary_data": True}}, {"name": "probabilities"}],
+)
 
 # (case, path, httpx request arguments): well-formed requests the lane answers, refusals that
 # happen after parsing (the lane answers those too) and requests it hands to the route.
@@ -64,6 +72,31 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
         },
     ),
     *BAD_INPUTS,
+    # the Open Inference Protocol's infer: JSON, binary tensors, versions, and its refusals
+    ("v2 json", INFER, {"json": text_input(data=["a fine film"])}),
+    ("v2 binary", INFER, {"content": _binary_body, "headers": _binary_headers}),
+    ("v2 version", "/v2/models/sentiment/versions/1/infer", {"json": text_input()}),
+    ("v2 no such version", "/v2/models/sentiment/versions/7/infer", {"json": text_input()}),
+    ("v2 unknown model", "/v2/models/nope/infer", {"json": text_input()}),
+    (
+        "v2 nli",
+        "/v2/models/nli/infer",
+        {
+            "json": {
+                "inputs": [
+                    {
+                        "name": "premise",
+                        "shape": [1],
+                        "datatype": "BYTES",
+                        "data": ["A man sings."],
+                    },
+                    {"name": "hypothesis", "shape": [1], "datatype": "BYTES", "data": ["A song."]},
+                ]
+            }
+        },
+    ),
+    ("v2 translate", "/v2/models/translator/infer", {"json": text_input(data=["a dog runs ."])}),
+    *[(f"v2 {case}", INFER, kwargs) for case, kwargs, _, _ in BAD_REQUESTS],
 ]
 
 
@@ -97,9 +130,9 @@ def test_lane_answers_as_the_route_does(
         assert ours.json() == theirs.json(), case
     else:
         assert ours.text == theirs.text, case  # a stream: the same events
-    assert ours.headers["x-request-id"] and ours.headers.get("retry-after") == theirs.headers.get(
-        "retry-after"
-    )
+    for name in ("retry-after", "inference-header-content-length", "www-authenticate"):
+        assert ours.headers.get(name) == theirs.headers.get(name), (case, name)
+    assert ours.headers["x-request-id"]
 
 
 def test_a_body_over_the_limit_without_a_length_is_refused_by_the_lane(
@@ -122,9 +155,10 @@ def test_a_body_over_the_limit_without_a_length_is_refused_by_the_lane(
 def test_the_lane_takes_well_formed_requests_and_hands_the_rest_on(
     app_client: Callable[..., Any],
 ) -> None:
-    """In process, the lane in front of a recording app: a well-formed classify is answered
-    without reaching it; a body the model refuses, a stream and another content type reach it
-    with their body intact; a client gone mid-body is answered 499 (for the log and metrics)."""
+    """In process, the lane in front of a recording app: a well-formed classify and a V2 infer
+    are answered without reaching it; a body the model refuses, a stream and another content
+    type reach it with their body intact; a client gone mid-body is answered 499 (for the log
+    and the metrics)."""
     from service.context import INFO_KEY
     from service.fast_lane import FastLane
     from service.request_info import RequestInfo
@@ -169,6 +203,8 @@ def test_the_lane_takes_well_formed_requests_and_hands_the_rest_on(
         run = client.portal.call  # the app's event loop: the models' queues live there
         good = b'{"texts": ["a fine film"]}'
         assert run(call, lane, "/v1/classify", good, b"application/json") == 200
+        infer = json.dumps(text_input(data=["a fine film"])).encode()
+        assert run(call, lane, INFER, infer, b"") == 200  # tritonclient sends no content type
         assert reached == []
         handed = [
             ("/v1/classify", b'{"texts": []}', b"application/json"),

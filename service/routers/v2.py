@@ -10,6 +10,7 @@ the binary tensor extension the body is JSON followed by raw bytes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -19,6 +20,7 @@ from service import oip, oip_infer, oip_models
 from service.context import ServiceState
 from service.dependencies import InfoDep, StateDep, disconnect_watcher, require_api_key
 from service.errors import ErrorKind, ServiceError, shorten
+from service.request_info import RequestInfo
 from service.schemas import (
     ERROR_RESPONSES,
     V2InferResponse,
@@ -26,7 +28,7 @@ from service.schemas import (
     V2ModelReady,
     V2ServerMetadata,
 )
-from service.served_model import ServedModel
+from service.served_model import Disconnected, ServedModel
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 models_router = APIRouter(
@@ -176,21 +178,28 @@ async def infer_version(
 async def _infer(
     model: ServedModel, request: Request, state: ServiceState, info: InfoDep
 ) -> Response:
-    info.model = model.name
-    oip_models.config_of(model)
-    body = oip.decompress(
-        await request.body(),
-        request.headers.get("content-encoding"),
-        state.settings.max_body_bytes,
-    )
-    parsed = oip.parse_request(body, request.headers.get("inference-header-content-length"))
-    outputs, parameters = await oip_infer.run(
-        state.inference, model, parsed, info, disconnect_watcher(request)
-    )
-    content, headers = oip.encode_response(
-        parsed, model.name, model.version_str, outputs, parameters
+    content, headers = await answer_infer(
+        state, model, await request.body(), request.headers, info, disconnect_watcher(request)
     )
     return Response(content, headers=headers)
+
+
+async def answer_infer(
+    state: ServiceState,
+    model: ServedModel,
+    raw: bytes,
+    headers: Mapping[str, str],
+    info: RequestInfo,
+    disconnected: Disconnected,
+) -> tuple[bytes, dict[str, str]]:
+    """An infer request's answer: body and headers (the fast lane, service/fast_lane.py, calls
+    it too). `headers` are the request's, lower-case names."""
+    info.model = model.name
+    oip_models.config_of(model)
+    body = oip.decompress(raw, headers.get("content-encoding"), state.settings.max_body_bytes)
+    parsed = oip.parse_request(body, headers.get("inference-header-content-length"))
+    outputs, parameters = await oip_infer.run(state.inference, model, parsed, info, disconnected)
+    return oip.encode_response(parsed, model.name, model.version_str, outputs, parameters)
 
 
 @models_router.api_route("/{path:path}", methods=["GET", "POST"], include_in_schema=False)
