@@ -56,9 +56,9 @@ class Settings(BaseSettings):
 
     fast_lane: bool = Field(
         default=True,
-        description="POST /v1/classify, /v1/nli and /v1/translate (not streamed) are answered in "
-        "front of FastAPI's routing and dependency layers, with the same models and errors "
-        "(off: every request takes the FastAPI route; for comparison)",
+        description="POST /v1/classify, /v1/nli, /v1/translate (not streamed) and the V2 infer "
+        "are answered in front of FastAPI's routing and dependency layers, with the same models "
+        "and errors (off: every request takes the FastAPI route; for comparison)",
     )
 
     # --- connections (uvicorn's HTTP/1.1 server; see service/connections.py)
