@@ -5,12 +5,12 @@
 
 Each round runs every variant in turn (rounds alternate, so a VM whose speed drifts within the
 hour moves every variant alike), each at every user count: nlpserve serving REPO with the
-variant's NLPSERVE_* settings, a closed loop of one-text POST /v1/classify requests (SST-2 dev
-texts, or the bundled sample) from the raw HTTP client (tens of microseconds of client CPU per
-request; Locust's 1.5 ms would blur the figures), after a short warm-up. From /proc, around the
-loop: CPU ms per request of the event loop's thread (the server's main thread: HTTP parsing,
-the middleware, validation, tokenization, the answer) and of the whole process (the engine's
-threads too). Linux only.
+variant's NLPSERVE_* settings, a closed loop of one-text POST /v1/classify requests (with
+--protocol v2, the Open Inference Protocol's infer; SST-2 dev texts, or the bundled sample) from
+the raw HTTP client (tens of microseconds of client CPU per request; Locust's 1.5 ms would blur
+the figures), after a short warm-up. From /proc, around the loop: CPU ms per request of the
+event loop's thread (the server's main thread: HTTP parsing, the middleware, validation,
+tokenization, the answer) and of the whole process (the engine's threads too). Linux only.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from loadtests.payloads import default_data_dir, load_payloads, resolve_data_dir
 from loadtests.raw_http import closed_loop
 from loadtests.servers import nlpserve_command, running_server
 
-PATH = "/v1/classify"
 WARMUP_S = 2.0  # before each point: connections open, the engine's threads and caches warm
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -59,11 +58,17 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
 
 
 def measure(
-    host: str, pid: int, bodies: Sequence[bytes], users: int, duration_s: float, warmup_s: float
+    host: str,
+    pid: int,
+    path: str,
+    bodies: Sequence[bytes],
+    users: int,
+    duration_s: float,
+    warmup_s: float,
 ) -> tuple[int, float, float, float, int, float, float]:
-    asyncio.run(closed_loop(host, PATH, bodies, users, warmup_s))
+    asyncio.run(closed_loop(host, path, bodies, users, warmup_s))
     loop0, all0, t0 = cpu_seconds(pid, pid), cpu_seconds(pid), time.perf_counter()
-    latencies, errors = asyncio.run(closed_loop(host, PATH, bodies, users, duration_s))
+    latencies, errors = asyncio.run(closed_loop(host, path, bodies, users, duration_s))
     elapsed = time.perf_counter() - t0
     loop1, all1 = cpu_seconds(pid, pid), cpu_seconds(pid)
     n = len(latencies)
@@ -85,6 +90,7 @@ def run(
     users: Sequence[int],
     duration_s: float,
     rounds: int,
+    path: str,
     bodies: Sequence[bytes],
     warmup_s: float = WARMUP_S,
 ) -> list[Point]:
@@ -96,12 +102,22 @@ def run(
             with running_server(nlpserve_command(repository), env=env) as (host, process):
                 for count in users:
                     n, rps, p50, p95, errors, loop_ms, all_ms = measure(
-                        host, process.pid, bodies, count, duration_s, warmup_s
+                        host, process.pid, path, bodies, count, duration_s, warmup_s
                     )
                     point = Point(round_, name, count, n, rps, p50, p95, errors, loop_ms, all_ms)
                     print(json.dumps(asdict(point)), file=sys.stderr, flush=True)
                     points.append(point)
     return points
+
+
+def request_bodies(protocol: str, model: str, texts: Sequence[str]) -> tuple[str, list[bytes]]:
+    """The path and one body per text: the task API's or the Open Inference Protocol's."""
+    if protocol == "v2":
+        tensor = {"name": "text", "shape": [1], "datatype": "BYTES"}
+        return f"/v2/models/{model}/infer", [
+            json.dumps({"inputs": [{**tensor, "data": [t]}]}).encode() for t in texts
+        ]
+    return "/v1/classify", [json.dumps({"texts": [t], "model": model}).encode() for t in texts]
 
 
 def table(points: Sequence[Point]) -> str:
@@ -138,15 +154,27 @@ def main(argv: list[str] | None = None) -> int:
         "--variant", type=parse_variant, action="append", default=[],
         help="NAME:SETTING=VALUE[,...] (as bench_serving's); default: the server's defaults",
     )  # fmt: skip
+    parser.add_argument(
+        "--protocol", choices=["v1", "v2"], default="v1",
+        help="v1: POST /v1/classify; v2: the Open Inference Protocol's infer (JSON, text BYTES)",
+    )  # fmt: skip
+    parser.add_argument("--model", default="sentiment", help="the classifier (v2 names it)")
     parser.add_argument("--data-dir", help="../shared/data layout (default: found beside)")
     parser.add_argument("--out", type=Path, help="JSON: every point")
     args = parser.parse_args(argv)
     data_dir = resolve_data_dir(args.data_dir) if args.data_dir else default_data_dir()
     texts = load_payloads(data_dir).texts
-    bodies = [json.dumps({"texts": [t]}).encode() for t in texts]
+    path, bodies = request_bodies(args.protocol, args.model, texts)
     variants: list[Variant] = args.variant or [("defaults", ())]
     points = run(
-        args.repository, variants, args.users, args.duration, args.rounds, bodies, args.warmup
+        args.repository,
+        variants,
+        args.users,
+        args.duration,
+        args.rounds,
+        path,
+        bodies,
+        args.warmup,
     )
     print(table(points))
     if args.out:

@@ -31,3 +31,17 @@ def test_loop_cost_compares_variants_round_by_round(
         assert 0 < p["loop_cpu_ms_per_request"] <= p["process_cpu_ms_per_request"]
     table = capsys.readouterr().out
     assert "| lane | 3 | 2 |" in table and "| route | 1 | 2 |" in table
+
+
+def test_loop_cost_speaks_the_open_inference_protocol(
+    copy_repository: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--protocol v2: the same loop on /v2/models/sentiment/infer, answered without errors."""
+    out = tmp_path / "points.json"
+    argv = [
+        "--repository", str(copy_repository("sentiment")), "--users", "2", "--duration", "0.5",
+        "--warmup", "0.2", "--rounds", "1", "--protocol", "v2", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    (point,) = json.loads(out.read_text())
+    assert point["variant"] == "defaults" and point["requests"] > 0 and point["errors"] == 0
