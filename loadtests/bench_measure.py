@@ -5,11 +5,9 @@ agreement with (a)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import resource
-import time
 import urllib.request
 from typing import Any
 
@@ -20,11 +18,11 @@ from loadtests.bench_report import BenchResult, Point, ServerRun
 from loadtests.bench_servers import ServerSpec
 from loadtests.engine_only import engine_only_rates
 from loadtests.peers import label_agreement, probe_labels
-from loadtests.raw_http import closed_loop
+from loadtests.raw_http import closed_loop_stats
 from loadtests.run import parse_duration, run_once
 from loadtests.server_metrics import scrape_batch_counters
 from loadtests.servers import running_server
-from loadtests.stats import AGGREGATED, EndpointStats, aggregated, read_stats
+from loadtests.stats import aggregated, read_stats
 from service.engines.session import SessionSettings
 
 logger = logging.getLogger(__name__)
@@ -64,7 +62,8 @@ def measure_point(
     window_s = parse_duration(config.run_time)
     if config.load == "raw":
         server_cpu, client_cpu = _cpu_seconds(server), _own_cpu_seconds()
-        stats = _raw_load(host, users, window_s, config.model, texts)
+        bodies = [json.dumps({"texts": [text], "model": config.model}).encode() for text in texts]
+        stats = closed_loop_stats(host, "/v1/classify", bodies, users, window_s)
         client_cpu = (_own_cpu_seconds() - client_cpu) / window_s
         stats_path = ""
     else:
@@ -82,31 +81,6 @@ def measure_point(
     server_cpu = (_cpu_seconds(server) - server_cpu) / window_s
     batches = (scrape_batch_counters(host, config.model) - before) if before else None
     return Point(users, stats, server_cpu, client_cpu, batches, stats_path)
-
-
-def _raw_load(host: str, users: int, seconds: float, model: str, texts: list[str]) -> EndpointStats:
-    """The closed loop of loadtests.raw_http (one text per request, as ClassifyUser sends)."""
-    bodies = [json.dumps({"texts": [text], "model": model}).encode() for text in texts]
-    started = time.perf_counter()
-    latencies, errors = asyncio.run(closed_loop(host, "/v1/classify", bodies, users, seconds))
-    elapsed = time.perf_counter() - started
-    ms = sorted(1000 * s for s in latencies) or [0.0]
-
-    def at(q: float) -> float:
-        return ms[min(len(ms) - 1, int(len(ms) * q))]
-
-    return EndpointStats(
-        method="",
-        name=AGGREGATED,
-        requests=len(latencies),
-        failures=errors,
-        rps=len(latencies) / elapsed,
-        avg_ms=sum(ms) / len(ms),
-        p50_ms=at(0.5),
-        p95_ms=at(0.95),
-        p99_ms=at(0.99),
-        max_ms=ms[-1],
-    )
 
 
 def run_server(

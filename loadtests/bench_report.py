@@ -317,7 +317,7 @@ def write_report(
         f"`{result.checkpoint}` (best: {result.checkpoint_best or 'not recorded'}).",
         f"- nlpserve: providers={c['providers']}, {c['threads']} intra-op threads, batching from "
         f"the model's config.json; (b) sets NLPSERVE_MAX_BATCH_SIZE=1.",
-        f"- Load: {LOAD_NAMES[c.get('load', 'locust')]}, closed loop (no think time), one text "
+        f"- Load: {LOAD_NAMES[c['load']]}, closed loop (no think time), one text "
         f"per request, {c['run_time']} per point, all users started within the first second. "
         f"The load generator runs on the same cores as the server (its CPU is in the tables, "
         f"column 'Locust CPU' whichever it is).",

@@ -8,32 +8,31 @@ hour moves every variant alike), each at every user count: nlpserve serving REPO
 variant's NLPSERVE_* settings, a closed loop of one-text POST /v1/classify requests (with
 --protocol v2, the Open Inference Protocol's infer; SST-2 dev texts, or the bundled sample) from
 the raw HTTP client (tens of microseconds of client CPU per request; Locust's 1.5 ms would blur
-the figures), after a short warm-up. From /proc, around the loop: CPU ms per request of the
+the figures), after a short warm-up. From psutil, around the loop: CPU ms per request of the
 event loop's thread (the server's main thread: HTTP parsing, the middleware, validation,
-tokenization, the answer) and of the whole process (the engine's threads too). Linux only.
+tokenization, the answer) and of the whole process (the engine's threads too).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
+
 from loadtests.bench_config import Variant
 from loadtests.bench_serving import parse_variant
 from loadtests.payloads import default_data_dir, load_payloads, resolve_data_dir
-from loadtests.raw_http import closed_loop
+from loadtests.raw_http import closed_loop_stats
 from loadtests.servers import nlpserve_command, running_server
+from loadtests.stats import EndpointStats
 
 WARMUP_S = 2.0  # before each point: connections open, the engine's threads and caches warm
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass(frozen=True)
@@ -50,38 +49,30 @@ class Point:
     process_cpu_ms_per_request: float
 
 
-def cpu_seconds(pid: int, thread: int | None = None) -> float:
-    """User + system CPU seconds of a process (or one of its threads) so far."""
-    path = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
-    fields = Path(path).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+def cpu_seconds(server: psutil.Process) -> tuple[float, float]:
+    """User + system CPU seconds so far of the server's main thread (its event loop) and of the
+    whole process."""
+    loop = next(t for t in server.threads() if t.id == server.pid)
+    times = server.cpu_times()
+    return loop.user_time + loop.system_time, times.user + times.system
 
 
 def measure(
     host: str,
-    pid: int,
+    server: psutil.Process,
     path: str,
     bodies: Sequence[bytes],
     users: int,
     duration_s: float,
     warmup_s: float,
-) -> tuple[int, float, float, float, int, float, float]:
-    asyncio.run(closed_loop(host, path, bodies, users, warmup_s))
-    loop0, all0, t0 = cpu_seconds(pid, pid), cpu_seconds(pid), time.perf_counter()
-    latencies, errors = asyncio.run(closed_loop(host, path, bodies, users, duration_s))
-    elapsed = time.perf_counter() - t0
-    loop1, all1 = cpu_seconds(pid, pid), cpu_seconds(pid)
-    n = len(latencies)
-    latencies.sort()
-    return (
-        n,
-        n / elapsed,
-        1000 * latencies[n // 2],
-        1000 * latencies[min(n - 1, int(n * 0.95))],
-        errors,
-        1000 * (loop1 - loop0) / n,
-        1000 * (all1 - all0) / n,
-    )
+) -> tuple[EndpointStats, float, float]:
+    """The load's figures, and the loop's and the process's CPU ms per request."""
+    closed_loop_stats(host, path, bodies, users, warmup_s)
+    loop0, all0 = cpu_seconds(server)
+    stats = closed_loop_stats(host, path, bodies, users, duration_s)
+    loop1, all1 = cpu_seconds(server)
+    n = stats.requests
+    return stats, 1000 * (loop1 - loop0) / n, 1000 * (all1 - all0) / n
 
 
 def run(
@@ -100,11 +91,15 @@ def run(
         for name, settings in variants:
             env = {**quiet, **dict(settings)}
             with running_server(nlpserve_command(repository), env=env) as (host, process):
+                server = psutil.Process(process.pid)
                 for count in users:
-                    n, rps, p50, p95, errors, loop_ms, all_ms = measure(
-                        host, process.pid, path, bodies, count, duration_s, warmup_s
+                    stats, loop_ms, all_ms = measure(
+                        host, server, path, bodies, count, duration_s, warmup_s
                     )
-                    point = Point(round_, name, count, n, rps, p50, p95, errors, loop_ms, all_ms)
+                    point = Point(
+                        round_, name, count, stats.requests, stats.rps, stats.p50_ms or 0.0,
+                        stats.p95_ms or 0.0, stats.failures, loop_ms, all_ms,
+                    )  # fmt: skip
                     print(json.dumps(asdict(point)), file=sys.stderr, flush=True)
                     points.append(point)
     return points

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
+from loadtests.stats import AGGREGATED, EndpointStats
+
 
 class RawHttpPool:
     """Kept-alive connections to one host; a new one is opened whenever none is idle."""
@@ -115,3 +117,30 @@ async def closed_loop(
     finally:
         pool.close()
     return latencies, errors
+
+
+def closed_loop_stats(
+    host: str, path: str, bodies: Sequence[bytes], users: int, duration_s: float
+) -> EndpointStats:
+    """`closed_loop`, summarised as Locust's Aggregated row is (rate over the loop's wall time,
+    latency percentiles in ms, non-200 answers as failures)."""
+    started = time.perf_counter()
+    latencies, errors = asyncio.run(closed_loop(host, path, bodies, users, duration_s))
+    elapsed = time.perf_counter() - started
+    ms = sorted(1000 * s for s in latencies) or [0.0]
+
+    def at(q: float) -> float:
+        return ms[min(len(ms) - 1, int(len(ms) * q))]
+
+    return EndpointStats(
+        method="",
+        name=AGGREGATED,
+        requests=len(latencies),
+        failures=errors,
+        rps=len(latencies) / elapsed,
+        avg_ms=sum(ms) / len(ms),
+        p50_ms=at(0.5),
+        p95_ms=at(0.95),
+        p99_ms=at(0.99),
+        max_ms=ms[-1],
+    )

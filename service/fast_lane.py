@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.context import INFO_KEY, ServiceState
 from service.dependencies import watch_disconnect
 from service.errors import ErrorKind, ServiceError
-from service.http_errors import HTTP_KINDS, send_error
+from service.http_errors import HTTP_KINDS, send_answer, send_error, send_service_error
 from service.request_info import RequestInfo
 from service.routers import classify, nli, translate, v2
 from service.schemas import ClassifyRequest, NliRequest, TranslateRequest
@@ -103,10 +103,10 @@ class FastLane:
         try:
             response = await lane.answer(self.state, body, info, watch_disconnect(receive))
         except ServiceError as e:
-            await send_error(send, path, e.status_code, e.message, e.kind.value, e.headers())
+            await send_service_error(send, path, e)
             return
         payload = response.__pydantic_serializer__.to_json(response)
-        await _send_ok(send, payload, {"content-type": "application/json"})
+        await send_answer(send, 200, payload, {"content-type": "application/json"})
 
     async def _infer(
         self, name: str, version: str | None, scope: Scope, receive: Receive, send: Send
@@ -117,7 +117,7 @@ class FastLane:
         try:
             model = self.state.registry.get(name, version)
         except ServiceError as e:
-            await send_error(send, path, e.status_code, e.message, e.kind.value, e.headers())
+            await send_service_error(send, path, e)
             return
         raw = await _read_body(path, receive, send)
         if raw is None:
@@ -128,23 +128,9 @@ class FastLane:
                 self.state, model, raw, Headers(scope=scope), info, watch_disconnect(receive)
             )
         except ServiceError as e:
-            await send_error(send, path, e.status_code, e.message, e.kind.value, e.headers())
+            await send_service_error(send, path, e)
             return
-        await _send_ok(send, content, headers)
-
-
-async def _send_ok(send: Send, payload: bytes, headers: dict[str, str]) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+        await send_answer(send, 200, content, headers)
 
 
 def _json_content(scope: Scope) -> bool:
@@ -166,7 +152,7 @@ async def _read_body(path: str, receive: Receive, send: Send) -> bytes | None:
             message = await receive()
             if message["type"] != "http.request":
                 closed = ServiceError(ErrorKind.CLIENT_CLOSED, "the client closed the request")
-                await send_error(send, path, closed.status_code, closed.message, closed.kind.value)
+                await send_service_error(send, path, closed)
                 return None
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):

@@ -53,17 +53,27 @@ async def send_error(
     headers: Mapping[str, str] | None = None,
 ) -> None:
     """The JSON error answer, sent on a bare ASGI `send` (layers in front of FastAPI's handlers:
-    the request middleware, the task routes' fast lane)."""
+    the request middleware, the fast lane)."""
     body = json.dumps(error_body(path, message, kind)).encode()
-    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send_answer(send, status, body, {"content-type": "application/json", **(headers or {})})
+
+
+async def send_service_error(send: Send, path: str, error: ServiceError) -> None:
+    """`error` answered as the app's ServiceError handler answers it, on a bare ASGI `send`."""
+    await send_error(
+        send, path, error.status_code, error.message, error.kind.value, error.headers()
+    )
+
+
+async def send_answer(send: Send, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+    """A whole response (`headers` plus its Content-Length) on a bare ASGI `send`."""
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
                 (b"content-length", str(len(body)).encode()),
-                *extra,
             ],
         }
     )

@@ -12,7 +12,7 @@ from service.dependencies import InfoDep, StateDep, disconnect_watcher
 from service.errors import ErrorKind, ServiceError
 from service.request_info import RequestInfo
 from service.schemas import ERROR_RESPONSES, TranslateRequest, TranslateResponse
-from service.served_model import Disconnected, ServedModel
+from service.served_model import Disconnected
 from service.streaming import MEDIA_TYPE
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERROR_RESPONSES)
@@ -41,8 +41,8 @@ STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
 async def translate(
     body: TranslateRequest, request: Request, state: StateDep, info: InfoDep
 ) -> TranslateResponse | StreamingResponse:
-    model = state.registry.for_task("translation", body.model, body.version)
     if body.stream:
+        model = state.registry.for_task("translation", body.model, body.version)
         if len(body.texts) != 1:
             raise ServiceError(ErrorKind.VALIDATION, "streaming translates one text per request")
         stream = await state.inference.open_translation_stream(
@@ -57,7 +57,7 @@ async def translate(
             media_type=MEDIA_TYPE,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return await _answer(state, model, body, info, disconnect_watcher(request))
+    return await answer(state, body, info, disconnect_watcher(request))
 
 
 async def answer(
@@ -66,16 +66,6 @@ async def answer(
     """The route's answer to a request that does not stream (the fast lane,
     service/fast_lane.py, calls it; it hands streams to the route)."""
     model = state.registry.for_task("translation", body.model, body.version)
-    return await _answer(state, model, body, info, disconnected)
-
-
-async def _answer(
-    state: ServiceState,
-    model: ServedModel,
-    body: TranslateRequest,
-    info: RequestInfo,
-    disconnected: Disconnected,
-) -> TranslateResponse:
     result = await state.inference.translate(
         model,
         body.texts,

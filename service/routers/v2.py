@@ -193,7 +193,7 @@ async def answer_infer(
     disconnected: Disconnected,
 ) -> tuple[bytes, dict[str, str]]:
     """An infer request's answer: body and headers (the fast lane, service/fast_lane.py, calls
-    it too). `headers` are the request's, lower-case names."""
+    it too). `headers`: the request's, looked up by lower-case name (Starlette's `Headers`)."""
     info.model = model.name
     oip_models.config_of(model)
     body = oip.decompress(raw, headers.get("content-encoding"), state.settings.max_body_bytes)
