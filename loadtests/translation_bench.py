@@ -41,11 +41,14 @@ from service.engines.translator import DecodingParams
 
 logger = logging.getLogger(__name__)
 
-# The server's environment per mode: step scheduling (encoder beside the steps, the default),
-# step scheduling with the encoder inside the step, request-level batching.
+# The server's environment per mode: step scheduling (the default: one lane per core, each
+# encoding its joiners), one lane with the encoder beside its steps, one lane encoding inside
+# the step, request-level batching.
+ONE_LANE = {"NLPSERVE_TRANSLATION_BATCHING": "step", "NLPSERVE_DECODE_LANES": "1"}
 MODES = {
     "step": {"NLPSERVE_TRANSLATION_BATCHING": "step"},
-    "step-inline": {"NLPSERVE_TRANSLATION_BATCHING": "step", "NLPSERVE_DECODE_ENCODE_AHEAD": "0"},
+    "step-one-lane": ONE_LANE,
+    "step-inline": {**ONE_LANE, "NLPSERVE_DECODE_ENCODE_AHEAD": "0"},
     "request": {"NLPSERVE_TRANSLATION_BATCHING": "request"},
 }
 

@@ -29,6 +29,7 @@ from service.engines import ModelWorker, SessionSettings, TranslatorEngine
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams
 from service.repository import scan
+from service.settings import available_cores
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float | None]:
@@ -157,7 +158,7 @@ async def compare(
     versions, _ = scan(repository, {})
     version = next(v for v in versions if v.name == "translator")
     settings = SessionSettings(providers="cpu", intra_op_threads=threads, allow_spinning=False)
-    engine = TranslatorEngine(version, settings)
+    engine = TranslatorEngine(version, settings, single_thread_runs=True)
     sources = engine.encoder.encode(list(sentences))
 
     def count_tokens(text: str) -> int:  # re-tokenized, as the HTTP run counts
@@ -170,14 +171,15 @@ async def compare(
         scheduler: DecodeScheduler | None = None
         batcher: Batcher[Any, Any] | None = None
         if mode != "request":
+            lanes = 1 if mode in ("step-one-lane", "step-inline") else available_cores()
             scheduler = DecodeScheduler(
                 "translator",
-                engine.decode_batch(),
+                engine.decode_batch(lanes),
                 DecodePolicy(),
                 finish=engine.finish,
                 max_steps=engine.generator.max_steps,
                 observer=counts,
-                encode_ahead=mode == "step",
+                encode_ahead=mode != "step-inline" and lanes == 1,  # as served_model.encodes_ahead
             )
             scheduler.start()
             submit = _scheduler_submit(scheduler, params)

@@ -70,6 +70,8 @@ class StepEngine(Protocol):
 
     def reset(self) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class NullObserver:
     def on_step(self, stats: StepStats) -> None:

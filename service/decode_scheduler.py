@@ -223,6 +223,7 @@ class DecodeScheduler:
             self._encoding = None
             if self._encoder is not None:
                 self._encoder.shutdown(wait=False)
+            self._engine.close()
             self._fail_all(ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down"))
 
     def step(self) -> None:

@@ -186,6 +186,14 @@ class Settings(BaseSettings):
         "and join at the next step, so decoding never waits for the encoder (else: encoded "
         "inside the step)",
     )
+    decode_lanes: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="step-scheduled translators on CPU: the running sequences are split into "
+        "this many lanes whose decoder steps run side by side, one thread each (None: one lane "
+        "per core with side_by_side_under_load, else 1)",
+    )
     decode_max_cache_tokens: int = Field(
         default=16384,
         ge=1,

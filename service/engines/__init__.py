@@ -31,8 +31,9 @@ __all__ = [
 def load_engine(
     version: ModelVersion, settings: SessionSettings, *, single_thread_runs: bool = False
 ) -> Engine:
-    """`single_thread_runs`: a classifier on CPU also opens a one-thread session, for the runs
-    the batcher puts side by side under load (ClassifierEngine.run_single_thread)."""
+    """`single_thread_runs`: on CPU also open a one-thread session, for the runs put side by side
+    (a classifier's batches under load, ClassifierEngine.run_single_thread; a translator's
+    decode lanes, TranslatorEngine.decode_batch)."""
     if version.config.task == "translation":
-        return TranslatorEngine(version, settings)
+        return TranslatorEngine(version, settings, single_thread_runs=single_thread_runs)
     return ClassifierEngine(version, settings, single_thread_runs=single_thread_runs)

@@ -7,11 +7,14 @@ share a run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from onnxruntime import InferenceSession
 
 from service.engines.decode_batch import DecodeBatch
+from service.engines.decode_lanes import DecodeLanes
 from service.engines.generation import OnnxGenerator
-from service.engines.session import SessionSettings, create_session
+from service.engines.session import CPU, SessionSettings, create_session
 from service.engines.tokenization import Encoded, TextEncoder
 from service.repository import ModelVersion
 
@@ -25,22 +28,39 @@ class DecodingParams:
 class TranslatorEngine:
     """Loads one translator version (blocking: call it on the model's worker thread)."""
 
-    def __init__(self, version: ModelVersion, settings: SessionSettings) -> None:
+    def __init__(
+        self, version: ModelVersion, settings: SessionSettings, *, single_thread_runs: bool = False
+    ) -> None:
+        """`single_thread_runs`: on CPU with several intra-op threads, also open a one-thread
+        decoder session for the step scheduler's lanes (service/engines/decode_lanes.py)."""
         config = version.config
+        self.name = version.name
         assert config.generation is not None  # ModelConfig fills it in for translation
         self.generation = config.generation
         tokenizer_json = version.read_verified("tokenizer.json").decode("utf-8")
         self.encoder = TextEncoder(tokenizer_json, config.max_length)
         encoder, self.provider = create_session(version.read_verified("encoder.onnx"), settings)
-        decoder, _ = create_session(version.read_verified("decoder.onnx"), settings)
-        self.generator = OnnxGenerator(
+        decoder_onnx = version.read_verified("decoder.onnx")
+        decoder, _ = create_session(decoder_onnx, settings)
+        self.generator = self._generator(encoder, decoder)
+        # The lanes' steps run side by side, one thread each: a decoder step split over several
+        # threads waits at every MatMul's barrier (decode_lanes.py).
+        self.lane_generator = self.generator
+        if single_thread_runs and self.provider == CPU and settings.intra_op_threads > 1:
+            one_thread = replace(settings, providers="cpu", intra_op_threads=1)
+            self.lane_generator = self._generator(
+                encoder, create_session(decoder_onnx, one_thread)[0]
+            )
+        version.verify_others(loaded=("encoder.onnx", "decoder.onnx", "tokenizer.json"))
+
+    def _generator(self, encoder: InferenceSession, decoder: InferenceSession) -> OnnxGenerator:
+        return OnnxGenerator(
             encoder,
             decoder,
             pad_id=self.generation.pad_token_id,
             sos_id=self.generation.bos_token_id,
             eos_id=self.generation.eos_token_id,
         )
-        version.verify_others(loaded=("encoder.onnx", "decoder.onnx", "tokenizer.json"))
 
     def default_params(self) -> DecodingParams:
         return DecodingParams(self.generation.beam_size, self.generation.max_new_tokens)
@@ -54,9 +74,16 @@ class TranslatorEngine:
         )
         return self.encoder.decode(ids)
 
-    def decode_batch(self) -> DecodeBatch:
-        """A running batch for the step scheduler (iteration-level batching)."""
-        return DecodeBatch(self.generator, self.generation.length_penalty)
+    def decode_batch(self, lanes: int = 1) -> DecodeBatch | DecodeLanes:
+        """A running batch for the step scheduler (iteration-level batching); with several
+        `lanes`, split into that many stepped side by side on one-thread runs (on CPU)."""
+        if lanes < 2 or self.provider != CPU:
+            return DecodeBatch(self.generator, self.generation.length_penalty)
+        penalty = self.generation.length_penalty
+        return DecodeLanes(
+            [DecodeBatch(self.lane_generator, penalty) for _ in range(lanes)],
+            name=self.name,
+        )
 
     def finish(self, ids: list[int]) -> str:
         """The text of one finished sequence."""
