@@ -23,12 +23,14 @@ import numpy as np
 from service.batch_policy import BatchPolicy
 from service.batcher import Batcher, RunStats
 from service.decode_items import StepStats
+from service.decode_lanes import DecodeLanes, scheduler_for
 from service.decode_policy import DecodePolicy
 from service.decode_scheduler import DecodeScheduler
 from service.engines import ModelWorker, SessionSettings, TranslatorEngine
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams
 from service.repository import scan
+from service.served_model import lane_maker
 from service.settings import available_cores
 
 
@@ -168,19 +170,13 @@ async def compare(
     results = []
     for mode in modes:
         counts = Counts()
-        scheduler: DecodeScheduler | None = None
+        scheduler: DecodeScheduler | DecodeLanes | None = None
         batcher: Batcher[Any, Any] | None = None
         if mode != "request":
             lanes = 1 if mode in ("step-one-lane", "step-inline") else available_cores()
-            scheduler = DecodeScheduler(
-                "translator",
-                engine.decode_batch(lanes),
-                DecodePolicy(),
-                finish=engine.finish,
-                max_steps=engine.generator.max_steps,
-                observer=counts,
-                encode_ahead=mode != "step-inline" and lanes == 1,  # as served_model.encodes_ahead
-            )
+            ahead = mode != "step-inline" and lanes == 1  # as served_model.encodes_ahead
+            lane = lane_maker("translator", engine, side_by_side=lanes > 1, encode_ahead=ahead)
+            scheduler = scheduler_for(lanes, lane, DecodePolicy(), counts)
             scheduler.start()
             submit = _scheduler_submit(scheduler, params)
         else:
@@ -228,7 +224,7 @@ async def compare(
     return results
 
 
-def _scheduler_submit(scheduler: DecodeScheduler, params: DecodingParams) -> Submit:
+def _scheduler_submit(scheduler: DecodeScheduler | DecodeLanes, params: DecodingParams) -> Submit:
     async def submit(source: Encoded, on_token: Callable[[int], None] | None) -> Any:
         (item,) = scheduler.submit([source], key=params, timeout_s=600, on_token=on_token)
         return await item.future

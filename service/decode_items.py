@@ -70,8 +70,6 @@ class StepEngine(Protocol):
 
     def reset(self) -> None: ...
 
-    def close(self) -> None: ...
-
 
 class NullObserver:
     def on_step(self, stats: StepStats) -> None:

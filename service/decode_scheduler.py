@@ -150,7 +150,7 @@ class DecodeScheduler:
                     retry_after=self.retry_after_s(len(payloads)),
                 )
             self._admission.check(
-                self._waiting_rows(),
+                self.waiting_rows,
                 self._rows,
                 key.beam_size * len(payloads),
                 timeout_s,
@@ -178,16 +178,19 @@ class DecodeScheduler:
     def predicted_wait_s(self, rows: int = 0) -> float | None:
         """Seconds until `rows` more decoder rows would get a place in the running batch (None
         before any sequence finished)."""
-        return self._admission.predicted_wait_s(self._waiting_rows() + rows, self._rows)
+        return self._admission.predicted_wait_s(self.waiting_rows + rows, self._rows)
 
     def retry_after_s(self, extra: int = 0) -> int:
         """Whole seconds until the waiting sequences (plus `extra` rows) likely have a place."""
         return self._admission.retry_after_s(
-            self._waiting_rows() + extra, self._rows, len(self.waiting) + extra
+            self.waiting_rows + extra, self._rows, len(self.waiting) + extra
         )
 
-    def _waiting_rows(self) -> int:
-        return sum(item.beam_size for item in self.waiting)
+    @property
+    def waiting_rows(self) -> int:
+        """Decoder rows the waiting sequences will take (any thread: the loop pops the queue)."""
+        with self._wake:  # re-entrant (an RLock): submit reads it holding the lock
+            return sum(item.beam_size for item in self.waiting)
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Refuse new work, let waiting and running sequences finish (up to `timeout_s`), then
@@ -223,7 +226,6 @@ class DecodeScheduler:
             self._encoding = None
             if self._encoder is not None:
                 self._encoder.shutdown(wait=False)
-            self._engine.close()
             self._fail_all(ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down"))
 
     def step(self) -> None:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from service.decode_lanes import DecodeLanes
 from service.decode_scheduler import DecodeScheduler
 from service.engines import ClassifierEngine, DecodingParams, Encoded, TranslatorEngine
 from service.errors import ErrorKind, ServiceError
@@ -173,7 +174,7 @@ class InferenceService:
                     "streaming is greedy search only: leave beam_size out or set it to 1",
                 )
             scheduler = loaded.batcher
-            if not isinstance(scheduler, DecodeScheduler):
+            if not isinstance(scheduler, DecodeScheduler | DecodeLanes):
                 raise ServiceError(
                     ErrorKind.UNSUPPORTED,
                     f"model {model.name!r} is not decoded step by step; streaming needs "

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 from service.batch_policy import BatchPolicy
 from service.batcher import Batcher
+from service.decode_items import DecodeObserver
+from service.decode_lanes import DecodeLanes, scheduler_for
 from service.decode_policy import DecodePolicy
 from service.decode_scheduler import DecodeScheduler
 from service.engines import (
@@ -30,6 +32,7 @@ from service.engines import (
     TranslatorEngine,
     load_engine,
 )
+from service.engines.session import CPU
 from service.errors import ErrorKind, ServiceError
 from service.metrics import ServiceMetrics
 from service.repository import ModelConfig, ModelVersion
@@ -110,7 +113,7 @@ class LoadedModel:
     config: ModelConfig
     engine: Engine
     worker: ModelWorker
-    batcher: Batcher[Encoded, Any] | DecodeScheduler
+    batcher: Batcher[Encoded, Any] | DecodeScheduler | DecodeLanes
     stats: ModelStatistics
     manifest: dict[str, Any]
     fingerprint: str
@@ -132,7 +135,7 @@ class LoadedModel:
         by step, else a batcher running `engine.run` on `worker`."""
         name = version.name
         stats = ModelStatistics(name, str(version.version))
-        batcher: Batcher[Encoded, Any] | DecodeScheduler
+        batcher: Batcher[Encoded, Any] | DecodeScheduler | DecodeLanes
         if step_scheduled:
             assert isinstance(engine, TranslatorEngine)
             batcher = decode_scheduler(name, engine, settings, metrics)
@@ -182,7 +185,7 @@ class LoadedModel:
 
     @property
     def step_scheduled(self) -> bool:
-        return isinstance(self.batcher, DecodeScheduler)
+        return isinstance(self.batcher, DecodeScheduler | DecodeLanes)
 
     async def run(
         self,
@@ -272,9 +275,9 @@ def encodes_ahead(settings: Settings) -> bool:
     """Whether a step-scheduled translator encodes joiners on a thread of their own beside the
     step (`Settings.decode_encode_ahead`). That thread needs a core the decoder leaves free:
     with every core in the decoder's run the two only take turns (no gain at 2 threads of 2),
-    and with several lanes the lanes already encode their joiners beside each other's decoding
-    (32 users in process, two alternated rounds: lanes encoding inside 230 / 281 req/s, one lane
-    encoding ahead 207 / 244, two lanes and an encoder thread 203 / 214)."""
+    and with several lanes one lane's encoder runs beside the other lanes' steps anyway (32
+    users in process, two alternated rounds: 2 lanes 244 / 256 req/s, 2 lanes encoding ahead
+    247 / 257; runs/s26, service/decode_lanes.py)."""
     if not settings.decode_encode_ahead or decode_lanes(settings) > 1:
         return False
     return settings.intra_op_threads < available_cores()
@@ -293,22 +296,36 @@ def session_settings(settings: Settings) -> SessionSettings:
 
 def decode_scheduler(
     name: str, engine: TranslatorEngine, settings: Settings, metrics: ServiceMetrics
-) -> DecodeScheduler:
-    """The scheduler of a served translator, with the service's settings and metrics."""
+) -> DecodeScheduler | DecodeLanes:
+    """The scheduler of a served translator, with the service's settings and metrics: on CPU,
+    one per lane (service/decode_lanes.py)."""
     policy = DecodePolicy(
         max_running_sequences=settings.decode_max_running_sequences,
         max_cache_tokens=settings.decode_max_cache_tokens,
         max_queue_size=settings.max_queue_size,
     )
-    return DecodeScheduler(
-        name,
-        engine.decode_batch(decode_lanes(settings)),
-        policy,
-        finish=engine.finish,
-        max_steps=engine.generator.max_steps,
-        observer=metrics.decode_observer(name),
-        encode_ahead=encodes_ahead(settings),
-    )
+    lanes = decode_lanes(settings) if engine.provider == CPU else 1
+    make = lane_maker(name, engine, side_by_side=lanes > 1, encode_ahead=encodes_ahead(settings))
+    return scheduler_for(lanes, make, policy, metrics.decode_observer(name))
+
+
+def lane_maker(
+    name: str, engine: TranslatorEngine, *, side_by_side: bool, encode_ahead: bool
+) -> Callable[[DecodePolicy, DecodeObserver, int], DecodeScheduler]:
+    """What builds one lane's scheduler of a translator (`scheduler_for`'s `make`)."""
+
+    def make(policy: DecodePolicy, observer: DecodeObserver, index: int) -> DecodeScheduler:
+        return DecodeScheduler(
+            name,
+            engine.decode_batch(side_by_side=side_by_side),
+            policy,
+            finish=engine.finish,
+            max_steps=engine.generator.max_steps,
+            observer=observer,
+            encode_ahead=encode_ahead,
+        )
+
+    return make
 
 
 async def wait_all(

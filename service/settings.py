@@ -190,9 +190,9 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         le=64,
-        description="step-scheduled translators on CPU: the running sequences are split into "
-        "this many lanes whose decoder steps run side by side, one thread each (None: one lane "
-        "per core with side_by_side_under_load, else 1)",
+        description="step-scheduled translators on CPU: this many independent step schedulers "
+        "(lanes) side by side, one-thread decoder runs each, the budgets shared out among them "
+        "(None: one per core with side_by_side_under_load, else 1)",
     )
     decode_max_cache_tokens: int = Field(
         default=16384,

@@ -14,7 +14,6 @@ import pytest
 
 from service.engines.decode_batch import TRIM_SLACK_COLUMNS, DecodeBatch
 from service.engines.decode_io import Join
-from service.engines.decode_lanes import DecodeLanes
 from service.engines.generation import OnnxGenerator
 
 
@@ -34,7 +33,7 @@ def alone(generator: OnnxGenerator, join: Join) -> list[int]:
 
 
 def run_schedule(
-    batch: DecodeBatch | DecodeLanes,
+    batch: DecodeBatch,
     arrivals: dict[int, list[Join]],
     leaves: dict[int, list[int]] | None = None,
 ) -> tuple[dict[int, list[int]], dict[int, list[int]], list[int]]:
@@ -185,45 +184,3 @@ def test_joiners_encoded_on_another_thread_beside_a_step_decode_as_if_alone(
     for join in joins:
         if join.seq_id != dropped:
             assert results[join.seq_id] == alone(generator, join), join
-
-
-@pytest.mark.parametrize("lanes", [2, 3])
-def test_lanes_stepped_side_by_side_decode_as_if_alone(
-    generator: OnnxGenerator, lanes: int
-) -> None:
-    """The running batch split into lanes (decode_lanes.py): joiners spread over the lanes by
-    rows, some encoded beforehand (their runs split between lanes), some leaving early; every
-    sequence's ids equal decoding it alone, and every lane really decoded."""
-    rng = random.Random(7)
-    joins = [
-        Join(i, src, rng.choice([1, 1, 2, 4]), rng.randint(2, 16))
-        for i, src in enumerate(random_sources(16, 7))
-    ]
-    batch = DecodeLanes([DecodeBatch(generator) for _ in range(lanes)])
-    stepped = [0] * lanes
-    for i, lane in enumerate(batch.lanes):
-        step = lane.step
-
-        def counted(*args, _i=i, _step=step):  # type: ignore[no-untyped-def]
-            stepped[_i] += 1
-            return _step(*args)
-
-        lane.step = counted  # type: ignore[method-assign]
-    gone = joins[4].seq_id
-    outcomes = batch.step(joins[:4], [])
-    encoded = batch.encode(joins[4:10])  # one encoder run, placed over several lanes
-    outcomes += batch.step(joins[10:12], [], encoded)
-    outcomes += batch.step([], [gone])
-    outcomes += batch.step(joins[12:], [])
-    for _ in range(200):
-        if not batch.rows:
-            break
-        outcomes += batch.step([], [])
-    batch.close()
-    results = {o.seq_id: list(o.result) for o in outcomes if o.result is not None}
-    assert gone not in results
-    for join in joins:
-        if join.seq_id != gone:
-            assert results[join.seq_id] == alone(generator, join), join
-    assert all(n > 2 for n in stepped), stepped
-    assert batch.rows == 0 and batch.cache_tokens == 0

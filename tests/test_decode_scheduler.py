@@ -75,9 +75,6 @@ class FakeRunner:
     def reset(self) -> None:
         self.active.clear()
 
-    def close(self) -> None:
-        self.closed = True
-
 
 @dataclass(frozen=True)
 class FakeRun:
@@ -502,40 +499,3 @@ def test_the_encoder_runs_beside_the_step_only_when_the_threads_leave_it_a_core(
     assert scheduler.encodes_ahead is ahead
     off = service_settings(intra_op_threads=1, decode_lanes=1, decode_encode_ahead=False)
     assert not served_model.decode_scheduler("t", engine, off, ServiceMetrics()).encodes_ahead
-
-
-@pytest.mark.parametrize(("lanes", "cores", "side_by_side", "expected"), [
-    (None, 2, True, 2), (None, 4, False, 1), (1, 2, True, 1), (3, 2, True, 3),
-])  # fmt: skip
-def test_the_running_batch_is_split_into_lanes_on_cpu(
-    model_repository: Path,
-    service_settings: Callable[..., Any],
-    monkeypatch: pytest.MonkeyPatch,
-    lanes: int | None,
-    cores: int,
-    side_by_side: bool,
-    expected: int,
-) -> None:
-    """By default one lane per core (with side_by_side_under_load); decode_lanes overrides;
-    the lanes decode on a one-thread decoder session when the intra-op threads are several."""
-    from service import served_model
-    from service.engines import SessionSettings, TranslatorEngine
-    from service.engines.decode_lanes import DecodeLanes
-    from service.repository import scan
-
-    monkeypatch.setattr(served_model, "available_cores", lambda: cores)
-    versions, _ = scan(model_repository, {})
-    version = next(v for v in versions if v.name == "translator")
-    settings = service_settings(decode_lanes=lanes, side_by_side_under_load=side_by_side)
-    assert served_model.decode_lanes(settings) == expected
-    two_threads = SessionSettings(providers="cpu", intra_op_threads=2, allow_spinning=False)
-    engine = TranslatorEngine(version, two_threads, single_thread_runs=expected > 1)
-    batch = engine.decode_batch(served_model.decode_lanes(settings))
-    if expected == 1:
-        assert not isinstance(batch, DecodeLanes)
-        assert engine.lane_generator is engine.generator
-    else:
-        assert isinstance(batch, DecodeLanes) and len(batch.lanes) == expected
-        assert all(lane.generator is engine.lane_generator for lane in batch.lanes)
-        assert engine.lane_generator.decoder is not engine.generator.decoder
-        batch.close()

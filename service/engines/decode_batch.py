@@ -90,9 +90,6 @@ class DecodeBatch:
         self.src_len = np.zeros(0, np.int64)  # source tokens of each row (0: free)
         self._layout: _Layout | None = None  # derived from membership; None after any change
 
-    def close(self) -> None:
-        """Nothing to release (DecodeLanes has threads to stop)."""
-
     # ------------------------------------------------------------------ views
 
     @property

@@ -12,7 +12,6 @@ from dataclasses import dataclass, replace
 from onnxruntime import InferenceSession
 
 from service.engines.decode_batch import DecodeBatch
-from service.engines.decode_lanes import DecodeLanes
 from service.engines.generation import OnnxGenerator
 from service.engines.session import CPU, SessionSettings, create_session
 from service.engines.tokenization import Encoded, TextEncoder
@@ -32,7 +31,7 @@ class TranslatorEngine:
         self, version: ModelVersion, settings: SessionSettings, *, single_thread_runs: bool = False
     ) -> None:
         """`single_thread_runs`: on CPU with several intra-op threads, also open a one-thread
-        decoder session for the step scheduler's lanes (service/engines/decode_lanes.py)."""
+        decoder session for the step scheduler's lanes (service/decode_lanes.py)."""
         config = version.config
         self.name = version.name
         assert config.generation is not None  # ModelConfig fills it in for translation
@@ -44,7 +43,7 @@ class TranslatorEngine:
         decoder, _ = create_session(decoder_onnx, settings)
         self.generator = self._generator(encoder, decoder)
         # The lanes' steps run side by side, one thread each: a decoder step split over several
-        # threads waits at every MatMul's barrier (decode_lanes.py).
+        # threads waits at every MatMul's barrier (service/decode_lanes.py).
         self.lane_generator = self.generator
         if single_thread_runs and self.provider == CPU and settings.intra_op_threads > 1:
             one_thread = replace(settings, providers="cpu", intra_op_threads=1)
@@ -74,16 +73,11 @@ class TranslatorEngine:
         )
         return self.encoder.decode(ids)
 
-    def decode_batch(self, lanes: int = 1) -> DecodeBatch | DecodeLanes:
-        """A running batch for the step scheduler (iteration-level batching); with several
-        `lanes`, split into that many stepped side by side on one-thread runs (on CPU)."""
-        if lanes < 2 or self.provider != CPU:
-            return DecodeBatch(self.generator, self.generation.length_penalty)
-        penalty = self.generation.length_penalty
-        return DecodeLanes(
-            [DecodeBatch(self.lane_generator, penalty) for _ in range(lanes)],
-            name=self.name,
-        )
+    def decode_batch(self, side_by_side: bool = False) -> DecodeBatch:
+        """A running batch for the step scheduler (iteration-level batching); `side_by_side`:
+        one of several lanes stepped side by side, on the one-thread decoder session."""
+        generator = self.lane_generator if side_by_side else self.generator
+        return DecodeBatch(generator, self.generation.length_penalty)
 
     def finish(self, ids: list[int]) -> str:
         """The text of one finished sequence."""
