@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             env={**env, **MODES[mode]},
             log_path=args.log_dir / f"server-{mode}.log" if args.log_dir else None,
         ) as (host, _):
-            phases = [False, True] if mode == "step" and args.beam_size == 1 else [False]
+            phases = [False, True] if mode != "request" and args.beam_size == 1 else [False]
             for stream in phases:
                 for users in args.users:
                     before = read_metrics(host)

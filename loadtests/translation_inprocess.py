@@ -186,7 +186,7 @@ async def compare(
             batcher.start()
             submit = _batcher_submit(batcher, params)
         loads = [("users", n) for n in users] + [("rate", r) for r in rates]
-        streams = (False, True) if mode == "step" else (False,)  # streaming is the scheduler's
+        streams = (False, True) if mode != "request" else (False,)  # the scheduler streams
         for stream, (kind, n) in ((st, load) for st in streams for load in loads):
             before = (counts.rows, counts.steps, counts.sequences, counts.runs)
             if kind == "users":

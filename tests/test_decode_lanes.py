@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 
 from service.decode_items import StepStats
-from service.decode_lanes import DecodeLanes, LaneObservers, lane_policy, scheduler_for
+from service.decode_lanes import (
+    SPILL_ROWS,
+    DecodeLanes,
+    LaneObservers,
+    lane_policy,
+    scheduler_for,
+)
 from service.decode_policy import DecodePolicy
 from service.decode_scheduler import DecodeScheduler
 from service.engines.decode_batch import DecodeBatch
@@ -58,28 +64,34 @@ def test_one_lane_is_a_plain_scheduler_and_budgets_are_shared_out() -> None:
     assert made[1:] == [DecodePolicy(22, 5462, 334)] * 3 == [lane_policy(policy, 3)] * 3
 
 
-def test_requests_go_to_the_lane_with_the_fewest_rows_and_all_are_answered() -> None:
-    """Both lanes hold work (a beam-4 request weighs 4 rows), every request is answered once,
-    and stop drains every lane."""
+def test_a_lane_fills_to_spill_rows_then_requests_go_to_the_least_loaded() -> None:
+    """Lane 0 takes requests while it holds at most SPILL_ROWS rows with them (a beam-4
+    request weighs 4), then lane 1, then the lane with the fewest rows; every request is
+    answered once, and stop drains every lane."""
 
     async def main() -> None:
         lanes, runners, _ = fake_lanes(2)
         for runner in runners:
-            runner.permits = threading.Semaphore(0)
+            runner.permits = threading.Semaphore(0)  # nothing decodes until unleashed
         lanes.start()
         beam = DecodingParams(beam_size=4, max_new_tokens=32)
-        first = lanes.submit([src(5)], key=beam, timeout_s=10)  # lane 0: 4 rows
-        second = lanes.submit([src(5)], key=GREEDY, timeout_s=10)  # lane 1 (0 < 4)
-        third = lanes.submit([src(5)], key=GREEDY, timeout_s=10)  # lane 1 again (1 < 4)
-        assert [lane.queue_depth for lane in lanes.lanes] == [1, 2]
-        assert lanes.queue_depth == 3
+        items = []
+        for key in [beam, beam, GREEDY, beam, GREEDY, GREEDY, GREEDY, GREEDY]:
+            items += lanes.submit([src(5)], key=key, timeout_s=10)
+        # lane 0: 4 + 4 = 8 rows; lane 1: 1 + 4 + 1 + 1 + 1 = 8; the last fits neither: the
+        # least loaded (a tie: the first)
+        waiting = [lane.waiting_rows for lane in lanes.lanes]
+        assert waiting == [9, 8] and lanes.queue_depth == 8
+        assert SPILL_ROWS == 8
         for runner in runners:
             unleash(runner)
-        answers = await asyncio.gather(*(i.future for i in first + second + third))
-        assert answers == ["7 7 7 7 7"] * 3
+        answers = await asyncio.gather(*(i.future for i in items))
+        assert answers == ["7 7 7 7 7"] * 8
         await lanes.stop(5)
         assert lanes.rows == 0 and lanes.queue_depth == 0
         assert all(runner.calls for runner in runners)
+        with pytest.raises(TypeError):
+            lanes.submit([src(5)], key="beam", timeout_s=10)
 
     asyncio.run(main())
 

@@ -45,8 +45,8 @@ def test_in_process_benchmark_reports_cpu_per_request(
     copy_repository: Callable[..., Path], tmp_path: Path
 ) -> None:
     """--in-process drives the scheduler and the batcher without HTTP, closed loop and open
-    loop (--rates): every mode (the scheduler with its encoder beside the steps and inside
-    them, request-level), the scheduler also with a token listener (a stream), rows per
+    loop (--rates): every mode (the scheduler in lanes, in one lane encoding inside the step,
+    request-level), each scheduler mode also with a token listener (a stream), rows per
     step / sequences per run, first tokens for streams, CPU ms per request."""
     sentences = tmp_path / "val.en"
     sentences.write_text("A dog runs.\nTwo men play football in a park.\n")
@@ -63,9 +63,10 @@ def test_in_process_benchmark_reports_cpu_per_request(
         ("step", False, 2), ("step", False, "20/s open"),
         ("step", True, 2), ("step", True, "20/s open"),
         ("step-inline", False, 2), ("step-inline", False, "20/s open"),
+        ("step-inline", True, 2), ("step-inline", True, "20/s open"),
         ("request", False, 2), ("request", False, "20/s open"),
     ]  # fmt: skip
-    step, streamed, inline, request = rows[0], rows[2], rows[4], rows[6]
+    step, streamed, inline, request = rows[0], rows[2], rows[4], rows[8]
     assert inline["requests"] > 0 and inline["mean_rows_per_step"] >= 1
     assert step["requests"] > 0 and request["requests"] > 0 and streamed["requests"] > 0
     assert step["mean_rows_per_step"] >= 1 and request["mean_sequences_per_run"] >= 1
