@@ -215,7 +215,8 @@ $(EXPORTED)/nli: $(call run,nli)
 $(EXPORTED)/translator: $(call run,translator)
 	@rm -f $@
 	$(PY) -m export translator --checkpoint $(RUNS)/translator --repository $(REPOSITORY) \
-		--name translator --dev-src $(DATA_DIR)/multi30k/val.en --dev-ref $(DATA_DIR)/multi30k/val.de
+		--name translator --dev-src $(DATA_DIR)/multi30k/val.en --dev-ref $(DATA_DIR)/multi30k/val.de \
+		--quantize int8
 	$(STAMP)
 
 # The served version of every model in REPOSITORY as one archive with release.json (sha256 of

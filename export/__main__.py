@@ -81,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev-limit", type=int, default=200, help="first N dev sentences")
     p.add_argument("--max-new-tokens", type=int, default=128, help="generation default in config")
     p.add_argument("--beam-size", type=int, default=4, help="generation default in config")
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="int8 decoder (CPU, static scales), kept when it passes the BLEU gate on --dev-src",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        help="source sentences for int8 calibration (default: the checkpoint's recorded "
+        "training sources)",
+    )
+    p.add_argument("--calibration-limit", type=int, default=256, help="sentences drawn (256)")
     bench.add_arguments(
         sub.add_parser(
             "bench", help="engine benchmark (PyTorch vs ONNX Runtime)", formatter_class=Formatter

@@ -11,6 +11,7 @@ the repository):
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
@@ -18,11 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from export import provenance, publish, samples
 from export.parity import require
 from export.runtime import make_session
 from export.torchscript import EXPORTER, OPSET
 from export.translator_graph import export_graphs, with_eager_attention
+from export.translator_int8 import decoder_feeds, int8_report, quantize_decoder
 from export.translator_parity import translation_parity
 from model_src.common.model_card import numeric, recorded_run_card, write_model_card
 from model_src.translator.checkpoint import load_translator
@@ -65,6 +69,10 @@ class TranslatorExport:
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     max_queue_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS
     max_bleu_diff: float = 0.5
+    quantize: str | None = None  # "int8": the decoder's weight MatMuls (export.translator_int8)
+    int8_max_bleu_drop: float = 0.5  # the int8 gate: greedy and beam-4 BLEU vs fp32 ONNX
+    calibration: Path | None = None  # int8 calibration sources; None: the recorded train_src
+    calibration_limit: int = 256  # sentences drawn (seeded) from it
 
 
 def export_translator(checkpoint_dir: Path, repository: Path, **options: Any) -> Path:
@@ -136,11 +144,31 @@ def run_export(job: TranslatorExport) -> Path:
         report["max_bleu_diff"] = job.max_bleu_diff
         require(report["greedy_identical"] == report["sentences"], "greedy token ids", report)
         require(report["beam_bleu_diff"] <= job.max_bleu_diff, "beam BLEU", report)
+        quantization = None
+        if job.quantize == "int8":
+            detokenize = functools.partial(decode, tokenizer)
+            int8_file, quantization = _int8_decoder(job, ckpt, tokenizer, generator, stage, work)
+            int8_decoder = make_session(int8_file, job.threads, spinning=False)
+            quantization["gate"] = int8_report(
+                generator,
+                OnnxGenerator(generator.encoder, int8_decoder),
+                sources,
+                lambda ids: detokenize([ids])[0],
+                references or [detokenize([i])[0] for i in generator.generate(sources)],
+                job.max_new_tokens,
+                job.int8_max_bleu_drop,
+            )
+            if quantization["gate"]["passed"]:
+                shutil.copyfile(int8_file, stage / "decoder.onnx")
+            else:
+                logger.warning("int8 decoder failed its gate; the decoder stays fp32")
+        int8 = quantization is not None and quantization["gate"]["passed"]
         shutil.copyfile(
             job.checkpoint / ckpt.get("tokenizer", {}).get("file", TOKENIZER_FILE),
             stage / "tokenizer.json",
         )
-        summary = f"ONNX export (encoder + decoder, fp32) of `{job.checkpoint.resolve()}`."
+        precision = "int8 decoder" if int8 else "fp32"
+        summary = f"ONNX export (encoder + decoder, {precision}) of `{job.checkpoint.resolve()}`."
         card = recorded_run_card(
             name,
             "translation",
@@ -158,8 +186,8 @@ def run_export(job: TranslatorExport) -> Path:
                 "exporter": EXPORTER,
                 "source_checkpoint": str(job.checkpoint.resolve()),
                 "task": "translation",
-                "precision": "fp32",
-                "quantization": None,
+                "precision": "int8" if int8 else "fp32",
+                "quantization": quantization,
                 "optimizations": None,
                 "parity": {"fp32_vs_pytorch": report},
                 "provenance": provenance.record(job.checkpoint, ckpt),
@@ -178,3 +206,36 @@ def run_export(job: TranslatorExport) -> Path:
             },
         )
         return publish.publish(stage, job.repository, name, version, config)
+
+
+def _int8_decoder(
+    job: TranslatorExport,
+    ckpt: dict[str, Any],
+    tokenizer: Any,
+    generator: OnnxGenerator,
+    stage: Path,
+    work: Path,
+) -> tuple[Path, dict[str, Any]]:
+    """Quantise the staged decoder into work/decoder-int8.onnx: (that file, its record for the
+    manifest, to which the caller adds the gate's report)."""
+    recorded = (ckpt.get("train_args") or {}).get("train_src")
+    path = job.calibration or (Path(recorded) if recorded and Path(recorded).is_file() else None)
+    texts = read_lines(path) if path else list(samples.SOURCE_SENTENCES)
+    rng = np.random.default_rng(0)
+    chosen = sorted(rng.choice(len(texts), min(job.calibration_limit, len(texts)), replace=False))
+    calibration = encode(tokenizer, [texts[i] for i in chosen], int(ckpt.get("max_length", 128)))
+    t0 = time.perf_counter()
+    feeds = decoder_feeds(generator, calibration)
+    out = work / "decoder-int8.onnx"
+    counts = quantize_decoder(stage / "decoder.onnx", out, feeds, work)
+    return out, {
+        "method": "static",
+        "graph": "decoder.onnx",
+        "nodes": counts,
+        "calibration": {
+            "source": str(path) if path else "bundled sample sentences",
+            "sentences": len(calibration),
+            "decoder_steps": len(feeds),
+        },
+        "seconds": round(time.perf_counter() - t0, 1),
+    }

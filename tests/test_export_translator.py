@@ -166,3 +166,54 @@ def _tiny_gru_config(vocab_size: int) -> dict:
     names = {f.name for f in fields(GRUAttentionConfig)}
     small = {"vocab_size": vocab_size, "emb_dim": 16, "hidden_size": 16, "d_model": 16}
     return asdict(GRUAttentionConfig(**{k: v for k, v in small.items() if k in names}))
+
+
+@pytest.mark.parametrize("max_drop", [100.0, -1.0])
+def test_int8_decoder_is_kept_only_inside_its_gate(
+    exported: tuple[Path, Path], tmp_path: Path, max_drop: float
+) -> None:
+    """--quantize int8 calibrates the decoder's weight MatMuls on the checkpoint's data, checks
+    BLEU against fp32 and that ids do not depend on the batch, and keeps the int8 decoder only
+    when the gate passes (here forced both ways); an int8 decoder decodes step by step to the
+    same ids alone as among other sequences (the scheduler's guarantee)."""
+    from service.engines.decode_batch import DecodeBatch
+    from service.engines.decode_io import Join
+
+    ckpt, _ = exported
+    dev = tmp_path / "dev.en"
+    dev.write_text("\n".join(samples.SOURCE_SENTENCES) + "\n")
+    version = export_translator(
+        ckpt,
+        tmp_path / "repo",
+        dev_src=dev,
+        max_new_tokens=MAX_NEW,
+        quantize="int8",
+        calibration=dev,
+        int8_max_bleu_drop=max_drop,
+    )
+    verify_manifest(version)
+    manifest = json.loads((version / "manifest.json").read_text())
+    gate = manifest["quantization"]["gate"]
+    assert gate["batch_differences"] == 0 and gate["sentences"] == len(samples.SOURCE_SENTENCES)
+    assert set(gate["step_ms"]) == {"1", "8", "32"}
+    assert manifest["quantization"]["calibration"]["decoder_steps"] > 0
+    ops = {n.op_type for n in __import__("onnx").load(str(version / "decoder.onnx")).graph.node}
+    if max_drop < 0:  # no drop can be below -1: refused, the decoder stays fp32
+        assert not gate["passed"] and manifest["precision"] == "fp32"
+        assert "QuantizeLinear" not in ops
+        return
+    assert gate["passed"] and manifest["precision"] == "int8"
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert manifest["quantization"]["nodes"]["QDQMatMul"] > 0
+    generator = OnnxGenerator.from_directory(version)
+    _, config, tokenizer = load_translator(ckpt)
+    sources = encode(tokenizer, list(samples.SOURCE_SENTENCES), config["max_length"])
+    batch = DecodeBatch(generator)
+    outcomes = batch.step([Join(i, s, 1, MAX_NEW) for i, s in enumerate(sources[:3])], [])
+    outcomes += batch.step([Join(i, s, 2, MAX_NEW) for i, s in enumerate(sources[3:], 3)], [])
+    for _ in range(3 * MAX_NEW):
+        outcomes += batch.step([], [])
+    results = {o.seq_id: o.result for o in outcomes if o.result is not None}
+    for i, source in enumerate(sources):
+        beams = 1 if i < 3 else 2
+        assert results[i] == generator.generate([source], beams, MAX_NEW)[0], i

@@ -1,0 +1,171 @@
+"""int8 for the translator's decoder step: static (calibrated) QDQ, weights per channel.
+
+The decoder step is what a translation's time goes to (reports/translation-benchmark.md), and at
+the rows a step scheduler's lane runs (1-16) it is bound by reading its fp32 weights: one row
+costs 0.8 ms of a 1.0 + 0.166 ms/row line on the dev VM. Every weight MatMul (the attention and
+feed-forward projections of each layer, and the vocabulary projection) gets int8 weights and a
+fixed activation scale calibrated on decoder inputs recorded while decoding training sentences;
+the attention's own MatMuls (scores, weighted values: activation x activation) stay fp32, as
+do the encoder and everything else. Static scales keep a row's result independent of the other
+rows in its run, so a sentence still decodes to the same ids alone or in any batch (checked
+below), which the step scheduler's identical-output guarantee rests on.
+
+The gate (all on the dev sentences, against the fp32 ONNX graphs): greedy and beam-4 BLEU within
+`max_bleu_drop` of fp32's, and greedy ids identical alone and batched. A failed gate keeps fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import sacrebleu
+
+from export.quantize_static import StaticSettings, quantize_static_int8
+from service.engines.generation import OnnxGenerator
+
+logger = logging.getLogger(__name__)
+
+Feeds = dict[str, np.ndarray]
+
+CALIBRATION_BATCH = 8
+CALIBRATION_MAX_NEW_TOKENS = 64
+IDENTITY_SENTENCES = 32  # decoded alone and in one batch: ids must match
+SPEED_ROWS = (1, 8, 32)  # decoder step timed at these row counts
+
+
+class _Recorder:
+    """A decoder session that keeps a copy of every step's feeds."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.feeds: list[Feeds] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+    def run(self, outputs: Sequence[str], feeds: dict[str, Any]) -> Any:
+        self.feeds.append({k: np.array(v) for k, v in feeds.items()})
+        return self.session.run(outputs, feeds)
+
+
+def decoder_feeds(generator: OnnxGenerator, sources: Sequence[Sequence[int]]) -> list[Feeds]:
+    """The decoder step's inputs while greedy-decoding `sources` in batches (every other step:
+    consecutive steps differ by one cache column)."""
+    recorder = _Recorder(generator.decoder)
+    generator.decoder = recorder
+    try:
+        for start in range(0, len(sources), CALIBRATION_BATCH):
+            batch = sources[start : start + CALIBRATION_BATCH]
+            generator.generate(batch, max_new_tokens=CALIBRATION_MAX_NEW_TOKENS)
+    finally:
+        generator.decoder = recorder.session
+    return recorder.feeds[::2]
+
+
+def weight_matmuls_only(decoder: Path) -> tuple[str, ...]:
+    """Names of the MatMuls whose second input is not a weight (attention scores and values):
+    they stay fp32."""
+    model = onnx.load(str(decoder), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer}
+    return tuple(
+        n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in weights
+    )
+
+
+def quantize_decoder(
+    src: Path, dst: Path, calibration: Sequence[Feeds], work_dir: Path
+) -> dict[str, int]:
+    """`src` decoder.onnx -> `dst` with int8 weight MatMuls (counts of quantised nodes)."""
+    settings = StaticSettings(
+        "decoder-static-minmax",
+        exclude_patterns=weight_matmuls_only(src),
+        notes="weight MatMuls int8 (per-channel), attention score/value MatMuls fp32",
+    )
+    return quantize_static_int8(src, dst, settings, calibration, work_dir)
+
+
+def bleu(
+    generator: OnnxGenerator,
+    sources: Sequence[Sequence[int]],
+    detokenize: Callable[[list[int]], str],
+    references: Sequence[str],
+    beam_size: int,
+    max_new_tokens: int,
+) -> float:
+    hypotheses: list[str] = []
+    for start in range(0, len(sources), 32):
+        ids = generator.generate(sources[start : start + 32], beam_size, max_new_tokens)
+        hypotheses += [detokenize(x) for x in ids]
+    return float(sacrebleu.corpus_bleu(hypotheses, [list(references)]).score)
+
+
+def batch_invariant(generator: OnnxGenerator, sources: Sequence[Sequence[int]]) -> int:
+    """How many of `sources` decode (greedy) to other ids in one batch than alone."""
+    batched = generator.generate(sources, max_new_tokens=CALIBRATION_MAX_NEW_TOKENS)
+    alone = [generator.generate([s], max_new_tokens=CALIBRATION_MAX_NEW_TOKENS)[0] for s in sources]
+    return sum(a != b for a, b in zip(alone, batched, strict=True))
+
+
+def step_ms(generator: OnnxGenerator, rows: int, repeats: int = 30) -> float:
+    """Median ms of one decoder step of `rows` rows (cache and source 16 positions)."""
+    meta = generator.decoder.get_modelmeta().custom_metadata_map
+    L, H, hd = (int(meta[k]) for k in ("num_layers", "num_heads", "head_dim"))
+    rng = np.random.default_rng(0)
+
+    def noise(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    feeds = {
+        "tokens": np.full(rows, 5, np.int64),
+        "position": np.full(rows, 16, np.int64),
+        "memory_mask": np.ones((rows, 16), bool),
+        "cross_k": noise(L, rows, H, 16, hd),
+        "cross_v": noise(L, rows, H, 16, hd),
+        "self_k": noise(L, rows, H, 16, hd),
+        "self_v": noise(L, rows, H, 16, hd),
+        "self_mask": np.ones((rows, 17), bool),
+    }
+    names = [o.name for o in generator.decoder.get_outputs()]
+    generator.decoder.run(names, feeds)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        generator.decoder.run(names, feeds)
+        times.append(time.perf_counter() - t0)
+    return round(statistics.median(times) * 1000, 3)
+
+
+def int8_report(
+    fp32: OnnxGenerator,
+    int8: OnnxGenerator,
+    sources: Sequence[Sequence[int]],
+    detokenize: Callable[[list[int]], str],
+    references: Sequence[str],
+    max_new_tokens: int,
+    max_bleu_drop: float,
+) -> dict[str, Any]:
+    """The gate's measurements and verdict (`passed`), and the decoder step's speed."""
+    report: dict[str, Any] = {"sentences": len(sources), "max_bleu_drop": max_bleu_drop}
+    for name, beams in (("greedy", 1), ("beam4", 4)):
+        a = bleu(fp32, sources, detokenize, references, beams, max_new_tokens)
+        b = bleu(int8, sources, detokenize, references, beams, max_new_tokens)
+        report[f"{name}_bleu_fp32"], report[f"{name}_bleu_int8"] = round(a, 2), round(b, 2)
+        report[f"{name}_bleu_drop"] = round(a - b, 2)
+    report["batch_differences"] = batch_invariant(int8, sources[:IDENTITY_SENTENCES])
+    report["step_ms"] = {
+        str(rows): {"fp32": step_ms(fp32, rows), "int8": step_ms(int8, rows)} for rows in SPEED_ROWS
+    }
+    report["passed"] = (
+        report["greedy_bleu_drop"] <= max_bleu_drop
+        and report["beam4_bleu_drop"] <= max_bleu_drop
+        and report["batch_differences"] == 0
+    )
+    logger.info("int8 decoder: %s", report)
+    return report
