@@ -23,7 +23,7 @@ BENCH_REPOSITORY ?= $(if $(wildcard $(REPOSITORY)/sentiment),$(REPOSITORY),$(RUN
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-models models release serve test check bench-engine loadtest bench-serving \
+.PHONY: install demo demo-models models students release serve test check bench-engine loadtest bench-serving \
 	peers clean
 
 install: $(VENV)/.installed
@@ -217,6 +217,45 @@ $(EXPORTED)/translator: $(call run,translator)
 	$(PY) -m export translator --checkpoint $(RUNS)/translator --repository $(REPOSITORY) \
 		--name translator --dev-src $(DATA_DIR)/multi30k/val.en --dev-ref $(DATA_DIR)/multi30k/val.de \
 		--quantize int8
+	$(STAMP)
+
+# Shallower students of the served sentiment and NLI models (issue 12's speed/accuracy curve,
+# reports/engine-benchmark.md): alternate teacher layers kept (`model_src shrink`), then distilled
+# from the teacher on its whole training set for 2 epochs (17-24 minutes of a core each on the
+# dev VM). Not part of `make models`; published under their own names (sentiment-l3, nli-l4, ...)
+# in STUDENT_REPOSITORY, so a server started on it offers every point of the curve at once.
+STUDENT_REPOSITORY ?= $(RUNS)/student_repository
+STUDENT_LAYERS = 3 4
+STUDENT_SST2 = --epochs 2 --lr 1e-4 --warmup-ratio 0.06 --eval-every 500 --freeze-embeddings \
+	--distill-weight 0.7 --distill-temperature 2
+STUDENT_SNLI = --epochs 2 --lr 1e-4 --warmup-ratio 0.05 --freeze-embeddings \
+	--distill-weight 0.9 --distill-temperature 2
+# the seeds of the runs in the report
+STUDENT_SEEDS = sentiment-l3=31 nli-l3=32 sentiment-l4=33 nli-l4=34
+student_seed = $(patsubst $(1)=%,%,$(filter $(1)=%,$(STUDENT_SEEDS)))
+students: $(foreach n,$(STUDENT_LAYERS),$(STUDENT_REPOSITORY)/.made/sentiment-l$(n) \
+	$(STUDENT_REPOSITORY)/.made/nli-l$(n))
+
+$(RUNS)/sentiment-l%/$(MADE): $(call run,sentiment-stage2)
+	@rm -f $@
+	$(PY) -m model_src shrink --checkpoint $(RUNS)/sentiment-stage2 --layers $* \
+		--out $(RUNS)/sentiment-l$*-init
+	$(TRAIN) classifier $(SST2) --init $(RUNS)/sentiment-l$*-init \
+		--teacher $(RUNS)/sentiment-stage2 --out $(@D) $(STUDENT_SST2) \
+		--seed $(call student_seed,sentiment-l$*)
+	$(STAMP)
+
+$(RUNS)/nli-l%/$(MADE): $(call run,nli)
+	@rm -f $@
+	$(PY) -m model_src shrink --checkpoint $(RUNS)/nli --layers $* --out $(RUNS)/nli-l$*-init
+	$(TRAIN) nli $(SNLI) --init $(RUNS)/nli-l$*-init --teacher $(RUNS)/nli --out $(@D) \
+		$(STUDENT_SNLI) --seed $(call student_seed,nli-l$*)
+	$(STAMP)
+
+$(STUDENT_REPOSITORY)/.made/%: $(RUNS)/%/$(MADE)
+	@rm -f $@
+	$(PY) -m export $(if $(findstring nli,$*),nli,classifier) --checkpoint $(RUNS)/$* \
+		--repository $(STUDENT_REPOSITORY) --name $* --optimize
 	$(STAMP)
 
 # The served version of every model in REPOSITORY as one archive with release.json (sha256 of
