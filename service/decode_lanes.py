@@ -23,7 +23,6 @@ import asyncio
 import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import replace
-from typing import Any
 
 from service.decode_items import DecodeItem, DecodeObserver, StepStats
 from service.decode_policy import DecodePolicy
@@ -139,7 +138,7 @@ class _LaneObserver:
 
 def scheduler_for(
     lanes: int,
-    make: Callable[[DecodePolicy, DecodeObserver, int], Any],
+    make: Callable[[DecodePolicy, DecodeObserver, int], DecodeScheduler],
     policy: DecodePolicy,
     observer: DecodeObserver,
 ) -> DecodeScheduler | DecodeLanes:
