@@ -277,7 +277,7 @@ def encodes_ahead(settings: Settings) -> bool:
     with every core in the decoder's run the two only take turns (no gain at 2 threads of 2),
     and with several lanes one lane's encoder runs beside the other lanes' steps anyway (32
     users in process, two alternated rounds: 2 lanes 244 / 256 req/s, 2 lanes encoding ahead
-    247 / 257; runs/s26, service/decode_lanes.py)."""
+    247 / 257; over HTTP 216 / 209 vs 198 / 184; runs/s26, service/decode_lanes.py)."""
     if not settings.decode_encode_ahead or decode_lanes(settings) > 1:
         return False
     return settings.intra_op_threads < available_cores()
