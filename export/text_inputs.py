@@ -7,6 +7,7 @@ checkpoint's own tokenizer.json through the `tokenizers` library, as in training
 from __future__ import annotations
 
 import csv
+import gzip
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,9 @@ def read_dev_file(
     """
     texts: list[Text] = []
     gold: list[int] = []
-    with path.open(encoding="utf-8", newline="") as f:
+    # Training files may be gzipped (SNLI's train.tsv.gz is the default calibration source).
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         fields = reader.fieldnames or []
         if "label" not in fields:

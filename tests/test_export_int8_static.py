@@ -282,3 +282,20 @@ def test_only_matmuls_read_rounded_activations(tiny_fp32: Path, tmp_path: Path) 
         tiny_fp32 / "model.onnx", tmp_path / "q.onnx", settings, _calibration(tiny_fp32), tmp_path
     )
     assert "SkipLayerNormalization" in non_matmul_readers(onnx.load(str(tmp_path / "q.onnx")))
+
+
+def test_calibration_reads_a_gzipped_training_file(tmp_path: Path) -> None:
+    """The default calibration source is the checkpoint's training file, which may be gzipped
+    (SNLI's train.tsv.gz): pairs are read from it like from a plain TSV."""
+    import gzip
+
+    from export.text_inputs import read_dev_file
+
+    rows = "premise\thypothesis\tlabel\nA dog runs.\tAn animal moves.\tentailment\n"
+    plain, packed = tmp_path / "train.tsv", tmp_path / "train.tsv.gz"
+    plain.write_text(rows)
+    with gzip.open(packed, "wt", encoding="utf-8") as f:
+        f.write(rows)
+    labels = ["entailment", "neutral", "contradiction"]
+    read = [read_dev_file(p, labels, pair=True, limit=None) for p in (plain, packed)]
+    assert read[0] == read[1] and read[1].texts == [("A dog runs.", "An animal moves.")]
