@@ -130,11 +130,12 @@ def run_export(job: TranslatorExport) -> Path:
             make_session(stage / "encoder.onnx", job.threads, spinning=False),
             make_session(stage / "decoder.onnx", job.threads, spinning=False),
         )
+        detokenize = functools.partial(decode, tokenizer)
         report = translation_parity(
             model,
             generator,
             sources,
-            lambda ids: decode(tokenizer, ids),
+            detokenize,
             references,
             beam_size=PARITY_BEAM,  # the contract checks beam-4, whatever the served default
             max_new_tokens=job.max_new_tokens,
@@ -146,15 +147,14 @@ def run_export(job: TranslatorExport) -> Path:
         require(report["beam_bleu_diff"] <= job.max_bleu_diff, "beam BLEU", report)
         quantization = None
         if job.quantize == "int8":
-            detokenize = functools.partial(decode, tokenizer)
             int8_file, quantization = _int8_decoder(job, ckpt, tokenizer, generator, stage, work)
             int8_decoder = make_session(int8_file, job.threads, spinning=False)
             quantization["gate"] = int8_report(
                 generator,
                 OnnxGenerator(generator.encoder, int8_decoder),
                 sources,
-                lambda ids: detokenize([ids])[0],
-                references or [detokenize([i])[0] for i in generator.generate(sources)],
+                detokenize,
+                references or detokenize(generator.generate(sources)),
                 job.max_new_tokens,
                 job.int8_max_bleu_drop,
             )

@@ -94,15 +94,16 @@ def quantize_decoder(
 def bleu(
     generator: OnnxGenerator,
     sources: Sequence[Sequence[int]],
-    detokenize: Callable[[list[int]], str],
+    detokenize: Callable[[list[list[int]]], list[str]],
     references: Sequence[str],
     beam_size: int,
     max_new_tokens: int,
 ) -> float:
     hypotheses: list[str] = []
     for start in range(0, len(sources), 32):
-        ids = generator.generate(sources[start : start + 32], beam_size, max_new_tokens)
-        hypotheses += [detokenize(x) for x in ids]
+        hypotheses += detokenize(
+            generator.generate(sources[start : start + 32], beam_size, max_new_tokens)
+        )
     return float(sacrebleu.corpus_bleu(hypotheses, [list(references)]).score)
 
 
@@ -146,7 +147,7 @@ def int8_report(
     fp32: OnnxGenerator,
     int8: OnnxGenerator,
     sources: Sequence[Sequence[int]],
-    detokenize: Callable[[list[int]], str],
+    detokenize: Callable[[list[list[int]]], list[str]],
     references: Sequence[str],
     max_new_tokens: int,
     max_bleu_drop: float,

@@ -55,7 +55,6 @@ class DecodeLanes:
         if len(lanes) < 2:
             raise ValueError("lanes need at least two schedulers; use a DecodeScheduler")
         self.lanes = list(lanes)
-        self.name = lanes[0].name
 
     @property
     def queue_depth(self) -> int:

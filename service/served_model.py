@@ -239,11 +239,13 @@ async def load_on_worker(version: ModelVersion, settings: Settings) -> tuple[Eng
     on that worker); raises what went wrong, with the worker shut down."""
     side_by_side = side_by_side_runs(settings)
     worker = ModelWorker(version.name, max(settings.workers_per_model, side_by_side))
-    if version.config.task == "translation":
-        side_by_side = decode_lanes(settings) if settings.translation_batching == "step" else 0
+    if version.config.task == "translation":  # the one-thread decoder session of the lanes
+        single_thread_runs = settings.translation_batching == "step" and decode_lanes(settings) > 1
+    else:  # a classifier's runs side by side under load
+        single_thread_runs = side_by_side > 1
     try:
         engine = await worker.call(
-            functools.partial(load_engine, single_thread_runs=side_by_side > 1),
+            functools.partial(load_engine, single_thread_runs=single_thread_runs),
             version,
             session_settings(settings),
         )
