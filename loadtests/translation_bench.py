@@ -27,6 +27,7 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +44,40 @@ logger = logging.getLogger(__name__)
 
 # The server's environment per mode: step scheduling (the default: one lane per core, each
 # encoding its joiners), one lane with the encoder beside its steps, one lane encoding inside
-# the step, request-level batching.
+# the step, request-level batching, request-level batching with two engine runs in flight (its
+# best setting on a 2-core CPU with --threads 1: one decode thread per core, like the lanes).
 ONE_LANE = {"NLPSERVE_TRANSLATION_BATCHING": "step", "NLPSERVE_DECODE_LANES": "1"}
+REQUEST_LEVEL = {"NLPSERVE_TRANSLATION_BATCHING": "request"}
 MODES = {
     "step": {"NLPSERVE_TRANSLATION_BATCHING": "step"},
     "step-one-lane": ONE_LANE,
     "step-inline": {**ONE_LANE, "NLPSERVE_DECODE_ENCODE_AHEAD": "0"},
-    "request": {"NLPSERVE_TRANSLATION_BATCHING": "request"},
+    "request": REQUEST_LEVEL,
+    "request-2w": {**REQUEST_LEVEL, "NLPSERVE_WORKERS_PER_MODEL": "2"},
 }
+
+
+def step_scheduled(mode: str) -> bool:
+    return MODES[mode]["NLPSERVE_TRANSLATION_BATCHING"] == "step"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the users send: one sentence per request, except every `long_every`-th request of
+    a user (0: none), which sends `long_join` consecutive sentences as one text (a paragraph
+    among sentences: the case where request-level batching holds the short ones back)."""
+
+    sentences: Sequence[str]
+    long_every: int = 0
+    long_join: int = 4
+
+    def text(self, user: int, request: int, users: int) -> tuple[str, bool]:
+        """The `request`-th text of `user`, and whether it is a long one."""
+        first = user + request * users
+        if self.long_every and request % self.long_every == self.long_every - 1:
+            n = len(self.sentences)
+            return " ".join(self.sentences[(first + k) % n] for k in range(self.long_join)), True
+        return self.sentences[first % len(self.sentences)], False
 
 
 def read_metrics(host: str) -> dict[str, float]:
@@ -72,14 +99,17 @@ def per_step(before: dict[str, float], after: dict[str, float], name: str) -> fl
 
 async def closed_loop(
     host: str,
-    sentences: Sequence[str],
+    sentences: Sequence[str] | Workload,
     users: int,
     duration_s: float,
     body: dict[str, Any],
     stream: bool,
 ) -> dict[str, Any]:
-    """`users` clients sending one sentence per request for `duration_s` seconds."""
+    """`users` clients sending one text per request (`Workload`; a plain list: one sentence
+    each) for `duration_s` seconds."""
+    workload = sentences if isinstance(sentences, Workload) else Workload(sentences)
     latencies: list[float] = []
+    kinds: list[bool] = []  # per latency: a long text
     first_pieces: list[float] = []
     translations: list[str] = []
     errors: dict[str, int] = {}
@@ -89,10 +119,11 @@ async def closed_loop(
     pool = RawHttpPool.for_url(host)
 
     async def user(index: int) -> None:
-        i = index
+        sent = 0
         while time.monotonic() < stop_at:
-            payload = {**body, "texts": [sentences[i % len(sentences)]], "stream": stream}
-            i += users
+            text, long = workload.text(index, sent, users)
+            sent += 1
+            payload = {**body, "texts": [text], "stream": stream}
             started = time.monotonic()
             first: list[float] = []
 
@@ -120,6 +151,7 @@ async def closed_loop(
             else:
                 translations.append(json.loads(answer)["translations"][0])
             latencies.append(time.monotonic() - started)
+            kinds.append(long)
 
     started = time.monotonic()
     try:
@@ -127,12 +159,22 @@ async def closed_loop(
     finally:
         pool.close()
     elapsed = time.monotonic() - started
+    pairs = list(zip(latencies, kinds, strict=True))
     return {
         "requests": len(latencies),
         "seconds": round(elapsed, 2),
         "req_per_s": round(len(latencies) / elapsed, 2),
         "latency_ms": percentiles(latencies),
         "first_piece_ms": percentiles(first_pieces) if stream else None,
+        **(
+            {
+                "short_latency_ms": percentiles([t for t, k in pairs if not k]),
+                "long_latency_ms": percentiles([t for t, k in pairs if k]),
+                "long_requests": sum(kinds),
+            }
+            if workload.long_every
+            else {}
+        ),
         "errors": errors,
         "translations": translations,
     }
@@ -141,6 +183,7 @@ async def closed_loop(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sentences = [s for s in Path(args.sentences).read_text().splitlines() if s.strip()]
     sentences = sentences[: args.limit]
+    workload = Workload(sentences, args.long_every, args.long_join)
     if args.in_process:
         params = DecodingParams(args.beam_size, args.max_new_tokens)
         rows = asyncio.run(
@@ -168,12 +211,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             env={**env, **MODES[mode]},
             log_path=args.log_dir / f"server-{mode}.log" if args.log_dir else None,
         ) as (host, _):
-            phases = [False, True] if mode != "request" and args.beam_size == 1 else [False]
+            phases = [False, True] if step_scheduled(mode) and args.beam_size == 1 else [False]
             for stream in phases:
                 for users in args.users:
                     before = read_metrics(host)
                     row = asyncio.run(
-                        closed_loop(host, sentences, users, args.duration, body, stream)
+                        closed_loop(host, workload, users, args.duration, body, stream)
                     )
                     after = read_metrics(host)
                     texts = row.pop("translations")
@@ -189,7 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         mean_sequences_per_run=per_step(before, after, "nlpserve_batch_size"),
                     )
                     logger.info("%s", row)
-                    if mode != "request" and row["mean_rows_per_step"] is None:
+                    if step_scheduled(mode) and row["mean_rows_per_step"] is None:
                         raise SystemExit(
                             "translation_bench: the server did not decode step by step (a "
                             "decoder.onnx without self_mask falls back to request-level "
@@ -207,26 +250,35 @@ def describe(args: argparse.Namespace, sentences: Sequence[str]) -> dict[str, An
         "sentences": f"{args.sentences} (first {len(sentences)})",
         "beam_size": args.beam_size,
         "max_new_tokens": args.max_new_tokens,
+        "long_every": args.long_every,
+        "long_join": args.long_join,
         "duration_s": args.duration,
         "intra_op_threads": args.threads,
     }
 
 
 def markdown(report: dict[str, Any]) -> str:
+    mixed = any("short_latency_ms" in r for r in report["results"])
     lines = [
         "| batching | stream | users | req/s | p50 ms | p95 ms | p99 ms | first piece p50 ms "
-        "| gen tok/s | rows/step | seq/run | CPU ms/req | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| gen tok/s | rows/step | seq/run | CPU ms/req | errors |"
+        + (" short p50 / p95 ms | long p50 / p95 ms |" if mixed else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if mixed else ""),
     ]
     for r in report["results"]:
         first = r["first_piece_ms"]["p50"] if r["first_piece_ms"] else "-"
         first = "-" if first is None else first
+        apart = "".join(
+            f" {r[kind]['p50']} / {r[kind]['p95']} |"
+            for kind in ("short_latency_ms", "long_latency_ms")
+            if mixed
+        )
         lines.append(
             f"| {r['mode']} | {'yes' if r['stream'] else 'no'} | {r['users']} | {r['req_per_s']} "
             f"| {r['latency_ms']['p50']} | {r['latency_ms']['p95']} | {r['latency_ms']['p99']} "
             f"| {first} | {r['generated_tokens_per_s']} | {r['mean_rows_per_step'] or '-'} "
             f"| {r['mean_sequences_per_run'] or '-'} | {r.get('cpu_ms_per_request', '-')} "
-            f"| {r['errors'] or '-'} |"
+            f"| {r['errors'] or '-'} |{apart}"
         )
     return "\n".join(lines)
 
@@ -242,6 +294,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--beam-size", type=int, default=1, help="1: greedy (and streams)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads")
+    parser.add_argument(
+        "--long-every",
+        type=int,
+        default=0,
+        help="every Nth request of a user sends --long-join sentences as one text (0: none); "
+        "latencies of short and long requests are reported apart",
+    )
+    parser.add_argument("--long-join", type=int, default=4, help="sentences in a long text")
     parser.add_argument("--cpus", default="unspecified CPU", help="machine, for the report")
     parser.add_argument("--out", type=Path, help="JSON report")
     parser.add_argument("--log-dir", type=Path, help="server logs")
@@ -258,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="no HTTP: users submit straight to the scheduler / batcher (engine-side effect)",
     )
     args = parser.parse_args(argv)
+    if args.in_process and ("request-2w" in args.modes or args.long_every):
+        parser.error("--in-process runs one engine run at a time and one sentence per request")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     report = run(args)

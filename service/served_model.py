@@ -143,7 +143,7 @@ class LoadedModel:
             run: Callable[[list[Encoded], Any], Sequence[Any]] = engine.run  # either engine's
             policy = BatchPolicy.for_model(version.config, settings)
             run_alone = None
-            if isinstance(engine, ClassifierEngine) and engine.single_thread_session is not None:
+            if side_by_side_runs(settings) > 1 and has_single_thread_runs(engine):
                 # side by side under load: one-thread runs, as many as the threads of a run alone
                 run, run_alone = engine.run_single_thread, functools.partial(worker.call, run)
                 policy = replace(policy, max_concurrent_runs=side_by_side_runs(settings))
@@ -239,10 +239,10 @@ async def load_on_worker(version: ModelVersion, settings: Settings) -> tuple[Eng
     on that worker); raises what went wrong, with the worker shut down."""
     side_by_side = side_by_side_runs(settings)
     worker = ModelWorker(version.name, max(settings.workers_per_model, side_by_side))
-    if version.config.task == "translation":  # the one-thread decoder session of the lanes
-        single_thread_runs = settings.translation_batching == "step" and decode_lanes(settings) > 1
-    else:  # a classifier's runs side by side under load
-        single_thread_runs = side_by_side > 1
+    # one-thread sessions for runs side by side under load, or a translator's lanes
+    single_thread_runs = side_by_side > 1 or (
+        version.config.task == "translation" and decode_lanes(settings) > 1
+    )
     try:
         engine = await worker.call(
             functools.partial(load_engine, single_thread_runs=single_thread_runs),
@@ -258,8 +258,15 @@ async def load_on_worker(version: ModelVersion, settings: Settings) -> tuple[Eng
     return engine, worker
 
 
+def has_single_thread_runs(engine: Engine) -> bool:
+    """Whether the engine opened one-thread sessions to run batches side by side."""
+    if isinstance(engine, ClassifierEngine):
+        return engine.single_thread_session is not None
+    return engine.single_thread_generator is not None
+
+
 def side_by_side_runs(settings: Settings) -> int:
-    """How many one-thread runs of a classifier go side by side under load (0: none; see
+    """How many one-thread runs of a model's batches go side by side under load (0: none; see
     `Settings.side_by_side_under_load`)."""
     if not settings.side_by_side_under_load or settings.workers_per_model > 1:
         return 0  # several workers: the operator chose fixed runs side by side

@@ -106,9 +106,11 @@ class Settings(BaseSettings):
     )
     side_by_side_under_load: bool = Field(
         default=True,
-        description="CPU, workers_per_model 1: under load a classifier's runs go side by side on "
-        "one thread each (intra_op_threads of them) instead of one at a time on every thread; a "
-        "run with the server to itself keeps every thread (a second, one-thread session)",
+        description="CPU, workers_per_model 1: under load a model's batches (a classifier's, a "
+        "translator's batched by request) go side by side on one thread each (intra_op_threads "
+        "of them) instead of one at a time on every thread; a run with the server to itself "
+        "keeps every thread (second, one-thread sessions); a step-scheduled translator decodes "
+        "in one lane per core (decode_lanes)",
     )
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     allow_spinning: bool = Field(

@@ -64,10 +64,11 @@ def test_one_lane_is_a_plain_scheduler_and_budgets_are_shared_out() -> None:
     assert made[1:] == [DecodePolicy(22, 5462, 334)] * 3 == [lane_policy(policy, 3)] * 3
 
 
-def test_a_lane_fills_to_spill_rows_then_requests_go_to_the_least_loaded() -> None:
-    """Lane 0 takes requests while it holds at most SPILL_ROWS rows with them (a beam-4
-    request weighs 4), then lane 1, then the lane with the fewest rows; every request is
-    answered once, and stop drains every lane."""
+def test_streams_fill_a_lane_to_spill_rows_and_whole_answers_go_to_the_least_loaded() -> None:
+    """A streamed request goes to lane 0 while it holds at most SPILL_ROWS rows with it (a
+    beam-4 request weighs 4), then to lane 1, then to the lane with the fewest rows; a whole
+    answer always goes to the least loaded lane. Every request is answered once, and stop
+    drains every lane."""
 
     async def main() -> None:
         lanes, runners, _ = fake_lanes(2)
@@ -75,23 +76,43 @@ def test_a_lane_fills_to_spill_rows_then_requests_go_to_the_least_loaded() -> No
             runner.permits = threading.Semaphore(0)  # nothing decodes until unleashed
         lanes.start()
         beam = DecodingParams(beam_size=4, max_new_tokens=32)
+        streamed: list[int] = []
         items = []
         for key in [beam, beam, GREEDY, beam, GREEDY, GREEDY, GREEDY, GREEDY]:
-            items += lanes.submit([src(5)], key=key, timeout_s=10)
+            items += lanes.submit([src(5)], key=key, timeout_s=10, on_token=streamed.append)
         # lane 0: 4 + 4 = 8 rows; lane 1: 1 + 4 + 1 + 1 + 1 = 8; the last fits neither: the
         # least loaded (a tie: the first)
-        waiting = [lane.waiting_rows for lane in lanes.lanes]
-        assert waiting == [9, 8] and lanes.queue_depth == 8
+        assert [lane.waiting_rows for lane in lanes.lanes] == [9, 8] and lanes.queue_depth == 8
         assert SPILL_ROWS == 8
+        for _ in range(3):  # whole answers: least loaded, a tie to the first
+            items += lanes.submit([src(5)], key=GREEDY, timeout_s=10)
+        assert [lane.waiting_rows for lane in lanes.lanes] == [10, 10]
         for runner in runners:
             unleash(runner)
         answers = await asyncio.gather(*(i.future for i in items))
-        assert answers == ["7 7 7 7 7"] * 8
+        assert answers == ["7 7 7 7 7"] * 11
+        assert streamed  # the streams' tokens reached their listener
         await lanes.stop(5)
         assert lanes.rows == 0 and lanes.queue_depth == 0
         assert all(runner.calls for runner in runners)
         with pytest.raises(TypeError):
             lanes.submit([src(5)], key="beam", timeout_s=10)
+
+    asyncio.run(main())
+
+
+def test_whole_answers_spread_over_the_lanes_from_the_first() -> None:
+    async def main() -> None:
+        lanes, runners, _ = fake_lanes(2)
+        for runner in runners:
+            runner.permits = threading.Semaphore(0)
+        lanes.start()
+        items = [lanes.submit([src(5)], key=GREEDY, timeout_s=10)[0] for _ in range(3)]
+        assert [lane.waiting_rows for lane in lanes.lanes] == [2, 1]
+        for runner in runners:
+            unleash(runner)
+        await asyncio.gather(*(i.future for i in items))
+        await lanes.stop(5)
 
     asyncio.run(main())
 
@@ -125,7 +146,7 @@ def test_a_served_translator_decodes_in_lanes_as_if_alone(
     version = next(v for v in versions if v.name == "translator")
     two_threads = SessionSettings(providers="cpu", intra_op_threads=2, allow_spinning=False)
     engine = TranslatorEngine(version, two_threads, single_thread_runs=True)
-    assert engine.lane_generator.decoder is not engine.generator.decoder
+    assert engine.single_thread_generator.decoder is not engine.generator.decoder
     settings = service_settings(intra_op_threads=2)
     assert served_model.decode_lanes(settings) == 2 and not served_model.encodes_ahead(settings)
     assert served_model.decode_lanes(service_settings(side_by_side_under_load=False)) == 1
@@ -156,4 +177,5 @@ def test_a_served_translator_decodes_in_lanes_as_if_alone(
     assert answers == alone
     assert min(stepped) > 0, stepped  # both lanes decoded
     batches = [lane._engine for lane in lanes.lanes]
-    assert all(isinstance(b, DecodeBatch) and b.generator is engine.lane_generator for b in batches)
+    narrow = engine.single_thread_generator
+    assert all(isinstance(b, DecodeBatch) and b.generator is narrow for b in batches)

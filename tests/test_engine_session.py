@@ -96,6 +96,46 @@ def test_a_classifier_with_single_thread_runs_answers_the_same_on_both_sessions(
     assert one.single_thread_session is None
 
 
+def test_a_translator_with_single_thread_runs_decodes_the_same_on_both_sessions(
+    model_repository: Path,
+) -> None:
+    """Request-level batches side by side (and the step scheduler's lanes) run on one-thread
+    encoder and decoder sessions: the same translations, greedy and beam, as on the wide ones."""
+    from service.engines import TranslatorEngine
+    from service.engines.translator import DecodingParams
+    from service.repository import read_model
+
+    version = read_model(model_repository / "translator")
+    settings = SessionSettings(providers="cpu", intra_op_threads=2, allow_spinning=False)
+    engine = TranslatorEngine(version, settings, single_thread_runs=True)
+    narrow = engine.single_thread_generator
+    assert narrow is not None
+    for session in (narrow.encoder, narrow.decoder):
+        assert session.get_session_options().intra_op_num_threads == 1
+    batch = engine.encoder.encode(["a dog runs", "two men play football in a park", "hello"])
+    for params in (DecodingParams(1, 16), DecodingParams(3, 16)):
+        assert engine.run_single_thread(batch, params) == engine.run(batch, params)
+    one = TranslatorEngine(version, replace(settings, intra_op_threads=1), single_thread_runs=True)
+    assert one.single_thread_generator is None
+
+
+def test_a_translator_batched_by_request_runs_side_by_side(app_client: Any) -> None:
+    """NLPSERVE_TRANSLATION_BATCHING=request on two threads: the translator's batches may go
+    side by side on one thread each, as a classifier's, and a lone request runs alone."""
+    with app_client(intra_op_threads=2, translation_batching="request") as client:
+        models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+        assert models["translator"]["batching"]["workers"] == 2
+        answer = client.post("/v1/translate", json={"texts": ["a dog runs"]})
+        assert answer.status_code == 200 and answer.json()["translations"][0]
+        assert 'nlpserve_runs_alone_total{model="translator"} 1.0' in client.get("/metrics").text
+    # Two workers: the operator's fixed runs side by side, on the two-thread sessions.
+    with app_client(intra_op_threads=2, workers_per_model=2, translation_batching="request") as c:
+        models = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
+        assert models["translator"]["batching"]["workers"] == 2
+        answers = [c.post("/v1/translate", json={"texts": [f"a dog runs {i}"]}) for i in range(3)]
+        assert [a.status_code for a in answers] == [200] * 3
+
+
 def test_the_served_policy_counts_the_side_by_side_runs(app_client: Any) -> None:
     """Two threads, one worker: /v1/models reports the two one-thread runs the batcher may put
     side by side (the policy the batcher really has), and classification answers."""

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from loadtests.translation_bench import main
+from loadtests.translation_bench import Workload, main
 
 
 def test_benchmark_compares_step_and_request_batching(
@@ -39,6 +39,42 @@ def test_benchmark_compares_step_and_request_batching(
             assert r["mean_sequences_per_run"] >= 1 and r["mean_rows_per_step"] is None
         assert (r["first_piece_ms"] is not None) == r["stream"]
     assert "| step | yes | 4 |" in capsys.readouterr().out
+
+
+def test_benchmark_mixes_long_texts_and_reports_them_apart(
+    copy_repository: Callable[..., Path], tmp_path: Path, capsys
+) -> None:
+    """--long-every 2: every second request of a user is --long-join sentences in one text;
+    latencies of the short and the long requests are reported apart, in every mode, request-
+    level batching with two engine runs in flight among them."""
+    sentences = tmp_path / "val.en"
+    sentences.write_text("A dog runs.\nTwo men play football in a park.\nA woman reads.\n")
+    out = tmp_path / "report.json"
+    argv = [
+        "--repository", str(copy_repository("translator")), "--sentences", str(sentences),
+        "--users", "2", "--duration", "0.6", "--max-new-tokens", "8", "--out", str(out),
+        "--modes", "step", "request-2w", "--long-every", "2", "--long-join", "3",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["mode"], r["stream"]) for r in rows] == [
+        ("step", False),
+        ("step", True),
+        ("request-2w", False),
+    ]
+    for r in rows:
+        assert r["errors"] == {} and 0 < r["long_requests"] < r["requests"]
+        assert r["short_latency_ms"]["p50"] is not None and r["long_latency_ms"]["p50"] > 0
+    assert "short p50 / p95 ms" in capsys.readouterr().out
+
+
+def test_workload_sends_every_nth_request_long() -> None:
+    workload = Workload(["a", "b", "c"], long_every=3, long_join=2)
+    texts = [workload.text(user=1, request=r, users=2) for r in range(6)]
+    # the user's sentences in turn (user 1 of 2: 1, 3, 5, ...); a long one starts at its own
+    assert texts == [("b", False), ("a", False), ("c a", True), ("b", False), ("a", False),
+                     ("c a", True)]  # fmt: skip
+    assert Workload(["a", "b"]).text(0, 5, 1) == ("b", False)
 
 
 def test_in_process_benchmark_reports_cpu_per_request(

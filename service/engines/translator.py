@@ -30,25 +30,28 @@ class TranslatorEngine:
     def __init__(
         self, version: ModelVersion, settings: SessionSettings, *, single_thread_runs: bool = False
     ) -> None:
-        """`single_thread_runs`: on CPU with several intra-op threads, also open a one-thread
-        decoder session for the step scheduler's lanes (service/decode_lanes.py)."""
+        """`single_thread_runs`: on CPU with several intra-op threads, also open one-thread
+        encoder and decoder sessions, for runs side by side: the step scheduler's lanes
+        (service/decode_lanes.py) or request-level batches under load (service/batcher.py)."""
         config = version.config
         self.name = version.name
         assert config.generation is not None  # ModelConfig fills it in for translation
         self.generation = config.generation
         tokenizer_json = version.read_verified("tokenizer.json").decode("utf-8")
         self.encoder = TextEncoder(tokenizer_json, config.max_length)
-        encoder, self.provider = create_session(version.read_verified("encoder.onnx"), settings)
+        encoder_onnx = version.read_verified("encoder.onnx")
+        encoder, self.provider = create_session(encoder_onnx, settings)
         decoder_onnx = version.read_verified("decoder.onnx")
         decoder, _ = create_session(decoder_onnx, settings)
         self.generator = self._generator(encoder, decoder)
-        # The lanes' steps run side by side, one thread each: a decoder step split over several
-        # threads waits at every MatMul's barrier (service/decode_lanes.py).
-        self.lane_generator = self.generator
+        # Runs side by side take one thread each: a run split over several threads waits at
+        # every MatMul's barrier for the thread the other run holds (service/decode_lanes.py).
+        self.single_thread_generator: OnnxGenerator | None = None
         if single_thread_runs and self.provider == CPU and settings.intra_op_threads > 1:
             one_thread = replace(settings, providers="cpu", intra_op_threads=1)
-            self.lane_generator = self._generator(
-                encoder, create_session(decoder_onnx, one_thread)[0]
+            self.single_thread_generator = self._generator(
+                create_session(encoder_onnx, one_thread)[0],
+                create_session(decoder_onnx, one_thread)[0],
             )
         version.verify_others(loaded=("encoder.onnx", "decoder.onnx", "tokenizer.json"))
 
@@ -65,7 +68,16 @@ class TranslatorEngine:
         return DecodingParams(self.generation.beam_size, self.generation.max_new_tokens)
 
     def run(self, batch: list[Encoded], key: DecodingParams) -> list[str]:
-        ids = self.generator.generate(
+        return self._run(self.generator, batch, key)
+
+    def run_single_thread(self, batch: list[Encoded], key: DecodingParams) -> list[str]:
+        """`run` on the one-thread sessions (the same ids), for runs side by side."""
+        return self._run(self.single_thread_generator or self.generator, batch, key)
+
+    def _run(
+        self, generator: OnnxGenerator, batch: list[Encoded], key: DecodingParams
+    ) -> list[str]:
+        ids = generator.generate(
             [e.ids for e in batch],
             beam_size=key.beam_size,
             max_new_tokens=key.max_new_tokens,
@@ -76,8 +88,8 @@ class TranslatorEngine:
     def decode_batch(self, side_by_side: bool = False) -> DecodeBatch:
         """A running batch for the step scheduler (iteration-level batching); `side_by_side`:
         one of several lanes stepped side by side, on the one-thread decoder session."""
-        generator = self.lane_generator if side_by_side else self.generator
-        return DecodeBatch(generator, self.generation.length_penalty)
+        generator = self.single_thread_generator if side_by_side else None
+        return DecodeBatch(generator or self.generator, self.generation.length_penalty)
 
     def finish(self, ids: list[int]) -> str:
         """The text of one finished sequence."""
@@ -86,5 +98,6 @@ class TranslatorEngine:
     def warmup(self, max_batch_size: int) -> None:
         text = "warm up " * self.encoder.max_length
         batch = self.encoder.encode([text] * min(max_batch_size, 4) + ["warm up"])
-        self.run(batch, DecodingParams(self.generation.beam_size, 4))
-        self.run(batch[-1:], DecodingParams(1, 4))
+        for generator in filter(None, (self.generator, self.single_thread_generator)):
+            self._run(generator, batch, DecodingParams(self.generation.beam_size, 4))
+            self._run(generator, batch[-1:], DecodingParams(1, 4))
