@@ -142,10 +142,11 @@ class LoadedModel:
         else:
             run: Callable[[list[Encoded], Any], Sequence[Any]] = engine.run  # either engine's
             policy = BatchPolicy.for_model(version.config, settings)
-            run_alone = None
+            run_alone: Callable[[list[Encoded], Any], Awaitable[Sequence[Any]]] | None = None
             if side_by_side_runs(settings) > 1 and has_single_thread_runs(engine):
                 # side by side under load: one-thread runs, as many as the threads of a run alone
-                run, run_alone = engine.run_single_thread, functools.partial(worker.call, run)
+                run_alone = functools.partial(worker.call, run)
+                run = engine.run_single_thread
                 policy = replace(policy, max_concurrent_runs=side_by_side_runs(settings))
             batcher = Batcher(  # runs each batch with engine.run on the model's worker thread
                 name,
