@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quantize",
         choices=["int8"],
-        help="int8 decoder (CPU, static scales), kept when it passes the BLEU gate on --dev-src",
+        help="int8 encoder and decoder (CPU, static scales), else the decoder alone, whichever "
+        "first passes the BLEU gate on --dev-src",
     )
     p.add_argument(
         "--calibration",

@@ -26,7 +26,7 @@ from export.parity import require
 from export.runtime import make_session
 from export.torchscript import EXPORTER, OPSET
 from export.translator_graph import export_graphs, with_eager_attention
-from export.translator_int8 import decoder_feeds, int8_report, quantize_decoder
+from export.translator_int8 import calibration_feeds, int8_report, quantize_graph
 from export.translator_parity import translation_parity
 from model_src.common.model_card import numeric, recorded_run_card, write_model_card
 from model_src.translator.checkpoint import load_translator
@@ -50,6 +50,10 @@ from service.repository import ModelConfig
 logger = logging.getLogger(__name__)
 
 PARITY_BEAM = 4
+INT8_GRAPHS = ("encoder.onnx", "decoder.onnx")  # in calibration_feeds' order
+# int8 tried in this order, the first inside the gate kept: both graphs, then the decoder alone
+# (what a translation's time goes to)
+INT8_ATTEMPTS = (("encoder.onnx", "decoder.onnx"), ("decoder.onnx",))
 
 
 @dataclass
@@ -69,7 +73,7 @@ class TranslatorExport:
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     max_queue_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS
     max_bleu_diff: float = 0.5
-    quantize: str | None = None  # "int8": the decoder's weight MatMuls (export.translator_int8)
+    quantize: str | None = None  # "int8": the weight MatMuls (export.translator_int8)
     int8_max_bleu_drop: float = 0.5  # the int8 gate: greedy and beam-4 BLEU vs fp32 ONNX
     calibration: Path | None = None  # int8 calibration sources; None: the recorded train_src
     calibration_limit: int = 256  # sentences drawn (seeded) from it
@@ -147,27 +151,19 @@ def run_export(job: TranslatorExport) -> Path:
         require(report["beam_bleu_diff"] <= job.max_bleu_diff, "beam BLEU", report)
         quantization = None
         if job.quantize == "int8":
-            int8_file, quantization = _int8_decoder(job, ckpt, tokenizer, generator, stage, work)
-            int8_decoder = make_session(int8_file, job.threads, spinning=False)
-            quantization["gate"] = int8_report(
-                generator,
-                OnnxGenerator(generator.encoder, int8_decoder),
-                sources,
-                detokenize,
-                references or detokenize(generator.generate(sources)),
-                job.max_new_tokens,
-                job.int8_max_bleu_drop,
-            )
-            if quantization["gate"]["passed"]:
-                shutil.copyfile(int8_file, stage / "decoder.onnx")
-            else:
-                logger.warning("int8 decoder failed its gate; the decoder stays fp32")
-        int8 = quantization is not None and quantization["gate"]["passed"]
+            int8_files, quantization = _int8_graphs(job, ckpt, tokenizer, generator, stage, work)
+            kept = _int8_gate(job, generator, int8_files, sources, detokenize, references)
+            quantization.update(kept)
+            for graph in kept["graphs"]:
+                shutil.copyfile(int8_files[graph], stage / graph)
+        int8_graphs = quantization["graphs"] if quantization else []
+        int8 = bool(int8_graphs)
         shutil.copyfile(
             job.checkpoint / ckpt.get("tokenizer", {}).get("file", TOKENIZER_FILE),
             stage / "tokenizer.json",
         )
-        precision = "int8 decoder" if int8 else "fp32"
+        int8_names = " and ".join(g.removesuffix(".onnx") for g in int8_graphs)
+        precision = f"int8 {int8_names}" if int8 else "fp32"
         summary = f"ONNX export (encoder + decoder, {precision}) of `{job.checkpoint.resolve()}`."
         card = recorded_run_card(
             name,
@@ -208,16 +204,16 @@ def run_export(job: TranslatorExport) -> Path:
         return publish.publish(stage, job.repository, name, version, config)
 
 
-def _int8_decoder(
+def _int8_graphs(
     job: TranslatorExport,
     ckpt: dict[str, Any],
     tokenizer: Any,
     generator: OnnxGenerator,
     stage: Path,
     work: Path,
-) -> tuple[Path, dict[str, Any]]:
-    """Quantise the staged decoder into work/decoder-int8.onnx: (that file, its record for the
-    manifest, to which the caller adds the gate's report)."""
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Quantise the staged encoder and decoder into work/: ({graph name: int8 file}, their record
+    for the manifest, to which the caller adds what the gate kept)."""
     recorded = (ckpt.get("train_args") or {}).get("train_src")
     path = job.calibration or (Path(recorded) if recorded and Path(recorded).is_file() else None)
     texts = read_lines(path) if path else list(samples.SOURCE_SENTENCES)
@@ -225,17 +221,60 @@ def _int8_decoder(
     chosen = sorted(rng.choice(len(texts), min(job.calibration_limit, len(texts)), replace=False))
     calibration = encode(tokenizer, [texts[i] for i in chosen], int(ckpt.get("max_length", 128)))
     t0 = time.perf_counter()
-    feeds = decoder_feeds(generator, calibration)
-    out = work / "decoder-int8.onnx"
-    counts = quantize_decoder(stage / "decoder.onnx", out, feeds, work)
-    return out, {
+    feeds = dict(zip(INT8_GRAPHS, calibration_feeds(generator, calibration), strict=True))
+    files = {graph: work / f"{Path(graph).stem}-int8.onnx" for graph in INT8_GRAPHS}
+    nodes = {}
+    for graph in INT8_GRAPHS:  # a work dir each: the quantiser caches its prepared graph there
+        (work / Path(graph).stem).mkdir()
+        nodes[graph] = quantize_graph(
+            stage / graph, files[graph], feeds[graph], work / Path(graph).stem
+        )
+    return files, {
         "method": "static",
-        "graph": "decoder.onnx",
-        "nodes": counts,
+        "nodes": nodes,
         "calibration": {
             "source": str(path) if path else "bundled sample sentences",
             "sentences": len(calibration),
-            "decoder_steps": len(feeds),
+            "encoder_runs": len(feeds["encoder.onnx"]),
+            "decoder_steps": len(feeds["decoder.onnx"]),
         },
         "seconds": round(time.perf_counter() - t0, 1),
     }
+
+
+def _int8_gate(
+    job: TranslatorExport,
+    generator: OnnxGenerator,
+    int8_files: dict[str, Path],
+    sources: list[list[int]],
+    detokenize: Any,
+    references: list[str] | None,
+) -> dict[str, Any]:
+    """Try the int8 graphs in INT8_ATTEMPTS' order against fp32 (export.translator_int8's gate);
+    the first that passes is kept: {"graphs": kept (none: fp32), "gate": its report (else the
+    last one's), "attempts": every attempt's}."""
+    refs = references or detokenize(generator.generate(sources))
+    fp32_bleu: dict[str, float] = {}
+    attempts = []
+    for graphs in INT8_ATTEMPTS:
+        fp32 = {"encoder.onnx": generator.encoder, "decoder.onnx": generator.decoder}
+        encoder, decoder = (
+            make_session(int8_files[g], job.threads, spinning=False) if g in graphs else fp32[g]
+            for g in INT8_GRAPHS
+        )
+        gate = int8_report(
+            generator,
+            OnnxGenerator(encoder, decoder),
+            sources,
+            detokenize,
+            refs,
+            job.max_new_tokens,
+            job.int8_max_bleu_drop,
+            fp32_bleu,
+        )
+        attempts.append({"graphs": list(graphs), "gate": gate})
+        if gate["passed"]:
+            return {"graphs": list(graphs), "gate": gate, "attempts": attempts}
+        logger.warning("int8 %s failed its gate", " and ".join(graphs))
+    logger.warning("no int8 graph passed its gate; the translator stays fp32")
+    return {"graphs": [], "gate": attempts[-1]["gate"], "attempts": attempts}

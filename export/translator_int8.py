@@ -1,17 +1,22 @@
-"""int8 for the translator's decoder step: static (calibrated) QDQ, weights per channel.
+"""int8 for the translator's encoder and decoder step: static (calibrated) QDQ, weights per
+channel.
 
 The decoder step is what a translation's time goes to (reports/translation-benchmark.md), and at
 the rows a step scheduler's lane runs (1-16) it is bound by reading its fp32 weights: one row
 costs 0.8 ms of a 1.0 + 0.166 ms/row line on the dev VM. Every weight MatMul (the attention and
 feed-forward projections of each layer, and the vocabulary projection) gets int8 weights and a
 fixed activation scale calibrated on decoder inputs recorded while decoding training sentences;
-the attention's own MatMuls (scores, weighted values: activation x activation) stay fp32, as
-do the encoder and everything else. Static scales keep a row's result independent of the other
-rows in its run, so a sentence still decodes to the same ids alone or in any batch (checked
-below), which the step scheduler's identical-output guarantee rests on.
+the attention's own MatMuls (scores, weighted values: activation x activation) stay fp32. The
+encoder's weight MatMuls get the same treatment, calibrated on the encoder inputs of the same
+sentences: the step scheduler encodes its joiners one or two at a time, where the fp32 encoder
+took 27.6% of a lane's time (reports/translation-benchmark.md, stop 27). Static scales keep a
+row's result independent of the other rows in its run, so a sentence still decodes to the same
+ids alone or in any batch (checked below), which the step scheduler's identical-output guarantee
+rests on.
 
 The gate (all on the dev sentences, against the fp32 ONNX graphs): greedy and beam-4 BLEU within
-`max_bleu_drop` of fp32's, and greedy ids identical alone and batched. A failed gate keeps fp32.
+`max_bleu_drop` of fp32's, and greedy ids identical alone and batched. Tried in order: encoder
+and decoder int8, then the decoder alone; the first that passes is kept, else fp32.
 """
 
 from __future__ import annotations
@@ -38,10 +43,11 @@ CALIBRATION_BATCH = 8
 CALIBRATION_MAX_NEW_TOKENS = 64
 IDENTITY_SENTENCES = 32  # decoded alone and in one batch: ids must match
 SPEED_ROWS = (1, 8, 32)  # decoder step timed at these row counts
+ENCODE_SENTENCES = (1, 8)  # encoder timed at these batch sizes
 
 
 class _Recorder:
-    """A decoder session that keeps a copy of every step's feeds."""
+    """A session that keeps a copy of every run's feeds."""
 
     def __init__(self, session: Any) -> None:
         self.session = session
@@ -55,18 +61,20 @@ class _Recorder:
         return self.session.run(outputs, feeds)
 
 
-def decoder_feeds(generator: OnnxGenerator, sources: Sequence[Sequence[int]]) -> list[Feeds]:
-    """The decoder step's inputs while greedy-decoding `sources` in batches (every other step:
-    consecutive steps differ by one cache column)."""
-    recorder = _Recorder(generator.decoder)
-    generator.decoder = recorder
+def calibration_feeds(
+    generator: OnnxGenerator, sources: Sequence[Sequence[int]]
+) -> tuple[list[Feeds], list[Feeds]]:
+    """The encoder's inputs and the decoder step's (every other step: consecutive steps differ by
+    one cache column) while greedy-decoding `sources` in batches."""
+    encoder, decoder = _Recorder(generator.encoder), _Recorder(generator.decoder)
+    generator.encoder, generator.decoder = encoder, decoder
     try:
         for start in range(0, len(sources), CALIBRATION_BATCH):
             batch = sources[start : start + CALIBRATION_BATCH]
             generator.generate(batch, max_new_tokens=CALIBRATION_MAX_NEW_TOKENS)
     finally:
-        generator.decoder = recorder.session
-    return recorder.feeds[::2]
+        generator.encoder, generator.decoder = encoder.session, decoder.session
+    return encoder.feeds, decoder.feeds[::2]
 
 
 def weight_matmuls_only(decoder: Path) -> tuple[str, ...]:
@@ -79,12 +87,13 @@ def weight_matmuls_only(decoder: Path) -> tuple[str, ...]:
     )
 
 
-def quantize_decoder(
+def quantize_graph(
     src: Path, dst: Path, calibration: Sequence[Feeds], work_dir: Path
 ) -> dict[str, int]:
-    """`src` decoder.onnx -> `dst` with int8 weight MatMuls (counts of quantised nodes)."""
+    """`src` (encoder.onnx or decoder.onnx) -> `dst` with int8 weight MatMuls (counts of
+    quantised nodes)."""
     settings = StaticSettings(
-        "decoder-static-minmax",
+        f"{src.stem}-static-minmax",
         exclude_patterns=weight_matmuls_only(src),
         notes="weight MatMuls int8 (per-channel), attention score/value MatMuls fp32",
     )
@@ -114,7 +123,23 @@ def batch_invariant(generator: OnnxGenerator, sources: Sequence[Sequence[int]]) 
     return sum(a != b for a, b in zip(alone, batched, strict=True))
 
 
-def step_ms(generator: OnnxGenerator, rows: int, repeats: int = 30) -> float:
+def _median_ms(run: Callable[[], Any], repeats: int = 30) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return round(statistics.median(times) * 1000, 3)
+
+
+def encode_ms(generator: OnnxGenerator, sentences: int) -> float:
+    """Median ms of one encoder run over `sentences` sources of 16 tokens."""
+    src = generator.pad([[5] * 16] * sentences)
+    return _median_ms(lambda: generator.start(src))
+
+
+def step_ms(generator: OnnxGenerator, rows: int) -> float:
     """Median ms of one decoder step of `rows` rows (cache and source 16 positions)."""
     meta = generator.decoder.get_modelmeta().custom_metadata_map
     L, H, hd = (int(meta[k]) for k in ("num_layers", "num_heads", "head_dim"))
@@ -134,13 +159,7 @@ def step_ms(generator: OnnxGenerator, rows: int, repeats: int = 30) -> float:
         "self_mask": np.ones((rows, 17), bool),
     }
     names = [o.name for o in generator.decoder.get_outputs()]
-    generator.decoder.run(names, feeds)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        generator.decoder.run(names, feeds)
-        times.append(time.perf_counter() - t0)
-    return round(statistics.median(times) * 1000, 3)
+    return _median_ms(lambda: generator.decoder.run(names, feeds))
 
 
 def int8_report(
@@ -151,15 +170,23 @@ def int8_report(
     references: Sequence[str],
     max_new_tokens: int,
     max_bleu_drop: float,
+    fp32_bleu: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The gate's measurements and verdict (`passed`), and the decoder step's speed."""
+    """The gate's measurements and verdict (`passed`), and the encoder's and decoder step's
+    speed. `fp32_bleu`: fp32's scores by search, filled on first use (an earlier attempt's)."""
+    known = {} if fp32_bleu is None else fp32_bleu
     report: dict[str, Any] = {"sentences": len(sources), "max_bleu_drop": max_bleu_drop}
     for name, beams in (("greedy", 1), ("beam4", 4)):
-        a = bleu(fp32, sources, detokenize, references, beams, max_new_tokens)
+        if name not in known:
+            known[name] = bleu(fp32, sources, detokenize, references, beams, max_new_tokens)
+        a = known[name]
         b = bleu(int8, sources, detokenize, references, beams, max_new_tokens)
         report[f"{name}_bleu_fp32"], report[f"{name}_bleu_int8"] = round(a, 2), round(b, 2)
         report[f"{name}_bleu_drop"] = round(a - b, 2)
     report["batch_differences"] = batch_invariant(int8, sources[:IDENTITY_SENTENCES])
+    report["encode_ms"] = {
+        str(n): {"fp32": encode_ms(fp32, n), "int8": encode_ms(int8, n)} for n in ENCODE_SENTENCES
+    }
     report["step_ms"] = {
         str(rows): {"fp32": step_ms(fp32, rows), "int8": step_ms(int8, rows)} for rows in SPEED_ROWS
     }
@@ -168,5 +195,5 @@ def int8_report(
         and report["beam4_bleu_drop"] <= max_bleu_drop
         and report["batch_differences"] == 0
     )
-    logger.info("int8 decoder: %s", report)
+    logger.info("int8 translator: %s", report)
     return report

@@ -169,13 +169,14 @@ def _tiny_gru_config(vocab_size: int) -> dict:
 
 
 @pytest.mark.parametrize("max_drop", [100.0, -1.0])
-def test_int8_decoder_is_kept_only_inside_its_gate(
+def test_int8_graphs_are_kept_only_inside_their_gate(
     exported: tuple[Path, Path], tmp_path: Path, max_drop: float
 ) -> None:
-    """--quantize int8 calibrates the decoder's weight MatMuls on the checkpoint's data, checks
-    BLEU against fp32 and that ids do not depend on the batch, and keeps the int8 decoder only
-    when the gate passes (here forced both ways); an int8 decoder decodes step by step to the
-    same ids alone as among other sequences (the scheduler's guarantee)."""
+    """--quantize int8 calibrates the encoder's and decoder's weight MatMuls on the checkpoint's
+    data, checks BLEU against fp32 and that ids do not depend on the batch, and keeps the first
+    of (both graphs int8, the decoder alone) that passes the gate (here forced both ways: both
+    kept at once, or both attempts refused); int8 graphs decode step by step to the same ids
+    alone as among other sequences (the scheduler's guarantee)."""
     from service.engines.decode_batch import DecodeBatch
     from service.engines.decode_io import Join
 
@@ -193,18 +194,30 @@ def test_int8_decoder_is_kept_only_inside_its_gate(
     )
     verify_manifest(version)
     manifest = json.loads((version / "manifest.json").read_text())
-    gate = manifest["quantization"]["gate"]
+    quantization = manifest["quantization"]
+    gate = quantization["gate"]
     assert gate["batch_differences"] == 0 and gate["sentences"] == len(samples.SOURCE_SENTENCES)
-    assert set(gate["step_ms"]) == {"1", "8", "32"}
-    assert manifest["quantization"]["calibration"]["decoder_steps"] > 0
-    ops = {n.op_type for n in __import__("onnx").load(str(version / "decoder.onnx")).graph.node}
-    if max_drop < 0:  # no drop can be below -1: refused, the decoder stays fp32
+    assert set(gate["step_ms"]) == {"1", "8", "32"} and set(gate["encode_ms"]) == {"1", "8"}
+    assert quantization["calibration"]["decoder_steps"] > 0
+    assert quantization["calibration"]["encoder_runs"] > 0
+
+    def ops(graph: str) -> set[str]:
+        return {n.op_type for n in __import__("onnx").load(str(version / graph)).graph.node}
+
+    if max_drop < 0:  # no drop can be below -1: both attempts refused, the graphs stay fp32
         assert not gate["passed"] and manifest["precision"] == "fp32"
-        assert "QuantizeLinear" not in ops
+        assert [a["graphs"] for a in quantization["attempts"]] == [
+            ["encoder.onnx", "decoder.onnx"], ["decoder.onnx"]
+        ]  # fmt: skip
+        assert quantization["graphs"] == []
+        assert "QuantizeLinear" not in ops("decoder.onnx") | ops("encoder.onnx")
         return
     assert gate["passed"] and manifest["precision"] == "int8"
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    assert manifest["quantization"]["nodes"]["QDQMatMul"] > 0
+    assert quantization["graphs"] == ["encoder.onnx", "decoder.onnx"]
+    assert len(quantization["attempts"]) == 1
+    for graph in quantization["graphs"]:
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops(graph)
+        assert quantization["nodes"][graph]["QDQMatMul"] > 0
     generator = OnnxGenerator.from_directory(version)
     _, config, tokenizer = load_translator(ckpt)
     sources = encode(tokenizer, list(samples.SOURCE_SENTENCES), config["max_length"])
