@@ -39,7 +39,9 @@ class BenchConfig:
     # `python -m export bench`'s JSON: its ORT cells are quoted as the offline ceiling.
     engine_json: Path = Path("reports/engine-benchmark.json")
     work_dir: Path = Path("runs/bench-serving")
-    report: Path = Path("reports/serving-benchmark.md")
+    # None: WORK_DIR/report.md (the Makefile's `bench` names reports/serving-benchmark.md, so an
+    # exploratory run does not overwrite the published report)
+    report: Path | None = None
 
 
 class BenchError(RuntimeError):

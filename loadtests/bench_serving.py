@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         help="export benchmark JSON to quote (skipped when absent)",
     )
     parser.add_argument("--work-dir", type=Path, default=defaults.work_dir)
-    parser.add_argument("--report", type=Path, default=defaults.report)
+    parser.add_argument(
+        "--report", type=Path, default=defaults.report, help="(default: WORK_DIR/report.md)"
+    )
     for action in parser._actions:  # argparse prints defaults only beside some help text
         action.help = action.help or "(default: %(default)s)"
     args = parser.parse_args(argv)
@@ -159,11 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     result.duration_s = time.monotonic() - started
     config.work_dir.mkdir(parents=True, exist_ok=True)
     (config.work_dir / "results.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    write_report(result, config.report, peer_goals(result), peer_table(result))
-    print(
-        f"wrote {config.report}, {config.report.with_suffix('.png')}, "
-        f"{config.work_dir / 'results.json'}"
-    )
+    report = config.report or config.work_dir / "report.md"
+    write_report(result, report, peer_goals(result), peer_table(result))
+    print(f"wrote {report}, {report.with_suffix('.png')}, {config.work_dir / 'results.json'}")
     return 0
 
 
