@@ -87,7 +87,7 @@ class TranslatorEngine:
 
     def decode_batch(self, side_by_side: bool = False) -> DecodeBatch:
         """A running batch for the step scheduler (iteration-level batching); `side_by_side`:
-        one of several lanes stepped side by side, on the one-thread decoder session."""
+        one of several lanes stepped side by side, on the one-thread sessions."""
         generator = self.single_thread_generator if side_by_side else None
         return DecodeBatch(generator or self.generator, self.generation.length_penalty)
 
