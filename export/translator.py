@@ -157,13 +157,12 @@ def run_export(job: TranslatorExport) -> Path:
             for graph in kept["graphs"]:
                 shutil.copyfile(int8_files[graph], stage / graph)
         int8_graphs = quantization["graphs"] if quantization else []
-        int8 = bool(int8_graphs)
         shutil.copyfile(
             job.checkpoint / ckpt.get("tokenizer", {}).get("file", TOKENIZER_FILE),
             stage / "tokenizer.json",
         )
         int8_names = " and ".join(g.removesuffix(".onnx") for g in int8_graphs)
-        precision = f"int8 {int8_names}" if int8 else "fp32"
+        precision = f"int8 {int8_names}" if int8_graphs else "fp32"
         summary = f"ONNX export (encoder + decoder, {precision}) of `{job.checkpoint.resolve()}`."
         card = recorded_run_card(
             name,
@@ -182,7 +181,7 @@ def run_export(job: TranslatorExport) -> Path:
                 "exporter": EXPORTER,
                 "source_checkpoint": str(job.checkpoint.resolve()),
                 "task": "translation",
-                "precision": "int8" if int8 else "fp32",
+                "precision": "int8" if int8_graphs else "fp32",
                 "quantization": quantization,
                 "optimizations": None,
                 "parity": {"fp32_vs_pytorch": report},
@@ -254,14 +253,12 @@ def _int8_gate(
     the first that passes is kept: {"graphs": kept (none: fp32), "gate": its report (else the
     last one's), "attempts": every attempt's}."""
     refs = references or detokenize(generator.generate(sources))
-    fp32_bleu: dict[str, float] = {}
+    fp32 = {"encoder.onnx": generator.encoder, "decoder.onnx": generator.decoder}
+    int8 = {g: make_session(int8_files[g], job.threads, spinning=False) for g in INT8_GRAPHS}
+    fp32_known: dict[str, float] = {}
     attempts = []
     for graphs in INT8_ATTEMPTS:
-        fp32 = {"encoder.onnx": generator.encoder, "decoder.onnx": generator.decoder}
-        encoder, decoder = (
-            make_session(int8_files[g], job.threads, spinning=False) if g in graphs else fp32[g]
-            for g in INT8_GRAPHS
-        )
+        encoder, decoder = (int8[g] if g in graphs else fp32[g] for g in INT8_GRAPHS)
         gate = int8_report(
             generator,
             OnnxGenerator(encoder, decoder),
@@ -270,7 +267,7 @@ def _int8_gate(
             refs,
             job.max_new_tokens,
             job.int8_max_bleu_drop,
-            fp32_bleu,
+            fp32_known,
         )
         attempts.append({"graphs": list(graphs), "gate": gate})
         if gate["passed"]:

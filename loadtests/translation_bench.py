@@ -99,15 +99,13 @@ def per_step(before: dict[str, float], after: dict[str, float], name: str) -> fl
 
 async def closed_loop(
     host: str,
-    sentences: Sequence[str] | Workload,
+    workload: Workload,
     users: int,
     duration_s: float,
     body: dict[str, Any],
     stream: bool,
 ) -> dict[str, Any]:
-    """`users` clients sending one text per request (`Workload`; a plain list: one sentence
-    each) for `duration_s` seconds."""
-    workload = sentences if isinstance(sentences, Workload) else Workload(sentences)
+    """`users` clients sending one text per request (`workload`) for `duration_s` seconds."""
     latencies: list[float] = []
     kinds: list[bool] = []  # per latency: a long text
     first_pieces: list[float] = []
