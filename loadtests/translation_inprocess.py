@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from dataclasses import replace
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
@@ -166,13 +167,15 @@ async def compare(
     def count_tokens(text: str) -> int:  # re-tokenized, as the HTTP run counts
         return engine.encoder.encode([text])[0].tokens
 
-    worker = ModelWorker("translator")
     results = []
     for mode in modes:
         counts = Counts()
         scheduler: DecodeScheduler | DecodeLanes | None = None
         batcher: Batcher[Any, Any] | None = None
-        if mode != "request":
+        # request-2w: two one-thread engine runs in flight, as the server with two workers
+        runs_in_flight = 2 if mode == "request-2w" else 1
+        worker = ModelWorker("translator", runs_in_flight)
+        if not mode.startswith("request"):
             lanes = 1 if mode in ("step-one-lane", "step-inline") else available_cores()
             ahead = mode != "step-inline" and lanes == 1  # as served_model.encodes_ahead
             lane = lane_maker("translator", engine, side_by_side=lanes > 1, encode_ahead=ahead)
@@ -180,13 +183,12 @@ async def compare(
             scheduler.start()
             submit = _scheduler_submit(scheduler, params)
         else:
-            batcher = Batcher(
-                "translator", _run_batch(worker, engine), BatchPolicy(), observer=counts
-            )
+            policy = replace(BatchPolicy(), max_concurrent_runs=runs_in_flight)
+            batcher = Batcher("translator", _run_batch(worker, engine), policy, observer=counts)
             batcher.start()
             submit = _batcher_submit(batcher, params)
         loads = [("users", n) for n in users] + [("rate", r) for r in rates]
-        streams = (False, True) if mode != "request" else (False,)  # the scheduler streams
+        streams = (False,) if mode.startswith("request") else (False, True)  # the scheduler streams
         for stream, (kind, n) in ((st, load) for st in streams for load in loads):
             before = (counts.rows, counts.steps, counts.sequences, counts.runs)
             if kind == "users":
@@ -220,7 +222,7 @@ async def compare(
             await scheduler.stop(30)
         if batcher is not None:
             await batcher.stop(30)
-    worker.shutdown()
+        worker.shutdown()
     return results
 
 

@@ -82,7 +82,7 @@ def test_in_process_benchmark_reports_cpu_per_request(
 ) -> None:
     """--in-process drives the scheduler and the batcher without HTTP, closed loop and open
     loop (--rates): every mode (the scheduler in lanes, in one lane encoding inside the step,
-    request-level), each scheduler mode also with a token listener (a stream), rows per
+    request-level with one and with two engine runs in flight), each scheduler mode also with a token listener (a stream), rows per
     step / sequences per run, first tokens for streams, CPU ms per request."""
     sentences = tmp_path / "val.en"
     sentences.write_text("A dog runs.\nTwo men play football in a park.\n")
@@ -90,7 +90,7 @@ def test_in_process_benchmark_reports_cpu_per_request(
     argv = [
         "--repository", str(copy_repository("translator")), "--sentences", str(sentences),
         "--users", "2", "--rates", "20", "--duration", "0.5", "--max-new-tokens", "6",
-        "--in-process", "--modes", "step", "step-inline", "request",
+        "--in-process", "--modes", "step", "step-inline", "request", "request-2w",
         "--out", str(out),
     ]  # fmt: skip
     assert main(argv) == 0
@@ -101,8 +101,10 @@ def test_in_process_benchmark_reports_cpu_per_request(
         ("step-inline", False, 2), ("step-inline", False, "20/s open"),
         ("step-inline", True, 2), ("step-inline", True, "20/s open"),
         ("request", False, 2), ("request", False, "20/s open"),
+        ("request-2w", False, 2), ("request-2w", False, "20/s open"),
     ]  # fmt: skip
-    step, streamed, inline, request = rows[0], rows[2], rows[4], rows[8]
+    step, streamed, inline, request, two_runs = rows[0], rows[2], rows[4], rows[8], rows[10]
+    assert two_runs["requests"] > 0 and two_runs["mean_sequences_per_run"] >= 1
     assert inline["requests"] > 0 and inline["mean_rows_per_step"] >= 1
     assert step["requests"] > 0 and request["requests"] > 0 and streamed["requests"] > 0
     assert step["mean_rows_per_step"] >= 1 and request["mean_sequences_per_run"] >= 1
