@@ -46,14 +46,15 @@ def test_benchmark_mixes_long_texts_and_reports_them_apart(
 ) -> None:
     """--long-every 2: every second request of a user is --long-join sentences in one text;
     latencies of the short and the long requests are reported apart, in every mode, request-
-    level batching with two engine runs in flight among them."""
+    level batching with two engine runs in flight and as issue 13 found it among them."""
     sentences = tmp_path / "val.en"
     sentences.write_text("A dog runs.\nTwo men play football in a park.\nA woman reads.\n")
     out = tmp_path / "report.json"
     argv = [
         "--repository", str(copy_repository("translator")), "--sentences", str(sentences),
         "--users", "2", "--duration", "0.6", "--max-new-tokens", "8", "--out", str(out),
-        "--modes", "step", "request-2w", "--long-every", "2", "--long-join", "3",
+        "--modes", "step", "request-2w", "request-as-filed", "--long-every", "2",
+        "--long-join", "3",
     ]  # fmt: skip
     assert main(argv) == 0
     rows = json.loads(out.read_text())["results"]
@@ -61,6 +62,7 @@ def test_benchmark_mixes_long_texts_and_reports_them_apart(
         ("step", False),
         ("step", True),
         ("request-2w", False),
+        ("request-as-filed", False),
     ]
     for r in rows:
         assert r["errors"] == {} and 0 < r["long_requests"] < r["requests"]
