@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import replace
 from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 

@@ -84,8 +84,9 @@ def test_in_process_benchmark_reports_cpu_per_request(
 ) -> None:
     """--in-process drives the scheduler and the batcher without HTTP, closed loop and open
     loop (--rates): every mode (the scheduler in lanes, in one lane encoding inside the step,
-    request-level with one and with two engine runs in flight), each scheduler mode also with a token listener (a stream), rows per
-    step / sequences per run, first tokens for streams, CPU ms per request."""
+    request-level with one and with two engine runs in flight), each scheduler mode also with
+    a token listener (a stream), rows per step / sequences per run, first tokens for streams,
+    CPU ms per request."""
     sentences = tmp_path / "val.en"
     sentences.write_text("A dog runs.\nTwo men play football in a park.\n")
     out = tmp_path / "report.json"
