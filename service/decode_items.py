@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +26,8 @@ class DecodeItem:
     on_token: Callable[[int], None] | None = None  # greedy: called with every new token
     batch_size: int = 0  # rows of the step it joined, for the request log
     joined_at: float | None = None  # when it joined the running batch (clock), for traces
+    # a stream's encoder run, started when it arrived (DecodeScheduler `encode_streams_early`)
+    encoding: Future[Sequence[Any]] | None = None
 
     @property
     def tokens(self) -> int:

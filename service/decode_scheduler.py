@@ -17,7 +17,10 @@ every step boundary:
    waits for the encoder (streamed sequences, whose client waits for the first piece, join at
    once) (on the real translator the encoder took 28% of the step loop's time at
    32 users, py-spy); a joiner that arrives to an empty batch, with no step to overlap, is encoded
-   inside the call and joins at once;
+   inside the call and joins at once. With `encode_streams_early` (the server's default) a
+   streamed sequence that arrives while a step runs is encoded on that thread at once, beside
+   the step, and joins at the next boundary already encoded: its first piece does not wait for
+   its encoder inside the step, nor do the other streams' steps;
 4. sequences that finished are answered at once; greedy ones hand each new token to their
    listener (streaming) as it comes.
 
@@ -70,10 +73,12 @@ class DecodeScheduler:
         clock: Callable[[], float] = time.monotonic,
         observer: DecodeObserver | None = None,
         encode_ahead: bool = False,
+        encode_streams_early: bool = False,
     ) -> None:
         """`finish` turns a finished sequence's ids into its answer (detokenizes); `max_steps`
         caps a max_new_tokens to what the decoder can represent; `encode_ahead`: joiners are
-        encoded on a thread of their own beside the running batch's step (module docstring)."""
+        encoded on a thread of their own beside the running batch's step; `encode_streams_early`:
+        streamed ones on that thread as they arrive (module docstring)."""
         self.name = name
         self.policy = policy
         self._engine = engine
@@ -91,8 +96,12 @@ class DecodeScheduler:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._admission = DecodeAdmission(name, policy)
+        self._encode_ahead = encode_ahead
+        self._encode_streams_early = encode_streams_early
         self._encoder = (
-            ThreadPoolExecutor(1, thread_name_prefix=f"encode-{name}") if encode_ahead else None
+            ThreadPoolExecutor(1, thread_name_prefix=f"encode-{name}")
+            if encode_ahead or encode_streams_early
+            else None
         )
         self._encoding: tuple[list[DecodeItem], Future[Sequence[Any]]] | None = None
 
@@ -109,7 +118,7 @@ class DecodeScheduler:
     @property
     def encodes_ahead(self) -> bool:
         """Whether joiners are encoded beside the running step (`encode_ahead`)."""
-        return self._encoder is not None
+        return self._encode_ahead
 
     def start(self) -> None:
         """Start the step loop's thread; answers are delivered to the running event loop."""
@@ -171,9 +180,18 @@ class DecodeScheduler:
                 for i, payload in enumerate(payloads)
             ]
             self._next_id += len(items)
+            if on_token is not None and self._encode_streams_early and self._rows:
+                self._encode_on_arrival(items)  # a step is running: encode beside it
             self.waiting.extend(items)
             self._wake.notify()
         return items
+
+    def _encode_on_arrival(self, items: list[DecodeItem]) -> None:
+        """Start each item's encoder run on the encoder's thread (a run each: a stream is
+        one text, and the budgets may admit the items of a request one by one)."""
+        assert self._encoder is not None
+        for item in items:
+            item.encoding = self._encoder.submit(self._engine.encode, [item.as_join()])
 
     def predicted_wait_s(self, rows: int = 0) -> float | None:
         """Seconds until `rows` more decoder rows would get a place in the running batch (None
@@ -240,11 +258,13 @@ class DecodeScheduler:
         in_step = list(self.running.values())  # what this step runs (less what is encoded)
         started = self._clock()
         try:
-            encoded = self._take_encoded()
+            encoded = [*self._take_encoded(), *self._encoded_on_arrival(joins)]
+            joins = [i for i in joins if i.encoding is None]
             # A step runs anyway: encode the joiners beside it; they join at the next one. A
             # streamed sequence joins at once: its client is waiting for the first piece.
             ahead = [i for i in joins if i.on_token is None]
-            if ahead and self._encoder is not None and self._engine.rows:
+            if ahead and self._encode_ahead and self._engine.rows:
+                assert self._encoder is not None
                 future = self._encoder.submit(self._engine.encode, [i.as_join() for i in ahead])
                 self._encoding = (ahead, future)
                 joins = [i for i in joins if i.on_token is not None]
@@ -278,6 +298,12 @@ class DecodeScheduler:
         gone = {item.seq_id for item in items if item.seq_id not in self.running}
         runs = [run.without(gone) for run in future.result()]
         return [run for run in runs if run is not None]
+
+    @staticmethod
+    def _encoded_on_arrival(joins: list[DecodeItem]) -> list[Any]:
+        """The runs of the joiners encoded as they arrived (waiting for any still running);
+        raises what the encoder raised."""
+        return [run for item in joins if item.encoding for run in item.encoding.result()]
 
     def _abandoned(self) -> list[int]:
         """Running sequences whose client went away or whose deadline passed: they leave."""

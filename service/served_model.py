@@ -315,12 +315,23 @@ def decode_scheduler(
         max_queue_size=settings.max_queue_size,
     )
     lanes = decode_lanes(settings) if engine.provider == CPU else 1
-    make = lane_maker(name, engine, side_by_side=lanes > 1, encode_ahead=encodes_ahead(settings))
+    make = lane_maker(
+        name,
+        engine,
+        side_by_side=lanes > 1,
+        encode_ahead=encodes_ahead(settings),
+        encode_streams_early=settings.decode_encode_streams_early,
+    )
     return scheduler_for(lanes, make, policy, metrics.decode_observer(name))
 
 
 def lane_maker(
-    name: str, engine: TranslatorEngine, *, side_by_side: bool, encode_ahead: bool
+    name: str,
+    engine: TranslatorEngine,
+    *,
+    side_by_side: bool,
+    encode_ahead: bool,
+    encode_streams_early: bool = True,
 ) -> Callable[[DecodePolicy, DecodeObserver, int], DecodeScheduler]:
     """What builds one lane's scheduler of a translator (`scheduler_for`'s `make`)."""
 
@@ -333,6 +344,7 @@ def lane_maker(
             max_steps=engine.generator.max_steps,
             observer=observer,
             encode_ahead=encode_ahead,
+            encode_streams_early=encode_streams_early,
         )
 
     return make

@@ -188,6 +188,12 @@ class Settings(BaseSettings):
         "and join at the next step, so decoding never waits for the encoder (else: encoded "
         "inside the step)",
     )
+    decode_encode_streams_early: bool = Field(
+        default=True,
+        description="step-scheduled translators: a streamed sequence arriving while a step runs "
+        "is encoded at once on a thread of its own beside that step and joins at the next step "
+        "already encoded (else: encoded inside the step it joins)",
+    )
     decode_lanes: int | None = Field(
         default=None,
         ge=1,

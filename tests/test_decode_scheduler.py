@@ -94,6 +94,14 @@ async def advance(runner: FakeRunner, steps: int) -> None:
         await asyncio.sleep(0.001)
 
 
+async def until(condition: Callable[[], object], what: str, within_s: float = 5.0) -> None:
+    """Wait for `condition` (on another thread's doing); fail, not hang, if it never holds."""
+    give_up = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < give_up, f"never happened: {what}"
+        await asyncio.sleep(0.001)
+
+
 def unleash(runner: FakeRunner) -> None:
     """Every later step runs at once."""
     assert runner.permits is not None
@@ -121,7 +129,10 @@ GREEDY = DecodingParams(beam_size=1, max_new_tokens=32)
 
 
 def make(
-    clock: Callable[[], float] = time.monotonic, encode_ahead: bool = False, **policy: int
+    clock: Callable[[], float] = time.monotonic,
+    encode_ahead: bool = False,
+    encode_streams_early: bool = False,
+    **policy: int,
 ) -> tuple[DecodeScheduler, FakeRunner, Recorder]:
     runner, recorder = FakeRunner(), Recorder()
     scheduler = DecodeScheduler(
@@ -133,6 +144,7 @@ def make(
         clock=clock,
         observer=recorder,
         encode_ahead=encode_ahead,
+        encode_streams_early=encode_streams_early,
     )
     return scheduler, runner, recorder
 
@@ -215,6 +227,53 @@ def test_a_streamed_sequence_joins_at_once_even_with_encode_ahead() -> None:
     assert joined_at == 4 and runner.encoded_on == []
 
 
+def test_a_stream_arriving_during_a_step_is_encoded_beside_it_and_joins_next() -> None:
+    """encode_streams_early: a streamed sequence arriving while a step runs is encoded on the
+    encoder's thread at once and joins at the next boundary, encoded; one arriving to an empty
+    batch is encoded inside the step (nothing to overlap); whole answers are not affected."""
+
+    async def main() -> tuple[FakeRunner, list[DecodeItem], list[int]]:
+        scheduler, runner, _ = make(encode_streams_early=True)
+        runner.permits = threading.Semaphore(0)
+        scheduler.start()
+        pieces: list[int] = []
+        (first,) = scheduler.submit([src(6)], key=GREEDY, timeout_s=10, on_token=pieces.append)
+        await advance(runner, 2)  # step 2 is under way
+        (late,) = scheduler.submit([src(2)], key=GREEDY, timeout_s=10, on_token=pieces.append)
+        await until(lambda: runner.encoded_on, "encoded before the step it joins began")
+        (whole,) = scheduler.submit([src(2)], key=GREEDY, timeout_s=10)
+        unleash(runner)
+        await asyncio.gather(first.future, late.future, whole.future)
+        await scheduler.stop(5)
+        return runner, [first, late, whole], pieces
+
+    runner, (first, late, whole), pieces = asyncio.run(main())
+    assert runner.calls[0][0] == [first.seq_id]  # an empty batch: encoded inside its step
+    assert runner.encoded_on == ["encode-translator_0"]  # the late stream, and it alone
+    assert runner.calls[3][0] == [late.seq_id, whole.seq_id]  # joined at the next boundary
+    assert late.future.result() == "7 7" and whole.future.result() == "7 7"
+    assert pieces.count(7) == 6 + 2
+
+
+def test_a_stream_that_leaves_while_it_is_encoded_early_never_joins() -> None:
+    async def main() -> None:
+        scheduler, runner, recorder = make(encode_streams_early=True)
+        runner.permits = threading.Semaphore(0)
+        scheduler.start()
+        (long,) = scheduler.submit([src(6)], key=GREEDY, timeout_s=10)
+        await advance(runner, 2)
+        (gone,) = scheduler.submit([src(3)], key=GREEDY, timeout_s=10, on_token=lambda _: None)
+        await until(lambda: runner.encoded_on, "encoded beside the step")
+        gone.future.cancel()
+        unleash(runner)
+        await long.future
+        await scheduler.stop(5)
+        assert all(gone.seq_id not in joins for joins, _, _ in runner.calls)
+        assert recorder.dropped == {"cancelled": 1} and scheduler.rows == 0
+
+    asyncio.run(main())
+
+
 def test_a_sequence_that_leaves_while_it_is_encoded_never_joins() -> None:
     async def main() -> None:
         scheduler, runner, recorder = make(encode_ahead=True)
@@ -224,8 +283,7 @@ def test_a_sequence_that_leaves_while_it_is_encoded_never_joins() -> None:
         await advance(runner, 2)
         (gone,) = scheduler.submit([src(3)], key=GREEDY, timeout_s=10)
         await advance(runner, 1)
-        while not runner.encoded_on:  # admitted, its encoder run handed off
-            await asyncio.sleep(0.001)
+        await until(lambda: runner.encoded_on, "admitted, its encoder run handed off")
         gone.future.cancel()
         unleash(runner)
         await long.future
