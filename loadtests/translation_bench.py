@@ -43,9 +43,8 @@ from service.engines.translator import DecodingParams
 logger = logging.getLogger(__name__)
 
 # The server's environment per mode: step scheduling (the default: one lane per core, each
-# encoding its joiners, streams encoded as they arrive), the same with streams encoded inside
-# the step they join, one lane with the encoder beside its steps, one lane encoding inside
-# the step, request-level batching, request-level batching with two engine runs in flight (its
+# encoding its joiners), the same with streams encoded as they arrive, one lane with the
+# encoder beside its steps, one lane encoding inside the step, request-level batching, request-level batching with two engine runs in flight (its
 # best setting on a 2-core CPU with --threads 1: one decode thread per core, like the lanes), and
 # request-level batching as issue 13 found it (one engine run at a time on two intra-op threads,
 # whatever --threads says: the baseline of the issue's target).
@@ -53,9 +52,9 @@ ONE_LANE = {"NLPSERVE_TRANSLATION_BATCHING": "step", "NLPSERVE_DECODE_LANES": "1
 REQUEST_LEVEL = {"NLPSERVE_TRANSLATION_BATCHING": "request"}
 MODES = {
     "step": {"NLPSERVE_TRANSLATION_BATCHING": "step"},
-    "step-streams-inline": {
+    "step-streams-early": {
         "NLPSERVE_TRANSLATION_BATCHING": "step",
-        "NLPSERVE_DECODE_ENCODE_STREAMS_EARLY": "false",
+        "NLPSERVE_DECODE_ENCODE_STREAMS_EARLY": "true",
     },
     "step-one-lane": ONE_LANE,
     "step-inline": {**ONE_LANE, "NLPSERVE_DECODE_ENCODE_AHEAD": "0"},

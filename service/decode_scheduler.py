@@ -17,7 +17,7 @@ every step boundary:
    waits for the encoder (streamed sequences, whose client waits for the first piece, join at
    once) (on the real translator the encoder took 28% of the step loop's time at
    32 users, py-spy); a joiner that arrives to an empty batch, with no step to overlap, is encoded
-   inside the call and joins at once. With `encode_streams_early` (the server's default) a
+   inside the call and joins at once. With `encode_streams_early` (a setting, off by default) a
    streamed sequence that arrives while a step runs is encoded on that thread at once, beside
    the step, and joins at the next boundary already encoded: its first piece does not wait for
    its encoder inside the step, nor do the other streams' steps;

@@ -331,7 +331,7 @@ def lane_maker(
     *,
     side_by_side: bool,
     encode_ahead: bool,
-    encode_streams_early: bool = True,
+    encode_streams_early: bool = False,
 ) -> Callable[[DecodePolicy, DecodeObserver, int], DecodeScheduler]:
     """What builds one lane's scheduler of a translator (`scheduler_for`'s `make`)."""
 

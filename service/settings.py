@@ -189,10 +189,11 @@ class Settings(BaseSettings):
         "inside the step)",
     )
     decode_encode_streams_early: bool = Field(
-        default=True,
+        default=False,
         description="step-scheduled translators: a streamed sequence arriving while a step runs "
         "is encoded at once on a thread of its own beside that step and joins at the next step "
-        "already encoded (else: encoded inside the step it joins)",
+        "already encoded (else: encoded inside the step it joins; off: over HTTP it moved the "
+        "first piece by less than the noise, reports/translation-benchmark.md, stop 28)",
     )
     decode_lanes: int | None = Field(
         default=None,

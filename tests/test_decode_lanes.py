@@ -153,11 +153,11 @@ def test_a_served_translator_decodes_in_lanes_as_if_alone(
     assert served_model.decode_lanes(service_settings(decode_lanes=3)) == 3
     lanes = served_model.decode_scheduler("translator", engine, settings, ServiceMetrics())
     assert isinstance(lanes, DecodeLanes) and len(lanes.lanes) == 2
-    assert all(lane._encode_streams_early for lane in lanes.lanes)  # the default
-    inline = service_settings(intra_op_threads=2, decode_encode_streams_early=False)
-    other = served_model.decode_scheduler("translator", engine, inline, ServiceMetrics())
+    assert not any(lane._encode_streams_early for lane in lanes.lanes)  # the default
+    early = service_settings(intra_op_threads=2, decode_encode_streams_early=True)
+    other = served_model.decode_scheduler("translator", engine, early, ServiceMetrics())
     assert isinstance(other, DecodeLanes)
-    assert not any(lane._encode_streams_early for lane in other.lanes)
+    assert all(lane._encode_streams_early for lane in other.lanes)
     texts = [f"a dog number {i} runs " + "fast " * (i % 7) for i in range(24)]
     sources = engine.encoder.encode(texts)
     stepped = [0, 0]
