@@ -44,10 +44,11 @@ logger = logging.getLogger(__name__)
 
 # The server's environment per mode: step scheduling (the default: one lane per core, each
 # encoding its joiners), the same with streams encoded as they arrive, one lane with the
-# encoder beside its steps, one lane encoding inside the step, request-level batching, request-level batching with two engine runs in flight (its
-# best setting on a 2-core CPU with --threads 1: one decode thread per core, like the lanes), and
-# request-level batching as issue 13 found it (one engine run at a time on two intra-op threads,
-# whatever --threads says: the baseline of the issue's target).
+# encoder beside its steps, one lane encoding inside the step, request-level batching,
+# request-level batching with two engine runs in flight (its best setting on a 2-core CPU with
+# --threads 1: one decode thread per core, like the lanes), and request-level batching as issue
+# 13 found it (one engine run at a time on two intra-op threads, whatever --threads says: the
+# baseline of the issue's target).
 ONE_LANE = {"NLPSERVE_TRANSLATION_BATCHING": "step", "NLPSERVE_DECODE_LANES": "1"}
 REQUEST_LEVEL = {"NLPSERVE_TRANSLATION_BATCHING": "request"}
 MODES = {
