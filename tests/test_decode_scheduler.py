@@ -255,35 +255,22 @@ def test_a_stream_arriving_during_a_step_is_encoded_beside_it_and_joins_next() -
     assert pieces.count(7) == 6 + 2
 
 
-def test_a_stream_that_leaves_while_it_is_encoded_early_never_joins() -> None:
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_sequence_that_leaves_while_it_is_encoded_never_joins(streamed: bool) -> None:
+    """Encoded ahead (admitted, then encoded beside the next step) or, streamed, encoded early
+    (as it arrived): its client leaves meanwhile and it never joins."""
+
     async def main() -> None:
-        scheduler, runner, recorder = make(encode_streams_early=True)
-        runner.permits = threading.Semaphore(0)
-        scheduler.start()
-        (long,) = scheduler.submit([src(6)], key=GREEDY, timeout_s=10)
-        await advance(runner, 2)
-        (gone,) = scheduler.submit([src(3)], key=GREEDY, timeout_s=10, on_token=lambda _: None)
-        await until(lambda: runner.encoded_on, "encoded beside the step")
-        gone.future.cancel()
-        unleash(runner)
-        await long.future
-        await scheduler.stop(5)
-        assert all(gone.seq_id not in joins for joins, _, _ in runner.calls)
-        assert recorder.dropped == {"cancelled": 1} and scheduler.rows == 0
-
-    asyncio.run(main())
-
-
-def test_a_sequence_that_leaves_while_it_is_encoded_never_joins() -> None:
-    async def main() -> None:
-        scheduler, runner, recorder = make(encode_ahead=True)
+        scheduler, runner, recorder = make(encode_ahead=not streamed, encode_streams_early=streamed)
         runner.permits = threading.Semaphore(0)
         scheduler.start()
         (long,) = scheduler.submit([src(8)], key=GREEDY, timeout_s=10)
         await advance(runner, 2)
-        (gone,) = scheduler.submit([src(3)], key=GREEDY, timeout_s=10)
-        await advance(runner, 1)
-        await until(lambda: runner.encoded_on, "admitted, its encoder run handed off")
+        listener = (lambda _: None) if streamed else None
+        (gone,) = scheduler.submit([src(3)], key=GREEDY, timeout_s=10, on_token=listener)
+        if not streamed:
+            await advance(runner, 1)  # admitted at the next boundary, encoded beside its step
+        await until(lambda: runner.encoded_on, "its encoder run handed off")
         gone.future.cancel()
         unleash(runner)
         await long.future
