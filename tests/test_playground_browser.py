@@ -62,6 +62,12 @@ def browser() -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
+# The sentiment row's request count in the live panel (null before the row exists).
+LIVE_SENTIMENT_COUNT = """
+const cell = document.querySelector('#live tr[data-model="sentiment"] td:nth-child(2)');
+return cell ? parseFloat(cell.textContent) : null;
+"""
+
 # The translator's row of the live panel once it shows a batch size (null until then).
 LIVE_TRANSLATOR = """
 const row = document.querySelector('#live tr[data-model="translator"]');
@@ -157,18 +163,10 @@ def test_playground_round_trips_in_a_real_browser(
     assert len(results) == 2
     assert all(r.find_elements(By.CLASS_NAME, "translation") for r in results)
 
-    # The live panel counts the requests it just saw.
-    WebDriverWait(driver, WAIT_S).until(
-        lambda d: (
-            d.find_elements(By.CSS_SELECTOR, '#live tr[data-model="sentiment"]')
-            and float(
-                d.find_element(
-                    By.CSS_SELECTOR, '#live tr[data-model="sentiment"] td:nth-child(2)'
-                ).text
-            )
-            > 0
-        )
-    )
+    # The live panel counts the requests it just saw. Read in one script: the panel's rows are
+    # replaced every second, and an element found by one call can be gone by the next (a
+    # StaleElementReferenceException in CI, stop 28).
+    WebDriverWait(driver, WAIT_S).until(lambda d: (d.execute_script(LIVE_SENTIMENT_COUNT) or 0) > 0)
     # The translator is decoded step by step: its batch is rows per step, its padding "–" with
     # a tooltip saying why. Read in one script: the panel's rows are replaced every second.
     translator = WebDriverWait(driver, WAIT_S).until(lambda d: d.execute_script(LIVE_TRANSLATOR))
