@@ -31,8 +31,8 @@ from service.engines import ModelWorker, SessionSettings, TranslatorEngine
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams
 from service.repository import scan
-from service.served_model import lane_maker
 from service.settings import available_cores
+from service.translator_scheduling import lane_maker
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float | None]:
@@ -177,7 +177,7 @@ async def compare(
         worker = ModelWorker("translator", runs_in_flight)
         if not mode.startswith("request"):
             lanes = 1 if mode in ("step-one-lane", "step-inline") else available_cores()
-            ahead = mode != "step-inline" and lanes == 1  # as served_model.encodes_ahead
+            ahead = mode != "step-inline" and lanes == 1  # as translator_scheduling.encodes_ahead
             lane = lane_maker("translator", engine, side_by_side=lanes > 1, encode_ahead=ahead)
             scheduler = scheduler_for(lanes, lane, DecodePolicy(), counts)
             scheduler.start()

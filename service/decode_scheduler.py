@@ -33,8 +33,9 @@ per step.
 Budgets, queue limits and admission (429 with Retry-After when the wait for a place, predicted
 from the measured rate rows free up, would pass the deadline), deadlines (504) and cancellation
 work as in `service.batcher`, whose `submit` interface this class shares. The budgets and the
-admission rule are in service/decode_policy.py; metrics observe it from outside (`DecodeObserver`);
-the items, step statistics and interfaces are in service/decode_items.py.
+admission rule are in service/decode_policy.py, the encoder thread in service/decode_encoder.py;
+metrics observe it from outside (`DecodeObserver`); the items, step statistics and interfaces
+are in service/decode_items.py.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from service.decode_encoder import JoinEncoder
 from service.decode_items import DecodeItem, DecodeObserver, NullObserver, StepEngine, StepStats
 from service.decode_policy import DecodeAdmission, DecodePolicy, cache_tokens, check_fits, joining
 from service.engines.decode_io import Outcome
@@ -96,14 +97,9 @@ class DecodeScheduler:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._admission = DecodeAdmission(name, policy)
-        self._encode_ahead = encode_ahead
-        self._encode_streams_early = encode_streams_early
-        self._encoder = (
-            ThreadPoolExecutor(1, thread_name_prefix=f"encode-{name}")
-            if encode_ahead or encode_streams_early
-            else None
+        self._encoder = JoinEncoder(
+            name, engine, ahead=encode_ahead, streams_early=encode_streams_early
         )
-        self._encoding: tuple[list[DecodeItem], Future[Sequence[Any]]] | None = None
 
     # ------------------------------------------------------------------ public API (as Batcher)
 
@@ -118,7 +114,7 @@ class DecodeScheduler:
     @property
     def encodes_ahead(self) -> bool:
         """Whether joiners are encoded beside the running step (`encode_ahead`)."""
-        return self._encode_ahead
+        return self._encoder.ahead
 
     def start(self) -> None:
         """Start the step loop's thread; answers are delivered to the running event loop."""
@@ -180,18 +176,11 @@ class DecodeScheduler:
                 for i, payload in enumerate(payloads)
             ]
             self._next_id += len(items)
-            if on_token is not None and self._encode_streams_early and self._rows:
-                self._encode_on_arrival(items)  # a step is running: encode beside it
+            if on_token is not None and self._encoder.streams_early and self._rows:
+                self._encoder.on_arrival(items)  # a step is running: encode beside it
             self.waiting.extend(items)
             self._wake.notify()
         return items
-
-    def _encode_on_arrival(self, items: list[DecodeItem]) -> None:
-        """Start each item's encoder run on the encoder's thread (a run each: a stream is
-        one text, and the budgets may admit the items of a request one by one)."""
-        assert self._encoder is not None
-        for item in items:
-            item.encoding = self._encoder.submit(self._engine.encode, [item.as_join()])
 
     def predicted_wait_s(self, rows: int = 0) -> float | None:
         """Seconds until `rows` more decoder rows would get a place in the running batch (None
@@ -241,9 +230,7 @@ class DecodeScheduler:
         except BaseException:
             logger.exception("model %s: decoding loop crashed", self.name)
         finally:
-            self._encoding = None
-            if self._encoder is not None:
-                self._encoder.shutdown(wait=False)
+            self._encoder.shutdown()
             self._fail_all(ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down"))
 
     def step(self) -> None:
@@ -258,15 +245,13 @@ class DecodeScheduler:
         in_step = list(self.running.values())  # what this step runs (less what is encoded)
         started = self._clock()
         try:
-            encoded = [*self._take_encoded(), *self._encoded_on_arrival(joins)]
+            encoded = [*self._encoder.take_ahead(self.running), *JoinEncoder.arrived(joins)]
             joins = [i for i in joins if i.encoding is None]
             # A step runs anyway: encode the joiners beside it; they join at the next one. A
             # streamed sequence joins at once: its client is waiting for the first piece.
             ahead = [i for i in joins if i.on_token is None]
-            if ahead and self._encode_ahead and self._engine.rows:
-                assert self._encoder is not None
-                future = self._encoder.submit(self._engine.encode, [i.as_join() for i in ahead])
-                self._encoding = (ahead, future)
+            if ahead and self._encoder.ahead and self._engine.rows:
+                self._encoder.encode_ahead(ahead)
                 joins = [i for i in joins if i.on_token is not None]
                 aside = {i.seq_id for i in ahead}
                 in_step = [i for i in in_step if i.seq_id not in aside]
@@ -277,7 +262,7 @@ class DecodeScheduler:
             self._deliver([(item, None, error) for item in self.running.values()])
             self.running.clear()
             self._rows = 0
-            self._encoding = None  # its sequences were in `running`: answered above
+            self._encoder.forget()  # its sequences were in `running`: answered above
             self._engine.reset()
             return
         rows_before = self._rows
@@ -287,23 +272,6 @@ class DecodeScheduler:
         joined = len(joins) + sum(len(run.joins) for run in encoded)
         cache = cache_tokens(rows, in_step)
         self._observer.on_step(StepStats(rows, len(in_step), joined, finished, cache, seconds))
-
-    def _take_encoded(self) -> list[Any]:
-        """The runs encoded beside the last step (waiting for the encoder if it is still on
-        them), minus the sequences that left meanwhile; raises what the encoder raised."""
-        if self._encoding is None:
-            return []
-        items, future = self._encoding
-        self._encoding = None
-        gone = {item.seq_id for item in items if item.seq_id not in self.running}
-        runs = [run.without(gone) for run in future.result()]
-        return [run for run in runs if run is not None]
-
-    @staticmethod
-    def _encoded_on_arrival(joins: list[DecodeItem]) -> list[Any]:
-        """The runs of the joiners encoded as they arrived (waiting for any still running);
-        raises what the encoder raised."""
-        return [run for item in joins if item.encoding for run in item.encoding.result()]
 
     def _abandoned(self) -> list[int]:
         """Running sequences whose client went away or whose deadline passed: they leave."""

@@ -19,9 +19,7 @@ from typing import Any, TypeVar
 
 from service.batch_policy import BatchPolicy
 from service.batcher import Batcher
-from service.decode_items import DecodeObserver
-from service.decode_lanes import DecodeLanes, scheduler_for
-from service.decode_policy import DecodePolicy
+from service.decode_lanes import DecodeLanes
 from service.decode_scheduler import DecodeScheduler
 from service.engines import (
     ClassifierEngine,
@@ -32,13 +30,13 @@ from service.engines import (
     TranslatorEngine,
     load_engine,
 )
-from service.engines.session import CPU
 from service.errors import ErrorKind, ServiceError
 from service.metrics import ServiceMetrics
 from service.repository import ModelConfig, ModelVersion
-from service.settings import Settings, available_cores
+from service.settings import Settings
 from service.stats import FanOut, ModelStatistics
 from service.tracing import mark_batches
+from service.translator_scheduling import decode_lanes, decode_scheduler
 
 Disconnected = Callable[[], Awaitable[None]]  # completes when the client has gone away
 T = TypeVar("T")
@@ -274,25 +272,6 @@ def side_by_side_runs(settings: Settings) -> int:
     return settings.intra_op_threads if settings.intra_op_threads > 1 else 0
 
 
-def decode_lanes(settings: Settings) -> int:
-    """Lanes of a step-scheduled translator's running batch (`Settings.decode_lanes`)."""
-    if settings.decode_lanes is not None:
-        return settings.decode_lanes
-    return available_cores() if settings.side_by_side_under_load else 1
-
-
-def encodes_ahead(settings: Settings) -> bool:
-    """Whether a step-scheduled translator encodes joiners on a thread of their own beside the
-    step (`Settings.decode_encode_ahead`). That thread needs a core the decoder leaves free:
-    with every core in the decoder's run the two only take turns (no gain at 2 threads of 2),
-    and with several lanes one lane's encoder runs beside the other lanes' steps anyway (32
-    users in process, two alternated rounds: 2 lanes 244 / 256 req/s, 2 lanes encoding ahead
-    247 / 257; over HTTP 216 / 209 vs 198 / 184; runs/s26, service/decode_lanes.py)."""
-    if not settings.decode_encode_ahead or decode_lanes(settings) > 1:
-        return False
-    return settings.intra_op_threads < available_cores()
-
-
 def session_settings(settings: Settings) -> SessionSettings:
     return SessionSettings(
         providers=settings.providers,
@@ -302,52 +281,6 @@ def session_settings(settings: Settings) -> SessionSettings:
         spin_only_during_runs=settings.spin_only_during_runs,
         cuda_device_id=settings.cuda_device_id,
     )
-
-
-def decode_scheduler(
-    name: str, engine: TranslatorEngine, settings: Settings, metrics: ServiceMetrics
-) -> DecodeScheduler | DecodeLanes:
-    """The scheduler of a served translator, with the service's settings and metrics: on CPU,
-    one per lane (service/decode_lanes.py)."""
-    policy = DecodePolicy(
-        max_running_sequences=settings.decode_max_running_sequences,
-        max_cache_tokens=settings.decode_max_cache_tokens,
-        max_queue_size=settings.max_queue_size,
-    )
-    lanes = decode_lanes(settings) if engine.provider == CPU else 1
-    make = lane_maker(
-        name,
-        engine,
-        side_by_side=lanes > 1,
-        encode_ahead=encodes_ahead(settings),
-        encode_streams_early=settings.decode_encode_streams_early,
-    )
-    return scheduler_for(lanes, make, policy, metrics.decode_observer(name))
-
-
-def lane_maker(
-    name: str,
-    engine: TranslatorEngine,
-    *,
-    side_by_side: bool,
-    encode_ahead: bool,
-    encode_streams_early: bool = False,
-) -> Callable[[DecodePolicy, DecodeObserver, int], DecodeScheduler]:
-    """What builds one lane's scheduler of a translator (`scheduler_for`'s `make`)."""
-
-    def make(policy: DecodePolicy, observer: DecodeObserver, index: int) -> DecodeScheduler:
-        return DecodeScheduler(
-            name,
-            engine.decode_batch(side_by_side=side_by_side),
-            policy,
-            finish=engine.finish,
-            max_steps=engine.generator.max_steps,
-            observer=observer,
-            encode_ahead=encode_ahead,
-            encode_streams_early=encode_streams_early,
-        )
-
-    return make
 
 
 async def wait_all(

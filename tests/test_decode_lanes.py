@@ -136,28 +136,30 @@ def test_a_served_translator_decodes_in_lanes_as_if_alone(
 ) -> None:
     """The served translator on 2 cores gets two lanes on the one-thread decoder session; 24
     sentences submitted at once spread over both and each decodes to its ids alone."""
-    from service import served_model
+    from service import translator_scheduling
     from service.engines import SessionSettings, TranslatorEngine
     from service.metrics import ServiceMetrics
     from service.repository import scan
 
-    monkeypatch.setattr(served_model, "available_cores", lambda: 2)
+    monkeypatch.setattr(translator_scheduling, "available_cores", lambda: 2)
     versions, _ = scan(model_repository, {})
     version = next(v for v in versions if v.name == "translator")
     two_threads = SessionSettings(providers="cpu", intra_op_threads=2, allow_spinning=False)
     engine = TranslatorEngine(version, two_threads, single_thread_runs=True)
     assert engine.single_thread_generator.decoder is not engine.generator.decoder
     settings = service_settings(intra_op_threads=2)
-    assert served_model.decode_lanes(settings) == 2 and not served_model.encodes_ahead(settings)
-    assert served_model.decode_lanes(service_settings(side_by_side_under_load=False)) == 1
-    assert served_model.decode_lanes(service_settings(decode_lanes=3)) == 3
-    lanes = served_model.decode_scheduler("translator", engine, settings, ServiceMetrics())
+    assert translator_scheduling.decode_lanes(
+        settings
+    ) == 2 and not translator_scheduling.encodes_ahead(settings)
+    assert translator_scheduling.decode_lanes(service_settings(side_by_side_under_load=False)) == 1
+    assert translator_scheduling.decode_lanes(service_settings(decode_lanes=3)) == 3
+    lanes = translator_scheduling.decode_scheduler("translator", engine, settings, ServiceMetrics())
     assert isinstance(lanes, DecodeLanes) and len(lanes.lanes) == 2
-    assert not any(lane._encode_streams_early for lane in lanes.lanes)  # the default
+    assert not any(lane._encoder.streams_early for lane in lanes.lanes)  # the default
     early = service_settings(intra_op_threads=2, decode_encode_streams_early=True)
-    other = served_model.decode_scheduler("translator", engine, early, ServiceMetrics())
+    other = translator_scheduling.decode_scheduler("translator", engine, early, ServiceMetrics())
     assert isinstance(other, DecodeLanes)
-    assert all(lane._encode_streams_early for lane in other.lanes)
+    assert all(lane._encoder.streams_early for lane in other.lanes)
     texts = [f"a dog number {i} runs " + "fast " * (i % 7) for i in range(24)]
     sources = engine.encoder.encode(texts)
     stepped = [0, 0]

@@ -530,17 +530,21 @@ def test_the_encoder_runs_beside_the_step_only_when_the_threads_leave_it_a_core(
     """On 2 cores: a decoder on 1 thread leaves a core for the encoder beside it; on 2 it
     would only take turns with it, so the joiners are encoded inside the step; with two lanes
     each lane encodes its joiners beside the other's step."""
-    from service import served_model
+    from service import translator_scheduling
     from service.engines import SessionSettings, TranslatorEngine
     from service.metrics import ServiceMetrics
     from service.repository import scan
 
-    monkeypatch.setattr(served_model, "available_cores", lambda: 2)
+    monkeypatch.setattr(translator_scheduling, "available_cores", lambda: 2)
     versions, _ = scan(model_repository, {})
     version = next(v for v in versions if v.name == "translator")
     engine = TranslatorEngine(version, SessionSettings(providers="cpu", allow_spinning=False))
     settings = service_settings(intra_op_threads=threads, decode_lanes=lanes)
-    scheduler = served_model.decode_scheduler("translator", engine, settings, ServiceMetrics())
+    scheduler = translator_scheduling.decode_scheduler(
+        "translator", engine, settings, ServiceMetrics()
+    )
     assert scheduler.encodes_ahead is ahead
     off = service_settings(intra_op_threads=1, decode_lanes=1, decode_encode_ahead=False)
-    assert not served_model.decode_scheduler("t", engine, off, ServiceMetrics()).encodes_ahead
+    assert not translator_scheduling.decode_scheduler(
+        "t", engine, off, ServiceMetrics()
+    ).encodes_ahead
