@@ -20,6 +20,7 @@ from export.publish import PublishError
 from model_src.cli import DefaultsHelpFormatter as Formatter
 from model_src.cli import show_defaults
 from model_src.common.options import from_args
+from service.engines.generation import SELF_ATTENTION_KINDS
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         "training sources)",
     )
     p.add_argument("--calibration-limit", type=int, default=256, help="sentences drawn (256)")
+    p.add_argument(
+        "--self-attention",
+        choices=SELF_ATTENTION_KINDS,
+        help="the decoder's self-attention: group_query (ONNX Runtime's GroupQueryAttention over "
+        "each row's own cache length; the default when the head size is a multiple of 8) or "
+        "masked (plain ONNX ops over the longest row's cache; for fp32 on CUDA)",
+    )
     bench.add_arguments(
         sub.add_parser(
             "bench", help="engine benchmark (PyTorch vs ONNX Runtime)", formatter_class=Formatter

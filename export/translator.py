@@ -25,7 +25,7 @@ from export import provenance, publish, samples
 from export.parity import require
 from export.runtime import make_session
 from export.torchscript import EXPORTER, OPSET
-from export.translator_graph import export_graphs, with_eager_attention
+from export.translator_graph import export_graphs, self_attention_kind, with_eager_attention
 from export.translator_int8 import calibration_feeds, int8_report, quantize_graph
 from export.translator_parity import translation_parity
 from model_src.common.model_card import numeric, recorded_run_card, write_model_card
@@ -34,11 +34,11 @@ from model_src.translator.data import read_lines
 from model_src.translator.tokenizer import TOKENIZER_FILE, decode, encode
 from model_src.translator.transformer import Transformer
 from service.engines.generation import (
-    DECODER_INPUTS,
-    DECODER_OUTPUTS,
     ENCODER_INPUTS,
     ENCODER_OUTPUTS,
     OnnxGenerator,
+    decoder_inputs,
+    decoder_outputs,
 )
 from service.limits import (
     DEFAULT_MAX_BATCH_SIZE,
@@ -77,6 +77,7 @@ class TranslatorExport:
     int8_max_bleu_drop: float = 0.5  # the int8 gate: greedy and beam-4 BLEU vs fp32 ONNX
     calibration: Path | None = None  # int8 calibration sources; None: the recorded train_src
     calibration_limit: int = 256  # sentences drawn (seeded) from it
+    self_attention: str | None = None  # the decoder's kind; None: export.translator_graph picks
 
 
 def export_translator(checkpoint_dir: Path, repository: Path, **options: Any) -> Path:
@@ -97,6 +98,7 @@ def run_export(job: TranslatorExport) -> Path:
         )
     model = with_eager_attention(loaded)
     cfg = model.config
+    self_attention = self_attention_kind(model, job.self_attention)
     max_length = int(ckpt.get("max_length", 128))
     name = job.name or "translator"
     version = publish.resolve_version(job.repository, name, job.version)
@@ -128,7 +130,7 @@ def run_export(job: TranslatorExport) -> Path:
         stage = work / "version"
         stage.mkdir()
         t0 = time.perf_counter()
-        export_graphs(model, stage)
+        export_graphs(model, stage, self_attention)
         export_s = time.perf_counter() - t0
         generator = OnnxGenerator(
             make_session(stage / "encoder.onnx", job.threads, spinning=False),
@@ -193,8 +195,9 @@ def run_export(job: TranslatorExport) -> Path:
                         "outputs": list(ENCODER_OUTPUTS),
                     },
                     "decoder.onnx": {
-                        "inputs": list(DECODER_INPUTS),
-                        "outputs": list(DECODER_OUTPUTS),
+                        "inputs": list(decoder_inputs(self_attention, cfg.n_decoder_layers)),
+                        "outputs": list(decoder_outputs(self_attention, cfg.n_decoder_layers)),
+                        "self_attention": self_attention,
                     },
                     "interface": "service/engines/generation.py module docstring",
                 },

@@ -9,6 +9,7 @@ target prefix is ever recomputed.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,15 @@ import torch
 from torch import nn
 
 from export import torchscript
-from model_src.translator.transformer import Transformer
+from model_src.translator.transformer import MultiHeadAttention, Transformer
 from service.engines.generation import (
-    DECODER_INPUTS,
-    DECODER_OUTPUTS,
     ENCODER_INPUTS,
     ENCODER_OUTPUTS,
+    GROUP_QUERY,
+    MASKED,
+    SELF_ATTENTION_KINDS,
+    decoder_inputs,
+    decoder_outputs,
 )
 
 
@@ -63,6 +67,118 @@ class DecoderStepGraph(nn.Module):
         )
 
 
+class _CachedSelfAttention(torch.autograd.Function):
+    """One new position per row attending over its own cached positions: exported as ONNX
+    Runtime's com.microsoft GroupQueryAttention (one key/value head per query head).
+
+    Caches are left-aligned: row b's positions 0..lengths[b]-1 sit in its first lengths[b]
+    columns, the new key/value is written at column lengths[b], and the kernel reads that row's
+    lengths[b]+1 columns only, so the padding of rows shorter than the longest costs nothing.
+    The returned caches are max(past columns, total) long. `forward` computes the same in torch
+    (the trace's shapes, and the reference tests compare the op against)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        q: torch.Tensor,  # (B, 1, D)
+        k: torch.Tensor,  # (B, 1, D)
+        v: torch.Tensor,  # (B, 1, D)
+        past_k: torch.Tensor,  # (B, H, P, hd)
+        past_v: torch.Tensor,
+        lengths: torch.Tensor,  # (B,) int32: cached positions per row
+        total: torch.Tensor,  # () int32: max(lengths) + 1
+        num_heads: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, _, D = q.shape
+        H, hd = num_heads, D // num_heads
+        P = past_k.shape[2]
+        T = max(P, int(total))
+        rows, at = torch.arange(B), lengths.long()
+        present = []
+        for past, new in ((past_k, k), (past_v, v)):
+            cache = past.new_zeros(B, H, T, hd)
+            cache[:, :, :P] = past
+            cache[rows, :, at] = new.view(B, H, hd)
+            present.append(cache)
+        scores = q.view(B, H, 1, hd) @ present[0].transpose(-2, -1) / math.sqrt(hd)  # (B,H,1,T)
+        visible = torch.arange(T)[None, :] <= lengths[:, None]  # (B, T)
+        scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
+        out = scores.softmax(-1) @ present[1]  # (B, H, 1, hd)
+        return out.transpose(1, 2).reshape(B, 1, D), present[0], present[1]
+
+    @staticmethod
+    def symbolic(g, q, k, v, past_k, past_v, lengths, total, num_heads: int):
+        out, present_k, present_v = g.op(
+            "com.microsoft::GroupQueryAttention",
+            q, k, v, past_k, past_v, lengths, total,
+            num_heads_i=num_heads,
+            kv_num_heads_i=num_heads,
+            outputs=3,
+        )  # fmt: skip
+        # The exporter has no shape inference for a contrib op: the output is typed as the
+        # query, the caches as the past (rank 4, sizes left to ONNX Runtime's own inference).
+        out.setType(q.type())
+        cache = past_k.type().with_sizes([None] * 4)
+        present_k.setType(cache)
+        present_v.setType(cache)
+        return out, present_k, present_v
+
+
+class GroupQueryDecoderStepGraph(nn.Module):
+    """DecoderStepGraph with each layer's self-attention as GroupQueryAttention over left-aligned
+    caches, and every cache an input or output of its own (service/engines/generation.py): the
+    serving loop binds a layer's cache as both input and output, so the kernel writes the new
+    position in place and no step copies a cache. `position` (a row's decoded positions) is its
+    cache length, so rows at different steps share a run with no mask input and no attention
+    over another row's padding."""
+
+    def __init__(self, model: Transformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        position: torch.Tensor,
+        memory_mask: torch.Tensor,
+        *caches: torch.Tensor,  # cross_k_0.., cross_v_0.., self_k_0.., self_v_0.. (L each)
+    ) -> tuple[torch.Tensor, ...]:
+        L = self.model.config.n_decoder_layers
+        cross_k, cross_v, self_k, self_v = (caches[i * L : (i + 1) * L] for i in range(4))
+        lengths = position.to(torch.int32)
+        total = (position.max() + 1).to(torch.int32)
+
+        def attend(
+            layer: int, attention: MultiHeadAttention, h: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            out, k, v = _CachedSelfAttention.apply(
+                attention.q_proj(h), attention.k_proj(h), attention.v_proj(h),
+                self_k[layer], self_v[layer], lengths, total, attention.n_heads,
+            )  # fmt: skip
+            return attention.out_proj(out), k, v
+
+        logits, new_k, new_v = self.model.decode_step_layers(
+            tokens, position, memory_mask, cross_k, cross_v, self_k, self_v, self_attend=attend
+        )
+        return (logits, *new_k, *new_v)
+
+
+def self_attention_kind(model: Transformer, requested: str | None) -> str:
+    """GROUP_QUERY when ONNX Runtime's CPU kernel takes the model's head size (a multiple of 8),
+    else MASKED; `requested` forces one (GROUP_QUERY refused when the kernel cannot run it)."""
+    head_dim = model.config.d_model // model.config.n_heads
+    fits = head_dim % 8 == 0
+    if requested is None:
+        return GROUP_QUERY if fits else MASKED
+    if requested not in SELF_ATTENTION_KINDS:
+        raise ValueError(f"self attention {requested!r}: choose from {SELF_ATTENTION_KINDS}")
+    if requested == GROUP_QUERY and not fits:
+        raise ValueError(
+            f"head size {head_dim}: GroupQueryAttention needs a multiple of 8; export masked"
+        )
+    return requested
+
+
 def with_eager_attention(model: Transformer) -> Transformer:
     """The same Transformer rebuilt on the explicit matmul-softmax attention path."""
     eager = Transformer(dataclasses.replace(model.config, attention="eager"))
@@ -70,8 +186,9 @@ def with_eager_attention(model: Transformer) -> Transformer:
     return eager.eval()
 
 
-def export_graphs(model: Transformer, out_dir: Path) -> tuple[Path, Path]:
-    """Write encoder.onnx and decoder.onnx for `model` (a Transformer) into out_dir."""
+def export_graphs(model: Transformer, out_dir: Path, self_attention: str) -> tuple[Path, Path]:
+    """Write encoder.onnx and decoder.onnx for `model` (a Transformer) into out_dir; the decoder's
+    self-attention is `self_attention` (GROUP_QUERY or MASKED, see self_attention_kind)."""
     cfg = model.config
     L, H = cfg.n_decoder_layers, cfg.n_heads
     hd = cfg.d_model // H
@@ -94,7 +211,7 @@ def export_graphs(model: Transformer, out_dir: Path) -> tuple[Path, Path]:
     )
     with torch.no_grad():
         memory_mask, cross_k, cross_v = EncoderGraph(model)(src)
-    step_args = (
+    step_args: tuple[torch.Tensor, ...] = (
         torch.full((B,), 5, dtype=torch.long),  # tokens
         torch.full((B,), t, dtype=torch.long),  # position
         memory_mask,
@@ -102,27 +219,40 @@ def export_graphs(model: Transformer, out_dir: Path) -> tuple[Path, Path]:
         cross_v,
         torch.randn(L, B, H, t, hd),  # self_k: a non-empty past so its axis is traced as dynamic
         torch.randn(L, B, H, t, hd),
-        torch.ones(B, t + 1, dtype=torch.bool),  # self_mask: every cached position visible
     )
-    torchscript.export(
-        DecoderStepGraph(model),
-        step_args,
-        decoder_path,
-        DECODER_INPUTS,
-        DECODER_OUTPUTS,
-        {
-            "tokens": {0: "batch"},
-            "position": {0: "batch"},
-            "memory_mask": {0: "batch", 1: "src_len"},
+    axes = {
+        "tokens": {0: "batch"},
+        "position": {0: "batch"},
+        "memory_mask": {0: "batch", 1: "src_len"},
+        "logits": {0: "batch"},
+    }
+    if self_attention == MASKED:
+        step_graph: nn.Module = DecoderStepGraph(model)
+        # self_mask: every cached position visible
+        step_args = (*step_args, torch.ones(B, t + 1, dtype=torch.bool))
+        axes |= {
             "cross_k": {1: "batch", 3: "src_len"},
             "cross_v": {1: "batch", 3: "src_len"},
             "self_k": {1: "batch", 3: "past"},
             "self_v": {1: "batch", 3: "past"},
             "self_mask": {0: "batch", 1: "past_plus_one"},
-            "logits": {0: "batch"},
-            "new_self_k": {1: "batch", 3: "past_plus_one"},
-            "new_self_v": {1: "batch", 3: "past_plus_one"},
-        },
+            "new_self_k": {1: "batch", 3: "present"},
+            "new_self_v": {1: "batch", 3: "present"},
+        }
+    else:  # every cache one input (output) per layer: (B, H, columns, hd)
+        step_graph = GroupQueryDecoderStepGraph(model)
+        step_args = (*step_args[:3], *(c for stacked in step_args[3:] for c in stacked))
+        for name in decoder_inputs(self_attention, L)[3:]:
+            axes[name] = {0: "batch", 2: "src_len" if name.startswith("cross") else "past"}
+        for name in decoder_outputs(self_attention, L)[1:]:
+            axes[name] = {0: "batch", 2: "present"}
+    torchscript.export(
+        step_graph,
+        step_args,
+        decoder_path,
+        decoder_inputs(self_attention, L),
+        decoder_outputs(self_attention, L),
+        axes,
     )
     _set_metadata(
         decoder_path,
@@ -134,6 +264,7 @@ def export_graphs(model: Transformer, out_dir: Path) -> tuple[Path, Path]:
             "num_layers": L,
             "num_heads": H,
             "head_dim": hd,
+            "self_attention": self_attention,
         },
     )
     return encoder_path, decoder_path

@@ -34,7 +34,7 @@ import onnx
 import sacrebleu
 
 from export.quantize_static import StaticSettings, quantize_static_int8
-from service.engines.generation import OnnxGenerator
+from service.engines.generation import DecoderState, OnnxGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ ENCODE_SENTENCES = (1, 8)  # encoder timed at these batch sizes
 
 
 class _Recorder:
-    """A session that keeps a copy of every run's feeds."""
+    """A session that keeps a copy of every run's feeds (the encoder's; the decoder step's are
+    recorded by the generator, which binds them in place)."""
 
     def __init__(self, session: Any) -> None:
         self.session = session
@@ -67,15 +68,16 @@ def calibration_feeds(
 ) -> tuple[list[Feeds], list[Feeds]]:
     """The encoder's inputs and the decoder step's (every other step: consecutive steps differ by
     one cache column) while greedy-decoding `sources` in batches."""
-    encoder, decoder = _Recorder(generator.encoder), _Recorder(generator.decoder)
-    generator.encoder, generator.decoder = encoder, decoder
+    encoder = _Recorder(generator.encoder)
+    generator.encoder, generator.recorded_feeds = encoder, []
     try:
         for start in range(0, len(sources), CALIBRATION_BATCH):
             batch = sources[start : start + CALIBRATION_BATCH]
             generator.generate(batch, max_new_tokens=CALIBRATION_MAX_NEW_TOKENS)
+        decoder_feeds = generator.recorded_feeds
     finally:
-        generator.encoder, generator.decoder = encoder.session, decoder.session
-    return encoder.feeds, decoder.feeds[::2]
+        generator.encoder, generator.recorded_feeds = encoder.session, None
+    return encoder.feeds, decoder_feeds[::2]
 
 
 def weight_matmuls_only(decoder: Path) -> tuple[str, ...]:
@@ -149,18 +151,16 @@ def step_ms(generator: OnnxGenerator, rows: int) -> float:
     def noise(*shape: int) -> np.ndarray:
         return rng.standard_normal(shape, dtype=np.float32)
 
-    feeds = {
-        "tokens": np.full(rows, 5, np.int64),
-        "position": np.full(rows, 16, np.int64),
-        "memory_mask": np.ones((rows, 16), bool),
-        "cross_k": noise(L, rows, H, 16, hd),
-        "cross_v": noise(L, rows, H, 16, hd),
-        "self_k": noise(L, rows, H, 16, hd),
-        "self_v": noise(L, rows, H, 16, hd),
-        "self_mask": np.ones((rows, 17), bool),
-    }
-    names = [o.name for o in generator.decoder.get_outputs()]
-    return _median_ms(lambda: generator.decoder.run(names, feeds))
+    state = DecoderState(
+        memory_mask=np.ones((rows, 16), bool),
+        cross_k=noise(L, rows, H, 16, hd),
+        cross_v=noise(L, rows, H, 16, hd),
+        self_k=noise(L, rows, H, 16, hd),
+        self_v=noise(L, rows, H, 16, hd),
+        position=np.full(rows, 16, np.int64),
+    )
+    tokens = np.full(rows, 5, np.int64)
+    return _median_ms(lambda: generator.step(state, tokens))
 
 
 def int8_report(

@@ -135,8 +135,7 @@ def step_cost(
     for n in rows:
         state = random_state(generator, n, cache, source, rng)
         tokens = np.full(n, 5, np.int64)
-        self_mask = np.ones((n, cache + 1), bool)
-        ms = median_ms(lambda s=state, t=tokens, m=self_mask: generator.step(s, t, m), repeats)
+        ms = median_ms(lambda s=state, t=tokens: generator.step(s, t), repeats)
         points.append({"rows": n, "step_ms": ms, "ms_per_row": round(ms / n, 3)})
     fixed, per_row = _line([p["rows"] for p in points], [p["step_ms"] for p in points])
     line = {"fixed_ms": fixed, "row_ms": per_row}
@@ -167,19 +166,22 @@ def layouts(
     def state(n: int, t: int) -> DecoderState:
         return random_state(generator, n, t, source, rng)
 
-    def mask(T: int) -> np.ndarray:
-        return np.arange(T + 1)[None, :] >= (T - lengths)[:, None]
+    def mixed(columns: int) -> DecoderState:
+        """B rows at `lengths` positions in a `columns`-column cache (each row's own columns
+        as the decoder's layout has them: the step reads the positions)."""
+        mixed_state = state(B, columns)
+        mixed_state.position = lengths.astype(np.int64)
+        return mixed_state
 
     tokens = np.full(B, 5, np.int64)
-    padded = (state(B, int(lengths.max())), mask(int(lengths.max())))
-    full = (state(B, preallocated), mask(preallocated))
+    padded, full = mixed(int(lengths.max())), mixed(preallocated)
     groups = [(state(int((lengths == t).sum()), int(t)), int(t)) for t in np.unique(lengths)]
 
     def run_padded() -> None:
-        generator.step(padded[0], tokens, padded[1])
+        generator.step(padded, tokens)
 
     def run_full() -> None:
-        generator.step(full[0], tokens, full[1])
+        generator.step(full, tokens)
 
     def run_groups() -> None:
         for s, _ in groups:

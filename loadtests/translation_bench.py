@@ -245,8 +245,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if step_scheduled(mode) and row["mean_rows_per_step"] is None:
                         raise SystemExit(
                             "translation_bench: the server did not decode step by step (a "
-                            "decoder.onnx without self_mask falls back to request-level "
-                            "batching; see the server log): re-export the translator"
+                            "decoder.onnx exported before step scheduling falls back to "
+                            "request-level batching; see the server log): re-export the "
+                            "translator"
                         )
                     results.append(row)
     return {**describe(args, sentences), "in_process": False, "results": results}

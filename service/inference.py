@@ -178,7 +178,7 @@ class InferenceService:
                 raise ServiceError(
                     ErrorKind.UNSUPPORTED,
                     f"model {model.name!r} is not decoded step by step; streaming needs "
-                    "translation_batching=step and a decoder exported with self_mask",
+                    "translation_batching=step and a decoder exported for it",
                 )
             params = decoding_params(engine.default_params(), 1, max_new_tokens)
             self._check_texts([text], lambda i: f"texts[{i}]")

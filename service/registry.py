@@ -315,10 +315,11 @@ class ModelRegistry:
             return False
         if self._settings.translation_batching != "step":
             return False
-        if not engine.generator.has_self_mask:
+        if not engine.generator.mixed_steps:
             logger.warning(
-                "translator decoder.onnx has no self_mask input (exported before step "
-                "scheduling): request-level batching; re-export to decode step by step"
+                "translator decoder.onnx cannot decode rows at different steps (exported "
+                "before step scheduling): request-level batching; re-export to decode step by "
+                "step"
             )
             return False
         return True

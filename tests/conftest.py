@@ -123,6 +123,25 @@ def _export_models(checkpoints: Path, repository: Path) -> None:
     )
 
 
+@pytest.fixture(scope="session")
+def masked_translator(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny translator of `model_repository` (same checkpoint seed) exported with the masked
+    self-attention decoder (service/engines/generation.py): its version directory."""
+    from export.tiny import tiny_translator_checkpoint
+    from export.translator import export_translator
+
+    root = tmp_path_factory.mktemp("masked")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return export_translator(
+            tiny_translator_checkpoint(root / "checkpoint"),
+            root / "repository",
+            threads=1,
+            max_new_tokens=16,
+            self_attention="masked",
+        )
+
+
 @pytest.fixture
 def copy_repository(model_repository: Path, tmp_path: Path) -> Callable[..., Path]:
     """`copy_repository(*names)`: a private copy of the repository (only `names` if given)."""

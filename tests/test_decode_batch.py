@@ -14,12 +14,24 @@ import pytest
 
 from service.engines.decode_batch import TRIM_SLACK_COLUMNS, DecodeBatch
 from service.engines.decode_io import Join
-from service.engines.generation import OnnxGenerator
+from service.engines.generation import (
+    CACHE_GROWTH_COLUMNS,
+    GROUP_QUERY,
+    MASKED,
+    OnnxGenerator,
+)
 
 
-@pytest.fixture(scope="module")
-def generator(model_repository: Path) -> OnnxGenerator:
-    return OnnxGenerator.from_directory(model_repository / "translator" / "1")
+@pytest.fixture(scope="module", params=[GROUP_QUERY, MASKED])
+def generator(
+    request: pytest.FixtureRequest, model_repository: Path, masked_translator: Path
+) -> OnnxGenerator:
+    """Both decoder kinds (service/engines/generation.py): their cache layouts differ."""
+    if request.param == MASKED:
+        return OnnxGenerator.from_directory(masked_translator)
+    generator = OnnxGenerator.from_directory(model_repository / "translator" / "1")
+    assert generator.left_aligned  # the export's default for this head size
+    return generator
 
 
 def random_sources(n: int, seed: int, vocab: int = 200) -> list[list[int]]:
@@ -139,15 +151,16 @@ def test_free_rows_and_unneeded_columns_are_compacted(generator: OnnxGenerator) 
     assert batch.slots == 2 and batch.state is not None and batch.state.cross_k.shape[3] == 31
     batch.step([], [0])
     assert batch.slots == 1 and batch.state.cross_k.shape[3] == 2
-    assert batch.state.self_k.shape[3] < 2 + TRIM_SLACK_COLUMNS
+    headroom = CACHE_GROWTH_COLUMNS if generator.left_aligned else 0  # for in-place writes
+    assert batch.state.self_k.shape[3] < 2 + headroom + TRIM_SLACK_COLUMNS
     assert batch.cache_tokens == 1 * (2 + batch.state.self_k.shape[3])
 
 
-def test_graphs_without_self_mask_are_refused(generator: OnnxGenerator) -> None:
+def test_graphs_that_cannot_mix_steps_are_refused(generator: OnnxGenerator) -> None:
     """A decoder exported before step scheduling cannot share steps: a clear error, not wrong
     output."""
     old = OnnxGenerator(generator.encoder, generator.decoder)
-    old.has_self_mask = False
+    old.mixed_steps = False
     with pytest.raises(ValueError, match="re-export"):
         DecodeBatch(old)
 

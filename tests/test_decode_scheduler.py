@@ -499,7 +499,7 @@ def test_translators_are_step_scheduled_unless_told_or_exported_before(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The registry schedules a translator step by step by default; translation_batching=request
-    or a decoder without self_mask (an older export, logged) keeps request-level batching."""
+    or a decoder that cannot mix steps (an older export, logged) keeps request-level batching."""
     from service.engines import SessionSettings, TranslatorEngine
     from service.metrics import ServiceMetrics
     from service.registry import ModelRegistry
@@ -511,7 +511,7 @@ def test_translators_are_step_scheduled_unless_told_or_exported_before(
     step = ModelRegistry(service_settings(), ServiceMetrics())
     request = ModelRegistry(service_settings(translation_batching="request"), ServiceMetrics())
     assert step._steps_decoding(engine) and not request._steps_decoding(engine)
-    engine.generator.has_self_mask = False
+    engine.generator.mixed_steps = False
     assert not step._steps_decoding(engine)
     assert "re-export" in caplog.text
 

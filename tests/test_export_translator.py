@@ -24,7 +24,7 @@ from model_src.translator.data import pad
 from model_src.translator.decoding import beam_search, greedy_decode
 from model_src.translator.tokenizer import encode
 from service import repository
-from service.engines.generation import OnnxGenerator
+from service.engines.generation import CACHE_GROWTH_COLUMNS, GROUP_QUERY, MASKED, OnnxGenerator
 
 MAX_NEW = 12
 
@@ -35,16 +35,50 @@ def _no_environment_leak(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+@pytest.fixture(scope="module", params=[None, MASKED])
+def exported(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """Exported with the default decoder (group_query for this head size) and the masked one."""
     root = tmp_path_factory.mktemp("translator")
     ckpt = tiny_translator_checkpoint(root / "ckpt")
     dev = root / "dev.en"
     dev.write_text("\n".join(samples.SOURCE_SENTENCES) + "\n")
     version = export_translator(
-        ckpt, root / "repo", dev_src=dev, max_new_tokens=MAX_NEW, beam_size=4
+        ckpt,
+        root / "repo",
+        dev_src=dev,
+        max_new_tokens=MAX_NEW,
+        beam_size=4,
+        self_attention=request.param,
     )
     return ckpt, version
+
+
+def test_the_decoder_kind_defaults_to_group_query_and_is_recorded(
+    exported: tuple[Path, Path],
+) -> None:
+    """The manifest and the graph's metadata name the decoder kind; its inputs follow it."""
+    graph = json.loads((exported[1] / "manifest.json").read_text())["graphs"]["decoder.onnx"]
+    generator = OnnxGenerator.from_directory(exported[1])
+    assert generator.left_aligned == (graph["self_attention"] == GROUP_QUERY)
+    assert [i.name for i in generator.decoder.get_inputs()] == graph["inputs"]
+    assert ("self_mask" in graph["inputs"]) == (graph["self_attention"] == MASKED)
+    assert ("self_k_1" in graph["inputs"]) == (graph["self_attention"] == GROUP_QUERY)
+
+
+def test_group_query_needs_a_head_size_the_kernel_takes(tmp_path: Path) -> None:
+    """A head size ONNX Runtime's GroupQueryAttention cannot run falls back to masked by
+    default, and asking for group_query is refused before anything is written."""
+    from export.translator_graph import self_attention_kind
+    from model_src.translator.transformer import Transformer, TransformerConfig
+
+    odd = Transformer(TransformerConfig(vocab_size=30, d_model=24, n_heads=2, d_ff=16))
+    assert self_attention_kind(odd, None) == MASKED  # head size 12
+    with pytest.raises(ValueError, match="multiple of 8"):
+        self_attention_kind(odd, GROUP_QUERY)
+    with pytest.raises(ValueError, match="choose from"):
+        self_attention_kind(odd, "flash")
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +125,17 @@ def test_onnx_beam_search_equals_pytorch_and_beam_one_is_greedy(
 def test_decoder_cache_grows_one_position_per_step(
     exported: tuple[Path, Path], sources: list[list[int]]
 ) -> None:
-    """Each step feeds one token and returns the cache one position longer, from empty."""
+    """Each step feeds one token and returns a cache holding one more position, from empty:
+    one column longer (masked), or written in place with room to grow (group_query)."""
     generator = OnnxGenerator.from_directory(exported[1])
     state = generator.start(pad(sources[:3]).numpy())
     tokens = np.full(3, generator.sos_id, dtype=np.int64)
+    assert state.self_k.shape[3] == 0
     for t in range(4):
-        assert state.self_k.shape[3] == t
         logits, state = generator.step(state, tokens)
-        assert state.self_k.shape[3] == state.self_v.shape[3] == t + 1
+        columns = 1 + CACHE_GROWTH_COLUMNS if generator.left_aligned else t + 1
+        assert state.self_k.shape[3] == state.self_v.shape[3] == columns
+        assert (state.position == t + 1).all()
         tokens = logits.argmax(-1)
     L, B, H, _, hd = state.self_k.shape
     assert (L, B) == (2, 3)
@@ -180,7 +217,8 @@ def test_int8_graphs_are_kept_only_inside_their_gate(
     from service.engines.decode_batch import DecodeBatch
     from service.engines.decode_io import Join
 
-    ckpt, _ = exported
+    ckpt, fp32_version = exported
+    fp32_graphs = json.loads((fp32_version / "manifest.json").read_text())["graphs"]
     dev = tmp_path / "dev.en"
     dev.write_text("\n".join(samples.SOURCE_SENTENCES) + "\n")
     version = export_translator(
@@ -188,6 +226,7 @@ def test_int8_graphs_are_kept_only_inside_their_gate(
         tmp_path / "repo",
         dev_src=dev,
         max_new_tokens=MAX_NEW,
+        self_attention=fp32_graphs["decoder.onnx"]["self_attention"],  # each decoder kind
         quantize="int8",
         calibration=dev,
         int8_max_bleu_drop=max_drop,

@@ -10,13 +10,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.engines.generation import OnnxGenerator, _log_softmax, _topk
+from service.engines.generation import (
+    CACHE_GROWTH_COLUMNS,
+    GROUP_QUERY,
+    MASKED,
+    OnnxGenerator,
+    _log_softmax,
+    _topk,
+)
 
 MAX_POSITIONS = 20  # a short sinusoidal table, so the positional cap is reachable in a test
 
 
-@pytest.fixture(scope="module")
-def generator(tmp_path_factory: pytest.TempPathFactory) -> OnnxGenerator:
+@pytest.fixture(scope="module", params=[GROUP_QUERY, MASKED])
+def generator(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> OnnxGenerator:
+    """Both decoder kinds (their caches are laid out differently)."""
     import torch
 
     from export.translator_graph import export_graphs, with_eager_attention
@@ -33,7 +43,7 @@ def generator(tmp_path_factory: pytest.TempPathFactory) -> OnnxGenerator:
         max_positions=MAX_POSITIONS,
     )
     out = tmp_path_factory.mktemp("graphs")
-    export_graphs(with_eager_attention(Transformer(config)), out)
+    export_graphs(with_eager_attention(Transformer(config)), out, request.param)
     return OnnxGenerator.from_directory(out)
 
 
@@ -69,6 +79,38 @@ def test_decoding_stops_at_the_positional_limit(generator: OnnxGenerator) -> Non
     """A max_new_tokens past the sinusoidal table is capped instead of failing in the graph."""
     outputs = generator.generate(SOURCES[:2], beam_size=1, max_new_tokens=500)
     assert all(len(ids) <= MAX_POSITIONS for ids in outputs)
+
+
+def test_a_group_query_step_writes_the_caches_in_place_and_grows_them_when_full(
+    generator: OnnxGenerator,
+) -> None:
+    """A group_query step returns the caches it was given, with each row's new position written
+    at its own column (rows at different positions), and grows them by CACHE_GROWTH_COLUMNS
+    only when a row reached their end; a masked step returns new, one-column-longer caches."""
+    state = generator.start(generator.pad(SOURCES))
+    tokens = np.full(len(SOURCES), generator.sos_id, np.int64)
+    _, state = generator.step(state, tokens)
+    if not generator.left_aligned:
+        assert state.self_k.shape[3] == 1
+        _, after = generator.step(state, tokens)
+        assert after.self_k is not state.self_k and after.self_k.shape[3] == 2
+        return
+    assert state.self_k.shape[3] == 1 + CACHE_GROWTH_COLUMNS  # grown from empty, with room
+    state.position[:] = [1, 3, 0, 5]  # rows at different steps
+    before = state.self_k.copy()
+    _, after = generator.step(state, tokens + 5)  # another token: row 2 rewrites column 0
+    assert after.self_k is state.self_k  # in place: no copy
+    written = np.flatnonzero((before != after.self_k).any(axis=(0, 2, 4)).reshape(-1))
+    columns = after.self_k.shape[3]
+    assert sorted(written.tolist()) == [row * columns + t for row, t in enumerate([1, 3, 0, 5])]
+    state.position[:] = columns - 1  # the last column: still room for this step
+    _, after = generator.step(state, tokens)
+    assert after.self_k.shape[3] == columns
+    state.position[0] = columns  # past the end: grown, the old columns kept
+    kept = state.self_k.copy()
+    _, after = generator.step(state, tokens)
+    assert after.self_k.shape[3] == columns + 1 + CACHE_GROWTH_COLUMNS
+    assert np.array_equal(after.self_k[:, 1:, :, : columns - 1], kept[:, 1:, :, : columns - 1])
 
 
 def test_empty_request_returns_nothing(generator: OnnxGenerator) -> None:

@@ -39,7 +39,9 @@ position.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -147,6 +149,12 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(B, Tq, -1))  # (B, Tq, D)
 
 
+# h (B,1,D) -> (attended (B,1,D), k, v (B,H,t+1,hd) for the cache): a replacement for a decoder
+# layer's cached self-attention (DecoderLayer.forward), with the layer's index and module bound.
+SelfAttend = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+LayerSelfAttend = Callable[[int, "MultiHeadAttention", Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
 class FeedForward(nn.Module):
     """Position-wise max(0, x W1 + b1) W2 + b2."""
 
@@ -214,15 +222,22 @@ class DecoderLayer(nn.Module):
         past_k: Tensor | None = None,
         past_v: Tensor | None = None,
         self_mask: Tensor | None = None,
+        self_attend: SelfAttend | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """x (B,T,D) new positions; cross_k/v (B,H,S,hd); cross_mask (B,1,1,S);
         past_k/v (B,H,t,hd) earlier positions or None; self_mask (T, t+T) causal or None (one new
-        position may see every cached one). -> (x, k, v) with k, v (B,H,t+T,hd) for the cache."""
+        position may see every cached one). -> (x, k, v) with k, v (B,H,t+T,hd) for the cache.
+        `self_attend` (h -> attended, k, v) replaces the cached self-attention sub-layer (the
+        export's fused-attention graph); past_k/v and self_mask are then unused."""
         h = self.self_res.pre(x)
-        k, v = self.self_attn.keys_values(h)
-        if past_k is not None and past_v is not None:
-            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B,H,t+T,hd)
-        x = self.self_res.post(x, self.self_attn.attend(h, k, v, self_mask))
+        if self_attend is not None:
+            attended, k, v = self_attend(h)
+        else:
+            k, v = self.self_attn.keys_values(h)
+            if past_k is not None and past_v is not None:
+                k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B,H,t+T,hd)
+            attended = self.self_attn.attend(h, k, v, self_mask)
+        x = self.self_res.post(x, attended)
         h = self.cross_res.pre(x)
         x = self.cross_res.post(x, self.cross_attn.attend(h, cross_k, cross_v, cross_mask))
         x = self.ffn_res.post(x, self.ffn(self.ffn_res.pre(x)))
@@ -349,16 +364,40 @@ class Transformer(nn.Module):
         """One new position per hypothesis; shapes in the module docstring. `self_mask` (B, t+1)
         bool, True on the cached positions a row may see (and on the new one, index t), lets
         rows with caches of different lengths share a step: a shorter cache is left-padded."""
+        logits, new_k, new_v = self.decode_step_layers(
+            tokens, position, memory_mask, cross_k, cross_v, self_k, self_v, self_mask
+        )
+        return logits, torch.stack(new_k), torch.stack(new_v)  # caches (L, B, H, t+1, hd)
+
+    def decode_step_layers(
+        self,
+        tokens: Tensor,
+        position: Tensor,
+        memory_mask: Tensor,
+        cross_k: Sequence[Tensor] | Tensor,
+        cross_v: Sequence[Tensor] | Tensor,
+        self_k: Sequence[Tensor] | Tensor,
+        self_v: Sequence[Tensor] | Tensor,
+        self_mask: Tensor | None = None,
+        self_attend: LayerSelfAttend | None = None,
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """`decode_step` with the caches per layer (stacked tensors or one tensor per layer in,
+        one per layer out). `self_attend(layer index, its self-attention module, h)` replaces
+        each layer's cached self-attention (DecoderLayer.forward): the export's fused op."""
         x = self.tgt_embed(tokens[:, None], position[:, None])  # (B, 1, D)
         cross_mask = memory_mask[:, None, None, :]  # (B, 1, 1, S)
         causal = None if self_mask is None else self_mask[:, None, None, :]  # (B, 1, 1, t+1)
         new_k, new_v = [], []
-        for i, layer in enumerate(self.decoder_layers):
-            x, k, v = layer(x, cross_k[i], cross_v[i], cross_mask, self_k[i], self_v[i], causal)
+        for i, layer in enumerate(self._decoder()):
+            attend = (
+                None if self_attend is None else functools.partial(self_attend, i, layer.self_attn)
+            )
+            x, k, v = layer(
+                x, cross_k[i], cross_v[i], cross_mask, self_k[i], self_v[i], causal, attend
+            )
             new_k.append(k)
             new_v.append(v)
-        logits = self.out_proj(self.decoder_norm(x[:, 0]))  # (B, V)
-        return logits, torch.stack(new_k), torch.stack(new_v)  # caches (L, B, H, t+1, hd)
+        return self.out_proj(self.decoder_norm(x[:, 0])), new_k, new_v  # logits (B, V)
 
     # ---- the decoding API shared with the GRU baseline (see decoding.py) -----------------------
     def start(self, memory: Tensor, memory_mask: Tensor) -> TransformerState:

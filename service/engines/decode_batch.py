@@ -4,25 +4,28 @@ leaves is `service.decode_scheduler`'s policy).
 Sequences at different steps share one decoder run. The batch axis holds slots (rows):
 
 - a sequence holds `beam_size` rows (greedy: one), anywhere in the batch;
-- self-attention cache [L, B, H, T, hd], T = the longest cache among the rows. A row that has
-  decoded t positions keeps them in the last t columns and the decoder's `self_mask` hides the
-  columns before them. The graph appends the new position at column T, so every row stays
-  right-aligned and the graph's output is the next step's input as it is;
+- self-attention cache [L, B, H, T, hd], T = the longest cache among the rows, laid out as the
+  decoder's kind says (service.engines.generation): a row that has decoded t positions keeps
+  them in its first t columns (group_query: the graph writes the new one at column t and reads
+  t + 1 columns) or its last t (masked: the graph appends at column T and `self_mask` hides the
+  columns before them). Either way the graph's output is the next step's input as it is;
 - cross-attention keys/values [L, B, H, S, hd] and memory_mask [B, S], S = the longest source,
   right-padded like a padded batch;
 - a row whose sequence left is free: the next joiner is written into it in place (its source
   keys/values and mask; its old self-attention columns are simply masked), so a step where one
   sequence leaves and another joins copies one row, not the batch. Free rows still run until
   reused; when more than a quarter of the rows are free they are compacted away, and columns no
-  live row needs are cut off the left edge of the self-attention cache.
+  live row needs are cut off the self-attention cache.
 
 Why this layout (measured, reports/translation-benchmark.md): one decoder run per step whatever
 the mix of steps, where grouping rows by cache length needs one run per distinct length, and a
 cache preallocated to the maximum length attends over (and copies) every column at every step.
+The group_query kind attends over each row's own columns only (stop 29 in the report).
 Rebuilding the batch arrays at every join and leave (the first version) spent more time copying
 than decoding under a closed loop of 32 users.
 
-A masked column gets exactly zero attention weight, so every rule of the search (argmax; beam
+A column outside a row's own gets exactly zero attention weight (masked) or is not read
+(group_query), so every rule of the search (argmax; beam
 ranking, frozen finished beams, the best beam as answer) is `service.engines.generation`'s and a
 sequence decodes to the same ids as it does alone.
 """
@@ -72,10 +75,10 @@ class DecodeBatch:
     """Not thread-safe: one thread (the scheduler's) calls `step` at a time."""
 
     def __init__(self, generator: OnnxGenerator, length_penalty: float = 1.0) -> None:
-        if not generator.has_self_mask:
+        if not generator.mixed_steps:
             raise ValueError(
-                "decoder.onnx has no self_mask input (exported before step scheduling); "
-                "re-export the translator to decode step by step"
+                "decoder.onnx cannot decode rows at different steps (exported before step "
+                "scheduling); re-export the translator to decode step by step"
             )
         self.generator = generator
         self.length_penalty = length_penalty
@@ -131,11 +134,8 @@ class DecodeBatch:
         self._maybe_compact()
         assert self.state is not None
         layout = self._current_layout()
-        state = self.state
-        T = state.self_k.shape[3]
-        steps = state.position  # positions decoded = cached columns of each row (free rows: 0)
-        self_mask = np.arange(T + 1)[None, :] >= (T - steps)[:, None]  # (B, T+1)
-        logits, state = self.generator.step(state, self.tokens, self_mask)
+        # state.position: each row's decoded positions = its cached columns (free rows: 0)
+        logits, state = self.generator.step(self.state, self.tokens)
         eos = self.generator.eos_id
         next_tokens = np.full_like(self.tokens, eos)
         outcomes: list[Outcome] = []
@@ -329,7 +329,7 @@ class DecodeBatch:
         state.cross_k[:, rows, :, :S_new] = fresh.cross_k
         state.cross_v[:, rows] = 0.0
         state.cross_v[:, rows, :, :S_new] = fresh.cross_v
-        state.position[rows] = 0  # no column is theirs yet: the mask hides whatever is there
+        state.position[rows] = 0  # no column is theirs yet: whatever is there goes unread
         self.tokens[rows] = self.generator.sos_id or 0  # always set; typed Optional
 
     def _free(self, seq_ids: set[int]) -> None:
@@ -372,20 +372,20 @@ class DecodeBatch:
         self._layout = None
 
     def _trim_columns(self) -> None:
-        """Cut self-attention columns no live row needs (caches are right-aligned: the head)."""
+        """Cut self-attention columns no live row needs (the cache layout's end opposite the
+        rows' first positions: the generator's `needed_columns`)."""
         if self.state is None or not self.sequences:
             return
-        T = self.state.self_k.shape[3]
-        needed = int(self.state.position.max())
-        if T - needed < TRIM_SLACK_COLUMNS:
-            return
         state = self.state
+        keep = self.generator.needed_columns(state)
+        if state.self_k.shape[3] - (keep.stop - keep.start) < TRIM_SLACK_COLUMNS:
+            return
         self.state = DecoderState(
             memory_mask=state.memory_mask,
             cross_k=state.cross_k,
             cross_v=state.cross_v,
-            self_k=np.ascontiguousarray(state.self_k[:, :, :, T - needed :]),
-            self_v=np.ascontiguousarray(state.self_v[:, :, :, T - needed :]),
+            self_k=np.ascontiguousarray(state.self_k[:, :, :, keep]),
+            self_v=np.ascontiguousarray(state.self_v[:, :, :, keep]),
             position=state.position,
         )
 

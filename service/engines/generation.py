@@ -14,25 +14,33 @@ encoder.onnx
 
 decoder.onnx (one decoding step for every hypothesis)
     inputs   tokens       int64   [B]              the token at `position` (<sos> at position 0)
-             position     int64   [B]
+             position     int64   [B]              = t_b, the positions row b has decoded
              memory_mask  bool    [B, S]
              cross_k      float32 [L, B, H, S, hd]
              cross_v      float32 [L, B, H, S, hd]
-             self_k       float32 [L, B, H, t, hd] self-attention keys/values of positions 0..t-1
-             self_v       float32 [L, B, H, t, hd] (t = 0 at the first step: an empty axis)
-             self_mask    bool    [B, t+1]         True on the positions a row may attend to: its
-                                                   cached ones and the new one (index t). Rows with
-                                                   shorter caches are left-padded (False) so
-                                                   sequences at different steps share one run
-                                                   (service.engines.decode_batch). Graphs exported
-                                                   before step scheduling lack this input.
+             self_k       float32 [L, B, H, T, hd] self-attention keys/values of each row's
+             self_v       float32 [L, B, H, T, hd] decoded positions (T = 0 at the first step: an
+                                                   empty axis); T >= every t_b, layout below
+             self_mask    bool    [B, T+1]         masked graphs only, see below
     outputs  logits       float32 [B, V]           next-token logits
-             new_self_k   float32 [L, B, H, t+1, hd] the cache with this position appended
-             new_self_v   float32 [L, B, H, t+1, hd]
+             new_self_k   float32 [L, B, H, T', hd] the cache with each row's new position added
+             new_self_v   float32 [L, B, H, T', hd]
+
+Two kinds of decoder, named by the graph's `self_attention` metadata; both let rows at different
+steps share one run (service.engines.decode_batch):
+- "group_query": caches are left-aligned (row b's positions in columns 0..t_b-1; the step writes
+  the new one at column t_b; T' = max(T, max t_b + 1)), and each layer's self-attention is ONNX
+  Runtime's com.microsoft GroupQueryAttention, which reads row b's t_b + 1 columns only, so a
+  short row does not pay for the longest row's columns. Its CPU kernel needs a head size that is
+  a multiple of 8; its CUDA kernel runs float16 only (an fp32 graph on CUDA runs that node on CPU).
+- "masked" (and graphs without the metadata that have `self_mask`): caches are right-aligned (row
+  b's positions in the last t_b columns; T' = T + 1), `self_mask` is True on the columns a row may
+  see (its own and the new one, index T); a row attends over all T + 1 columns, masked.
+Graphs exported before step scheduling have neither: they decode request-level batches only.
 
 The cache goes in and comes back grown by one position, so a step attends over the cached prefix
 and never recomputes it. decoder.onnx carries metadata (ONNX `metadata_props`): pad_id, sos_id,
-eos_id and max_positions (the sinusoidal table's rows: no position may reach it).
+eos_id, max_positions (the sinusoidal table's rows: no position may reach it) and self_attention.
 
 Decoding rules (the same as the PyTorch decoder in model_src.translator.decoding, so exported
 and PyTorch output match token for token under greedy search):
@@ -61,11 +69,26 @@ ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 ENCODER_INPUTS = ("src_ids",)
 ENCODER_OUTPUTS = ("memory_mask", "cross_k", "cross_v")
-DECODER_INPUTS = (
-    "tokens", "position", "memory_mask", "cross_k", "cross_v", "self_k", "self_v", "self_mask",
-)  # fmt: skip
-OPTIONAL_DECODER_INPUTS = ("self_mask",)  # absent from graphs exported before step scheduling
-DECODER_OUTPUTS = ("logits", "new_self_k", "new_self_v")
+STEP_INPUTS = ("tokens", "position", "memory_mask")
+CACHES = ("cross_k", "cross_v", "self_k", "self_v")  # the state's arrays the step reads
+SELF_CACHES = CACHES[2:]  # ... and returns grown, as new_<name>
+GROUP_QUERY, MASKED = "group_query", "masked"  # decoder kinds (module docstring)
+SELF_ATTENTION_KINDS = (GROUP_QUERY, MASKED)
+CACHE_GROWTH_COLUMNS = 16  # group_query: columns a cache grows by when a row reaches its end
+
+
+def decoder_inputs(self_attention: str, layers: int) -> tuple[str, ...]:
+    """decoder.onnx's input names for a decoder kind (group_query: a cache per layer)."""
+    if self_attention == MASKED:
+        return (*STEP_INPUTS, *CACHES, "self_mask")
+    return (*STEP_INPUTS, *(f"{cache}_{i}" for cache in CACHES for i in range(layers)))
+
+
+def decoder_outputs(self_attention: str, layers: int) -> tuple[str, ...]:
+    """decoder.onnx's output names for a decoder kind."""
+    if self_attention == MASKED:
+        return ("logits", *(f"new_{cache}" for cache in SELF_CACHES))
+    return ("logits", *(f"new_{cache}_{i}" for cache in SELF_CACHES for i in range(layers)))
 
 
 @dataclass
@@ -118,11 +141,24 @@ class OnnxGenerator:
         self.sos_id = sos_id if sos_id is not None else _metadata_int(decoder, "sos_id", 1)
         self.eos_id = eos_id if eos_id is not None else _metadata_int(decoder, "eos_id", 2)
         self.max_positions = _metadata_int(decoder, "max_positions", None)
-        names = {i.name for i in decoder.get_inputs()}
-        missing = [n for n in DECODER_INPUTS if n not in names and n not in OPTIONAL_DECODER_INPUTS]
+        names = [i.name for i in decoder.get_inputs()]
+        self.left_aligned = (  # caches (module docstring); else masked or older
+            decoder.get_modelmeta().custom_metadata_map.get("self_attention") == GROUP_QUERY
+        )
         self.has_self_mask = "self_mask" in names
+        # rows at different steps may share a run (service.engines.decode_batch)
+        self.mixed_steps = self.left_aligned or self.has_self_mask
+        self.layers = sum(n.startswith("self_k_") for n in names)  # group_query: per-layer caches
+        expected = (
+            decoder_inputs(GROUP_QUERY, self.layers)
+            if self.left_aligned
+            else (*STEP_INPUTS, *CACHES)
+        )
+        missing = [n for n in expected if n not in names]
         if missing:
-            raise ValueError(f"decoder graph lacks inputs {missing}; expected {DECODER_INPUTS}")
+            raise ValueError(f"decoder graph lacks inputs {missing}; expected {expected}")
+        self.outputs = [o.name for o in decoder.get_outputs()]
+        self.recorded_feeds: list[dict[str, np.ndarray]] | None = None  # a copy of every step's
 
     @classmethod
     def from_directory(
@@ -144,24 +180,27 @@ class OnnxGenerator:
         empty = np.zeros((L, B, H, 0, hd), dtype=cross_k.dtype)  # no position decoded yet
         return DecoderState(memory_mask, cross_k, cross_v, empty, empty, np.zeros(B, np.int64))
 
-    def step(
-        self, state: DecoderState, tokens: np.ndarray, self_mask: np.ndarray | None = None
-    ) -> tuple[np.ndarray, DecoderState]:
-        """Feed tokens [B] at the state's position -> next-token logits [B, V], advanced state.
-        Without `self_mask` every row sees its whole cache (all rows are at the same step)."""
-        feeds: dict[str, Any] = {
-            "tokens": tokens.astype(np.int64, copy=False),
-            "position": state.position,
-            "memory_mask": state.memory_mask,
-            "cross_k": state.cross_k,
-            "cross_v": state.cross_v,
-            "self_k": state.self_k,
-            "self_v": state.self_v,
-        }
-        if self.has_self_mask:
-            B, t = state.self_k.shape[1], state.self_k.shape[3]
-            feeds["self_mask"] = np.ones((B, t + 1), bool) if self_mask is None else self_mask
-        logits, self_k, self_v = self.decoder.run(list(DECODER_OUTPUTS), feeds)
+    def step(self, state: DecoderState, tokens: np.ndarray) -> tuple[np.ndarray, DecoderState]:
+        """Feed tokens [B] at the state's positions -> next-token logits [B, V], advanced state.
+        Rows may be at different positions when `mixed_steps` (caches laid out as the module
+        docstring says); in a request-level batch every row is at the same one. A group_query
+        step writes into `state`'s caches (growing them first when a row reached their end):
+        the returned state holds the same arrays."""
+        tokens = tokens.astype(np.int64, copy=False)
+        if self.left_aligned:
+            logits, self_k, self_v = self._step_in_place(state, tokens)
+        else:
+            feeds: dict[str, Any] = {
+                "tokens": tokens,
+                "position": state.position,
+                "memory_mask": state.memory_mask,
+                **{cache: getattr(state, cache) for cache in CACHES},
+            }
+            if self.has_self_mask:  # right-aligned: row b sees its last t_b columns and the new
+                T = state.self_k.shape[3]
+                feeds["self_mask"] = np.arange(T + 1)[None, :] >= (T - state.position)[:, None]
+            self._record(feeds)
+            logits, self_k, self_v = self.decoder.run(self.outputs, feeds)
         logits = logits.astype(np.float32, copy=False)
         logits[:, self.pad_id] = -np.inf  # never generate padding or a second start
         logits[:, self.sos_id] = -np.inf
@@ -169,6 +208,57 @@ class OnnxGenerator:
             state.memory_mask, state.cross_k, state.cross_v, self_k, self_v, state.position + 1
         )
         return logits, next_state
+
+    def _step_in_place(
+        self, state: DecoderState, tokens: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A group_query step: each layer's self-attention cache is bound as both its input and
+        its output (ONNX Runtime IOBinding), so GroupQueryAttention writes the new position into
+        it in place; source caches are bound as views. No cache is copied (a step of the masked
+        graph copies every cache twice or more)."""
+        T = state.self_k.shape[3]
+        needed = int(state.position.max(initial=0)) + 1
+        if needed > T or not all(c.flags.c_contiguous for c in (state.self_k, state.self_v)):
+            columns = max(T, needed + CACHE_GROWTH_COLUMNS) if needed > T else T
+            state.self_k, state.self_v = (
+                _grow_columns(c, columns) for c in (state.self_k, state.self_v)
+            )
+        feeds: dict[str, np.ndarray] = {
+            "tokens": np.ascontiguousarray(tokens),
+            "position": np.ascontiguousarray(state.position),
+            "memory_mask": np.ascontiguousarray(state.memory_mask),
+        }
+        for cache in CACHES:
+            stacked = np.ascontiguousarray(getattr(state, cache))
+            for i in range(self.layers):
+                feeds[f"{cache}_{i}"] = stacked[i]  # a view: the layers are contiguous blocks
+        self._record(feeds)
+        binding = self.decoder.io_binding()
+        binding.bind_output("logits")  # first: get_outputs() follows the binding order
+        for name, array in feeds.items():
+            if name.startswith(SELF_CACHES):
+                value = ort.OrtValue.ortvalue_from_numpy(array)  # shares the array's memory
+                binding.bind_ortvalue_input(name, value)
+                binding.bind_ortvalue_output(f"new_{name}", value)
+            else:
+                binding.bind_cpu_input(name, array)
+        self.decoder.run_with_iobinding(binding)
+        logits = binding.get_outputs()[0].numpy()
+        return logits, state.self_k, state.self_v
+
+    def _record(self, feeds: dict[str, np.ndarray]) -> None:
+        """Keep a copy of the step's feeds when asked (int8 calibration)."""
+        if self.recorded_feeds is not None:
+            self.recorded_feeds.append({k: np.array(v) for k, v in feeds.items()})
+
+    def needed_columns(self, state: DecoderState) -> slice:
+        """The self-attention cache columns some row still needs (the longest row's), by layout:
+        the caller cuts the others off."""
+        needed = int(state.position.max(initial=0))
+        T = state.self_k.shape[3]
+        if self.left_aligned:  # and room for the next steps' writes (_step_in_place)
+            return slice(0, min(T, needed + CACHE_GROWTH_COLUMNS))
+        return slice(T - needed, T)
 
     def max_steps(self, max_new_tokens: int) -> int:
         """Positions beyond the sinusoidal table cannot be represented."""
@@ -298,6 +388,15 @@ class OnnxGenerator:
         new_lengths = np.take_along_axis(cand_len, beam, 1)
         new_finished = np.take_along_axis(finished, beam, 1) | (token == self.eos_id)
         return beam, token, new_scores, new_lengths, new_finished
+
+
+def _grow_columns(cache: np.ndarray, columns: int) -> np.ndarray:
+    """A contiguous copy of `cache` [L, B, H, T, hd] with `columns` >= T columns (left-aligned:
+    the new ones at the end, zeros; no row reads them before writing)."""
+    L, B, H, T, hd = cache.shape
+    grown = np.zeros((L, B, H, columns, hd), cache.dtype)
+    grown[:, :, :, :T] = cache
+    return grown
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
