@@ -3,7 +3,11 @@
 The graphs' interface is defined in service/engines/generation.py (their consumer). The
 encoder graph also computes every decoder layer's cross-attention keys/values, so the per-step
 decoder only projects the new token and attends over caches: neither the source nor the
-target prefix is ever recomputed.
+target prefix is ever recomputed. The decoder comes in two kinds: group_query (self-attention
+as ONNX Runtime's GroupQueryAttention over each row's own left-aligned cache, one cache input
+and output per layer, written in place by the serving loop) and masked (plain ONNX attention
+over the longest row's right-aligned cache behind `self_mask`); reports/translation-benchmark.md
+(stop 29) measures them.
 """
 
 from __future__ import annotations

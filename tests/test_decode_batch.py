@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from service.engines.cache_binding import CACHE_GROWTH_COLUMNS
 from service.engines.decode_batch import TRIM_SLACK_COLUMNS, DecodeBatch
 from service.engines.decode_io import Join
 from service.engines.generation import (
-    CACHE_GROWTH_COLUMNS,
     GROUP_QUERY,
     MASKED,
     OnnxGenerator,

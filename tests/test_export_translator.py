@@ -24,7 +24,8 @@ from model_src.translator.data import pad
 from model_src.translator.decoding import beam_search, greedy_decode
 from model_src.translator.tokenizer import encode
 from service import repository
-from service.engines.generation import CACHE_GROWTH_COLUMNS, GROUP_QUERY, MASKED, OnnxGenerator
+from service.engines.cache_binding import CACHE_GROWTH_COLUMNS
+from service.engines.generation import GROUP_QUERY, MASKED, OnnxGenerator
 
 MAX_NEW = 12
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from service.engines.cache_binding import CACHE_GROWTH_COLUMNS
 from service.engines.generation import (
-    CACHE_GROWTH_COLUMNS,
     GROUP_QUERY,
     MASKED,
     OnnxGenerator,

@@ -63,6 +63,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from service.engines.cache_binding import (
+    CACHE_GROWTH_COLUMNS,
+    layer_feeds,
+    run_in_place,
+    with_room,
+)
 from service.engines.session import SessionSettings, create_session
 
 ENCODER_FILE = "encoder.onnx"
@@ -74,7 +80,6 @@ CACHES = ("cross_k", "cross_v", "self_k", "self_v")  # the state's arrays the st
 SELF_CACHES = CACHES[2:]  # ... and returns grown, as new_<name>
 GROUP_QUERY, MASKED = "group_query", "masked"  # decoder kinds (module docstring)
 SELF_ATTENTION_KINDS = (GROUP_QUERY, MASKED)
-CACHE_GROWTH_COLUMNS = 16  # group_query: columns a cache grows by when a row reaches its end
 
 
 def decoder_inputs(self_attention: str, layers: int) -> tuple[str, ...]:
@@ -212,38 +217,16 @@ class OnnxGenerator:
     def _step_in_place(
         self, state: DecoderState, tokens: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A group_query step: each layer's self-attention cache is bound as both its input and
-        its output (ONNX Runtime IOBinding), so GroupQueryAttention writes the new position into
-        it in place; source caches are bound as views. No cache is copied (a step of the masked
-        graph copies every cache twice or more)."""
-        T = state.self_k.shape[3]
-        needed = int(state.position.max(initial=0)) + 1
-        if needed > T or not all(c.flags.c_contiguous for c in (state.self_k, state.self_v)):
-            columns = max(T, needed + CACHE_GROWTH_COLUMNS) if needed > T else T
-            state.self_k, state.self_v = (
-                _grow_columns(c, columns) for c in (state.self_k, state.self_v)
-            )
-        feeds: dict[str, np.ndarray] = {
-            "tokens": np.ascontiguousarray(tokens),
-            "position": np.ascontiguousarray(state.position),
-            "memory_mask": np.ascontiguousarray(state.memory_mask),
-        }
-        for cache in CACHES:
-            stacked = np.ascontiguousarray(getattr(state, cache))
-            for i in range(self.layers):
-                feeds[f"{cache}_{i}"] = stacked[i]  # a view: the layers are contiguous blocks
+        """A group_query step (service/engines/cache_binding.py): it writes into the state's
+        self-attention caches, grown first when a row reached their end."""
+        state.self_k, state.self_v = with_room(state.self_k, state.self_v, state.position)
+        feeds = layer_feeds(
+            {"tokens": tokens, "position": state.position, "memory_mask": state.memory_mask},
+            {cache: getattr(state, cache) for cache in CACHES},
+            self.layers,
+        )
         self._record(feeds)
-        binding = self.decoder.io_binding()
-        binding.bind_output("logits")  # first: get_outputs() follows the binding order
-        for name, array in feeds.items():
-            if name.startswith(SELF_CACHES):
-                value = ort.OrtValue.ortvalue_from_numpy(array)  # shares the array's memory
-                binding.bind_ortvalue_input(name, value)
-                binding.bind_ortvalue_output(f"new_{name}", value)
-            else:
-                binding.bind_cpu_input(name, array)
-        self.decoder.run_with_iobinding(binding)
-        logits = binding.get_outputs()[0].numpy()
+        logits = run_in_place(self.decoder, feeds, SELF_CACHES)
         return logits, state.self_k, state.self_v
 
     def _record(self, feeds: dict[str, np.ndarray]) -> None:
@@ -388,15 +371,6 @@ class OnnxGenerator:
         new_lengths = np.take_along_axis(cand_len, beam, 1)
         new_finished = np.take_along_axis(finished, beam, 1) | (token == self.eos_id)
         return beam, token, new_scores, new_lengths, new_finished
-
-
-def _grow_columns(cache: np.ndarray, columns: int) -> np.ndarray:
-    """A contiguous copy of `cache` [L, B, H, T, hd] with `columns` >= T columns (left-aligned:
-    the new ones at the end, zeros; no row reads them before writing)."""
-    L, B, H, T, hd = cache.shape
-    grown = np.zeros((L, B, H, columns, hd), cache.dtype)
-    grown[:, :, :, :T] = cache
-    return grown
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

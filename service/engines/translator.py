@@ -7,6 +7,7 @@ share a run.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 from onnxruntime import InferenceSession
@@ -16,6 +17,8 @@ from service.engines.generation import OnnxGenerator
 from service.engines.session import CPU, SessionSettings, create_session
 from service.engines.tokenization import Encoded, TextEncoder
 from service.repository import ModelVersion
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,14 @@ class TranslatorEngine:
         decoder_onnx = version.read_verified("decoder.onnx")
         decoder, _ = create_session(decoder_onnx, settings)
         self.generator = self._generator(encoder, decoder)
+        if self.provider != CPU and self.generator.left_aligned:
+            logger.warning(
+                "%s: decoder.onnx uses GroupQueryAttention, whose %s kernel takes float16 only: "
+                "its fp32 self-attention runs on the CPU; export with --self-attention masked "
+                "to keep every step on the device",
+                self.name,
+                self.provider,
+            )
         # Runs side by side take one thread each: a run split over several threads waits at
         # every MatMul's barrier for the thread the other run holds (service/decode_lanes.py).
         self.single_thread_generator: OnnxGenerator | None = None

@@ -1,0 +1,71 @@
+"""A group_query decoder step without copying a cache (service/engines/generation.py's interface).
+
+Each layer's self-attention cache is bound (ONNX Runtime IOBinding) as both its input and its
+output, so GroupQueryAttention writes the new position into the caller's array in place, and
+every source cache is bound as a view of the stacked [L, ...] array (a layer is a contiguous
+block). A masked step, by contrast, copies every cache at least twice: into the graph's per-layer
+slices and out of its concatenation (reports/translation-benchmark.md, stop 29).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+CACHE_GROWTH_COLUMNS = 16  # columns a cache grows by when a row reaches its end (amortised copy)
+
+
+def with_room(
+    self_k: np.ndarray, self_v: np.ndarray, position: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The caches [L, B, H, T, hd] as given when every row has a column free for this step's
+    position (the kernel writes row b's at column position[b]) and they are contiguous; else
+    contiguous copies with CACHE_GROWTH_COLUMNS more columns than the longest row needs."""
+    T = self_k.shape[3]
+    needed = int(position.max(initial=0)) + 1
+    if needed <= T and self_k.flags.c_contiguous and self_v.flags.c_contiguous:
+        return self_k, self_v
+    columns = max(T, needed + CACHE_GROWTH_COLUMNS) if needed > T else T
+    return _grow_columns(self_k, columns), _grow_columns(self_v, columns)
+
+
+def layer_feeds(
+    step_inputs: Mapping[str, np.ndarray], caches: Mapping[str, np.ndarray], layers: int
+) -> dict[str, np.ndarray]:
+    """The decoder's feeds: `step_inputs` as they are and each stacked cache as one view per
+    layer, `<cache>_<layer>`."""
+    feeds = {name: np.ascontiguousarray(array) for name, array in step_inputs.items()}
+    for cache, stacked in caches.items():
+        contiguous = np.ascontiguousarray(stacked)
+        for i in range(layers):
+            feeds[f"{cache}_{i}"] = contiguous[i]
+    return feeds
+
+
+def run_in_place(
+    decoder: ort.InferenceSession, feeds: Mapping[str, np.ndarray], written: tuple[str, ...]
+) -> np.ndarray:
+    """Run one step; the feeds whose names start with one of `written` are also bound as the
+    graph's `new_<name>` outputs (the same memory). -> logits."""
+    binding = decoder.io_binding()
+    binding.bind_output("logits")  # first: get_outputs() follows the binding order
+    for name, array in feeds.items():
+        if name.startswith(written):
+            value = ort.OrtValue.ortvalue_from_numpy(array)  # shares the array's memory
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output(f"new_{name}", value)
+        else:
+            binding.bind_cpu_input(name, array)
+    decoder.run_with_iobinding(binding)
+    return binding.get_outputs()[0].numpy()
+
+
+def _grow_columns(cache: np.ndarray, columns: int) -> np.ndarray:
+    """A contiguous copy of `cache` [L, B, H, T, hd] with `columns` >= T columns (left-aligned:
+    the new ones at the end, zeros; no row reads them before writing)."""
+    L, B, H, T, hd = cache.shape
+    grown = np.zeros((L, B, H, columns, hd), cache.dtype)
+    grown[:, :, :, :T] = cache
+    return grown
