@@ -34,12 +34,16 @@ from service.engines.generation import (
 )
 
 
-class EncoderGraph(nn.Module):
-    """src_ids -> memory_mask, cross_k, cross_v (the encoder plus the cross-attention K/V)."""
+class _ModelGraph(nn.Module):
+    """A traced graph over one Transformer's modules."""
 
     def __init__(self, model: Transformer) -> None:
         super().__init__()
         self.model = model
+
+
+class EncoderGraph(_ModelGraph):
+    """src_ids -> memory_mask, cross_k, cross_v (the encoder plus the cross-attention K/V)."""
 
     def forward(self, src_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         memory, memory_mask = self.model.encode(src_ids)  # (B,S,D), (B,S)
@@ -47,13 +51,9 @@ class EncoderGraph(nn.Module):
         return memory_mask, cross_k, cross_v
 
 
-class DecoderStepGraph(nn.Module):
+class DecoderStepGraph(_ModelGraph):
     """One decoding step with the self-attention cache in and out (Transformer.decode_step);
     the self-attention mask lets rows with different cache lengths share a step."""
-
-    def __init__(self, model: Transformer) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(
         self,
@@ -128,17 +128,13 @@ class _CachedSelfAttention(torch.autograd.Function):
         return out, present_k, present_v
 
 
-class GroupQueryDecoderStepGraph(nn.Module):
+class GroupQueryDecoderStepGraph(_ModelGraph):
     """DecoderStepGraph with each layer's self-attention as GroupQueryAttention over left-aligned
     caches, and every cache an input or output of its own (service/engines/generation.py): the
     serving loop binds a layer's cache as both input and output, so the kernel writes the new
     position in place and no step copies a cache. `position` (a row's decoded positions) is its
     cache length, so rows at different steps share a run with no mask input and no attention
     over another row's padding."""
-
-    def __init__(self, model: Transformer) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(
         self,
