@@ -21,7 +21,8 @@ from model_src.classifier.checkpoint import save_classifier
 from model_src.classifier.tasks import task_of_checkpoint
 from model_src.translator.checkpoint import save_translator
 from model_src.translator.tokenizer import train_joint_bpe
-from model_src.translator.transformer import Transformer, TransformerConfig
+from model_src.translator.transformer import Transformer
+from model_src.translator.transformer_layers import TransformerConfig
 
 TINY_BERT = {
     "hidden_size": 32,  # tiny but a multiple of the head count, like the real configs

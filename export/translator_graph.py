@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from export import torchscript
-from model_src.translator.transformer import MultiHeadAttention, Transformer
+from model_src.translator.transformer import Transformer
+from model_src.translator.transformer_layers import MultiHeadAttention
 from service.engines.generation import (
     ENCODER_INPUTS,
     ENCODER_OUTPUTS,
@@ -78,8 +79,9 @@ class _CachedSelfAttention(torch.autograd.Function):
     Caches are left-aligned: row b's positions 0..lengths[b]-1 sit in its first lengths[b]
     columns, the new key/value is written at column lengths[b], and the kernel reads that row's
     lengths[b]+1 columns only, so the padding of rows shorter than the longest costs nothing.
-    The returned caches are max(past columns, total) long. `forward` computes the same in torch
-    (the trace's shapes, and the reference tests compare the op against)."""
+    The returned caches are max(past columns, total) long. `forward` computes the same in torch,
+    for the trace's shapes (the export's parity check compares the whole graph with PyTorch's
+    own decoder)."""
 
     @staticmethod
     def forward(

@@ -72,7 +72,8 @@ def test_group_query_needs_a_head_size_the_kernel_takes(tmp_path: Path) -> None:
     """A head size ONNX Runtime's GroupQueryAttention cannot run falls back to masked by
     default, and asking for group_query is refused before anything is written."""
     from export.translator_graph import self_attention_kind
-    from model_src.translator.transformer import Transformer, TransformerConfig
+    from model_src.translator.transformer import Transformer
+    from model_src.translator.transformer_layers import TransformerConfig
 
     odd = Transformer(TransformerConfig(vocab_size=30, d_model=24, n_heads=2, d_ff=16))
     assert self_attention_kind(odd, None) == MASKED  # head size 12

@@ -30,7 +30,8 @@ def generator(
     import torch
 
     from export.translator_graph import export_graphs, with_eager_attention
-    from model_src.translator.transformer import Transformer, TransformerConfig
+    from model_src.translator.transformer import Transformer
+    from model_src.translator.transformer_layers import TransformerConfig
 
     torch.manual_seed(0)
     config = TransformerConfig(

@@ -11,7 +11,8 @@ import torch
 from model_src.translator.decoding import beam_search, generate, greedy_decode
 from model_src.translator.rnn import GRUAttention, GRUAttentionConfig
 from model_src.translator.tokenizer import EOS_ID, PAD_ID, SOS_ID
-from model_src.translator.transformer import Transformer, TransformerConfig
+from model_src.translator.transformer import Transformer
+from model_src.translator.transformer_layers import TransformerConfig
 
 VOCAB = 40
 

@@ -24,7 +24,8 @@ from model_src.common.checkpoint import load_checkpoint_config, load_state_dict,
 from model_src.common.model_card import write_translator_card
 from model_src.translator.rnn import GRUAttention, GRUAttentionConfig
 from model_src.translator.tokenizer import TOKENIZER_FILE, load_tokenizer, special_token_ids
-from model_src.translator.transformer import Transformer, TransformerConfig
+from model_src.translator.transformer import Transformer
+from model_src.translator.transformer_layers import TransformerConfig
 
 Translator = Transformer | GRUAttention
 FORMAT = "nlpserve-translator"

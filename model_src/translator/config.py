@@ -10,7 +10,7 @@ from typing import Any
 from model_src.common.options import option
 from model_src.common.resume import RunControl
 from model_src.translator.rnn import GRUAttentionConfig
-from model_src.translator.transformer import TransformerConfig
+from model_src.translator.transformer_layers import TransformerConfig
 
 # Per-architecture defaults for options left unset on the command line.
 ARCH_DEFAULTS: dict[str, dict[str, float]] = {

@@ -27,7 +27,7 @@ def with_room(
     needed = int(position.max(initial=0)) + 1
     if needed <= T and self_k.flags.c_contiguous and self_v.flags.c_contiguous:
         return self_k, self_v
-    columns = max(T, needed + CACHE_GROWTH_COLUMNS) if needed > T else T
+    columns = needed + CACHE_GROWTH_COLUMNS if needed > T else T
     return _grow_columns(self_k, columns), _grow_columns(self_v, columns)
 
 
