@@ -8,12 +8,14 @@ per request, time that one user waits for and that the engine loses under load.
 
 Task routes: the same request models (pydantic-core validates the JSON bytes, strict as the route
 does), the same answer functions (`routers.<task>.answer`), the same response models and error
-bodies. A request the lane does not take as sent - another content type, a body its model
-refuses, a stream - goes to the FastAPI route with its body replayed, so every validation message
-and the OpenAPI schema stay FastAPI's. Infer: the route's own steps (`routers.v2.answer_infer`:
-the model, the body, decompression, the protocol's parser and encoder) minus FastAPI around them.
-A client gone before its body arrived is answered 499 (client_closed, for the log line and the
-metrics; the route would say 400). Authentication, the body limit and the in-flight gate are the
+bodies. A streamed translation is admitted by the route's own step (`translate.open_stream`) and
+its events sent straight on the ASGI `send` (`streaming.send_events`: the route's headers and
+frames without StreamingResponse's task group). A request the lane does not take as sent -
+another content type, a body its model refuses - goes to the FastAPI route with its body
+replayed, so every validation message and the OpenAPI schema stay FastAPI's. Infer: the route's
+own steps (`routers.v2.answer_infer`: the model, the body, decompression, the protocol's parser
+and encoder) minus FastAPI around them. A client gone before its body arrived is answered 499
+(client_closed, for the log line and the metrics; the route would say 400). Authentication, the body limit and the in-flight gate are the
 request middleware's, outside this layer, as for every route.
 """
 
@@ -37,6 +39,7 @@ from service.request_info import RequestInfo
 from service.routers import classify, nli, translate, v2
 from service.schemas import ClassifyRequest, NliRequest, TranslateRequest
 from service.served_model import Disconnected
+from service.streaming import send_events
 
 Answer = Callable[[ServiceState, Any, RequestInfo, Disconnected], Awaitable[BaseModel]]
 
@@ -51,7 +54,6 @@ class LaneRoute(NamedTuple):
 class Lane:
     request: type[BaseModel]
     answer: Answer
-    takes: Callable[[Any], bool] = lambda body: True  # else the FastAPI route answers
 
 
 # The infer routes of service/routers/v2.py, as FastAPI matches them ({name} is one path segment)
@@ -61,8 +63,7 @@ V2_INFER_ROUTES = ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{versi
 LANES: dict[str, Lane] = {
     "/v1/classify": Lane(ClassifyRequest, classify.answer),
     "/v1/nli": Lane(NliRequest, nli.answer),
-    # a stream answers Server-Sent Events through the route's StreamingResponse
-    "/v1/translate": Lane(TranslateRequest, translate.answer, lambda body: not body.stream),
+    "/v1/translate": Lane(TranslateRequest, translate.answer),
 }
 
 
@@ -96,10 +97,13 @@ class FastLane:
             body = lane.request.model_validate_json(raw)
         except ValidationError:
             body = None
-        if body is None or not lane.takes(body):
+        if body is None:
             await self.app(scope, _replaying(raw, receive), send)
             return
         info: RequestInfo = scope[INFO_KEY]
+        if isinstance(body, TranslateRequest) and body.stream:
+            await self._stream(body, info, path, receive, send)
+            return
         try:
             response = await lane.answer(self.state, body, info, watch_disconnect(receive))
         except ServiceError as e:
@@ -107,6 +111,17 @@ class FastLane:
             return
         payload = response.__pydantic_serializer__.to_json(response)
         await send_answer(send, 200, payload, {"content-type": "application/json"})
+
+    async def _stream(
+        self, body: TranslateRequest, info: RequestInfo, path: str, receive: Receive, send: Send
+    ) -> None:
+        """A streamed translation: refused as the route refuses it, else its events sent here."""
+        try:
+            stream = await translate.open_stream(self.state, body, info)
+        except ServiceError as e:
+            await send_service_error(send, path, e)
+            return
+        await send_events(stream, receive, send)
 
     async def _infer(
         self, name: str, version: str | None, scope: Scope, receive: Receive, send: Send

@@ -25,11 +25,19 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from starlette.types import Receive, Send
+
 from service.decode_items import DecodeItem
 from service.engines.translator import TranslatorEngine
 from service.errors import ErrorKind, ServiceError
 
 MEDIA_TYPE = "text/event-stream"
+# The stream's headers besides its type: no cache, and no buffering by a proxy (nginx).
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_START_HEADERS = [
+    (b"content-type", f"{MEDIA_TYPE}; charset=utf-8".encode()),  # as StreamingResponse says
+    *((k.lower().encode(), v.encode()) for k, v in HEADERS.items()),
+]
 _END = -1  # queue marker: the sequence finished or failed
 _TIMEOUT = -2  # queue marker: the deadline passed
 
@@ -107,6 +115,8 @@ class TranslationStream:
                 if piece:
                     sent += piece
                     yield sse("piece", {"text": piece})
+            if self.item.future.cancelled():  # the client left (send_events): nobody to tell
+                return
             try:
                 translation = self.item.future.result()
             except ServiceError as e:
@@ -132,6 +142,28 @@ class TranslationStream:
             timer.cancel()
             self.item.future.cancel()  # client gone or stream over: the rows leave next step
             self.closer.close()
+
+
+async def send_events(stream: TranslationStream, receive: Receive, send: Send) -> None:
+    """The stream's response on a bare ASGI `send` (the fast lane, service/fast_lane.py): the
+    same headers and frames as the route's StreamingResponse without its task group per
+    request. A disconnect (watched on `receive`) cancels the sequence, which ends the frames."""
+    assert stream.item is not None
+    item = stream.item
+    await send({"type": "http.response.start", "status": 200, "headers": _START_HEADERS})
+    watcher = asyncio.ensure_future(_disconnect(receive))
+    watcher.add_done_callback(lambda _: item.future.cancel())  # a no-op once it is answered
+    try:
+        async for frame in stream.events():
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        watcher.cancel()  # its callback then cancels an answered future: a no-op
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _whole_words(text: str, sent: str) -> str:

@@ -156,8 +156,8 @@ def test_the_lane_takes_well_formed_requests_and_hands_the_rest_on(
     app_client: Callable[..., Any],
 ) -> None:
     """In process, the lane in front of a recording app: a well-formed classify and a V2 infer
-    are answered without reaching it; a body the model refuses, a stream and another content
-    type reach it with their body intact; a client gone mid-body is answered 499 (for the log
+    are answered without reaching it; a body the model refuses and another content type reach it
+    with their body intact; a client gone mid-body is answered 499 (for the log
     and the metrics)."""
     from service.context import INFO_KEY
     from service.fast_lane import FastLane
@@ -208,7 +208,6 @@ def test_the_lane_takes_well_formed_requests_and_hands_the_rest_on(
         assert reached == []
         handed = [
             ("/v1/classify", b'{"texts": []}', b"application/json"),
-            ("/v1/translate", b'{"texts": ["a"], "stream": true}', b"application/json"),
             ("/v1/nli", b'{"pairs": []}', b"text/plain"),
         ]
         for path, body, content_type in handed:

@@ -13,7 +13,7 @@ from service.errors import ErrorKind, ServiceError
 from service.request_info import RequestInfo
 from service.schemas import ERROR_RESPONSES, TranslateRequest, TranslateResponse
 from service.served_model import Disconnected
-from service.streaming import MEDIA_TYPE
+from service.streaming import HEADERS, MEDIA_TYPE, TranslationStream
 
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERROR_RESPONSES)
 
@@ -42,29 +42,33 @@ async def translate(
     body: TranslateRequest, request: Request, state: StateDep, info: InfoDep
 ) -> TranslateResponse | StreamingResponse:
     if body.stream:
-        model = state.registry.for_task("translation", body.model, body.version)
-        if len(body.texts) != 1:
-            raise ServiceError(ErrorKind.VALIDATION, "streaming translates one text per request")
-        stream = await state.inference.open_translation_stream(
-            model,
-            body.texts[0],
-            info,
-            beam_size=body.beam_size,
-            max_new_tokens=body.max_new_tokens,
-        )
-        return StreamingResponse(
-            stream.events(),
-            media_type=MEDIA_TYPE,
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        stream = await open_stream(state, body, info)
+        return StreamingResponse(stream.events(), media_type=MEDIA_TYPE, headers=HEADERS)
     return await answer(state, body, info, disconnect_watcher(request))
+
+
+async def open_stream(
+    state: ServiceState, body: TranslateRequest, info: RequestInfo
+) -> TranslationStream:
+    """A streamed request admitted (every refusal raised here, before the stream starts); the
+    route and the fast lane (service/fast_lane.py) send its events."""
+    model = state.registry.for_task("translation", body.model, body.version)
+    if len(body.texts) != 1:
+        raise ServiceError(ErrorKind.VALIDATION, "streaming translates one text per request")
+    return await state.inference.open_translation_stream(
+        model,
+        body.texts[0],
+        info,
+        beam_size=body.beam_size,
+        max_new_tokens=body.max_new_tokens,
+    )
 
 
 async def answer(
     state: ServiceState, body: TranslateRequest, info: RequestInfo, disconnected: Disconnected
 ) -> TranslateResponse:
     """The route's answer to a request that does not stream (the fast lane,
-    service/fast_lane.py, calls it; it hands streams to the route)."""
+    service/fast_lane.py, calls it too)."""
     model = state.registry.for_task("translation", body.model, body.version)
     result = await state.inference.translate(
         model,
