@@ -5,6 +5,7 @@ beside the batcher:
 - `DecodePolicy`: the running batch's budgets, decoder rows and cache tokens;
 - `check_fits`: a sequence that could never join, even alone, is refused at once;
 - `joining`: how many waiting sequences join at a step boundary, first come first served;
+- `held_back`: whether a busy batch lets them gather for one encoder run a little longer;
 - `cache_tokens`: the padded cache positions a running batch may reach (what is budgeted);
 - `DecodeAdmission`: the measured rate at which rows free up, the wait it predicts for a
   sequence to get a place, the 429 decision and Retry-After.
@@ -21,6 +22,10 @@ from service.admission import refuse_if_late, whole_seconds
 from service.errors import ErrorKind, ServiceError
 
 THROUGHPUT_WINDOW_STEPS = 256  # steps the admission and Retry-After estimates average over
+# `held_back`: a batch of at least this many rows is busy enough to gather its joiners (below it
+# every joiner joins at once: the cores have time to spare), for at most this many steps.
+JOIN_GROUP_BUSY_ROWS = 8
+JOIN_GROUP_MAX_HELD_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,7 @@ class DecodePolicy:
     max_running_sequences: int = 64  # decoder rows in the running batch (beam-K takes K)
     max_cache_tokens: int = 16384  # rows x (longest source + most decode steps)
     max_queue_size: int = 1024  # waiting sequences; beyond it submit() answers OVERLOADED
+    join_group: int = 4  # joiners a busy batch gathers for one encoder run (`held_back`; 1: none)
 
 
 class Budgeted(Protocol):
@@ -81,6 +87,27 @@ def joining(
             break
         count += 1
     return count
+
+
+def held_back(
+    policy: DecodePolicy, joiners: int, rows: int, held_steps: int, streamed: bool
+) -> bool:
+    """Whether the `joiners` that may join a running batch of `rows` rows wait for more, their
+    encoder to run once for the group: while they are fewer than `policy.join_group`, the batch
+    is busy (JOIN_GROUP_BUSY_ROWS), none of them streams (its client waits for the first piece)
+    and the head has been held back fewer than JOIN_GROUP_MAX_HELD_STEPS steps.
+
+    The encoder's cost per source falls with the sources per run, more than a batch's shape
+    suggests: after a decoder step its weights are cold in the cache (real translator, one lane
+    of 14 rows, no HTTP: 0.93-0.98 ms of encoder per request joining as they come, 0.80-0.84 in
+    pairs, 0.72 in fours; 32 users over HTTP, six alternated rounds: 4-11% more requests/s and
+    a lower p95, reports/translation-benchmark.md, stop 30)."""
+    return (
+        0 < joiners < policy.join_group
+        and rows >= JOIN_GROUP_BUSY_ROWS
+        and held_steps < JOIN_GROUP_MAX_HELD_STEPS
+        and not streamed
+    )
 
 
 def cache_tokens(rows: int, running: Collection[Budgeted]) -> int:

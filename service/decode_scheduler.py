@@ -51,7 +51,14 @@ from typing import Any
 
 from service.decode_encoder import JoinEncoder
 from service.decode_items import DecodeItem, DecodeObserver, NullObserver, StepEngine, StepStats
-from service.decode_policy import DecodeAdmission, DecodePolicy, cache_tokens, check_fits, joining
+from service.decode_policy import (
+    DecodeAdmission,
+    DecodePolicy,
+    cache_tokens,
+    check_fits,
+    held_back,
+    joining,
+)
 from service.engines.decode_io import Outcome
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams
@@ -90,6 +97,7 @@ class DecodeScheduler:
         self.waiting: deque[DecodeItem] = deque()  # guarded by _wake (submit vs the loop)
         self.running: dict[int, DecodeItem] = {}  # the loop thread's alone
         self._rows = 0  # decoder rows of `running`, readable from any thread
+        self._held_steps = 0  # steps the queue's head was held back to gather joiners (held_back)
         self._next_id = 0
         self._wake = threading.Condition()
         self._stopping = False
@@ -286,6 +294,12 @@ class DecodeScheduler:
         with self._wake:
             self._drop_dead_waiting()
             count = joining(self.waiting, self.running.values(), self._rows, self.policy)
+            streamed = any(self.waiting[i].on_token is not None for i in range(count))
+            if held_back(self.policy, count, self._rows, self._held_steps, streamed):
+                self._held_steps += 1
+                count = 0
+            else:
+                self._held_steps = 0
             joins = [self.waiting.popleft() for _ in range(count)]
         self._rows += sum(item.beam_size for item in joins)
         joined_at = self._clock()

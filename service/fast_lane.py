@@ -15,8 +15,9 @@ another content type, a body its model refuses - goes to the FastAPI route with 
 replayed, so every validation message and the OpenAPI schema stay FastAPI's. Infer: the route's
 own steps (`routers.v2.answer_infer`: the model, the body, decompression, the protocol's parser
 and encoder) minus FastAPI around them. A client gone before its body arrived is answered 499
-(client_closed, for the log line and the metrics; the route would say 400). Authentication, the body limit and the in-flight gate are the
-request middleware's, outside this layer, as for every route.
+(client_closed, for the log line and the metrics; the route would say 400). Authentication, the
+body limit and the in-flight gate are the request middleware's, outside this layer, as for every
+route.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.decode_policy import JOIN_GROUP_BUSY_ROWS, JOIN_GROUP_MAX_HELD_STEPS
 from service.repository import MODEL_NAME_PATTERN
 
 ENV_PREFIX = "NLPSERVE_"
@@ -180,6 +181,15 @@ class Settings(BaseSettings):
     )
     decode_max_running_sequences: int = Field(
         default=64, ge=1, le=4096, description="decoder rows running at once (beam-K takes K)"
+    )
+    decode_join_group: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="step-scheduled translators: a busy running batch (at least "
+        f"{JOIN_GROUP_BUSY_ROWS} rows) lets whole-answer joiners gather up to this many for one "
+        f"encoder run, holding them back at most {JOIN_GROUP_MAX_HELD_STEPS} steps (1: every "
+        "joiner joins at the first step boundary; service/decode_policy.py)",
     )
     decode_encode_ahead: bool = Field(
         default=True,

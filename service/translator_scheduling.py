@@ -44,6 +44,7 @@ def decode_scheduler(
         max_running_sequences=settings.decode_max_running_sequences,
         max_cache_tokens=settings.decode_max_cache_tokens,
         max_queue_size=settings.max_queue_size,
+        join_group=settings.decode_join_group,
     )
     lanes = decode_lanes(settings) if engine.provider == CPU else 1
     make = lane_maker(

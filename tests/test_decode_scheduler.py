@@ -18,7 +18,12 @@ from typing import Any
 import pytest
 
 from service.decode_items import DecodeItem, StepStats
-from service.decode_policy import DecodePolicy
+from service.decode_policy import (
+    JOIN_GROUP_BUSY_ROWS,
+    JOIN_GROUP_MAX_HELD_STEPS,
+    DecodePolicy,
+    held_back,
+)
 from service.decode_scheduler import DecodeScheduler
 from service.engines.decode_io import Join, Outcome
 from service.engines.tokenization import Encoded
@@ -548,3 +553,54 @@ def test_the_encoder_runs_beside_the_step_only_when_the_threads_leave_it_a_core(
     assert not translator_scheduling.decode_scheduler(
         "t", engine, off, ServiceMetrics()
     ).encodes_ahead
+
+
+@pytest.mark.parametrize(
+    ("case", "held_steps"),
+    [
+        ("lone whole answer", JOIN_GROUP_MAX_HELD_STEPS),  # held as long as allowed, then joins
+        ("a group's worth", 0),  # join_group joiners at once: one encoder run, no wait
+        ("streamed", 0),  # its client waits for the first piece
+        ("join_group 1", 0),
+        ("quiet batch", 0),  # fewer than JOIN_GROUP_BUSY_ROWS rows: the cores have time
+    ],
+)
+def test_a_busy_batch_gathers_whole_answer_joiners(case: str, held_steps: int) -> None:
+    """A busy batch holds back fewer than `join_group` whole-answer joiners to encode them
+    together, for at most JOIN_GROUP_MAX_HELD_STEPS steps; streams, a full group, join_group=1
+    and a quiet batch join at the first boundary."""
+
+    async def main() -> None:
+        group = 1 if case == "join_group 1" else 4
+        scheduler, runner, _ = make(join_group=group)
+        runner.permits = threading.Semaphore(0)
+        scheduler.start()
+        running = 2 if case == "quiet batch" else JOIN_GROUP_BUSY_ROWS
+        scheduler.submit([src(20)] * running, key=GREEDY, timeout_s=10)
+        await advance(runner, 3)  # step 3 is under way
+        count = group if case == "a group's worth" else 1
+        on_token = (lambda token: None) if case == "streamed" else None
+        late = scheduler.submit([src(2)] * count, key=GREEDY, timeout_s=10, on_token=on_token)
+        unleash(runner)
+        for item in late:
+            assert await item.future == "7 7"
+        await scheduler.stop(5)
+        joined_at = {
+            next(i for i, c in enumerate(runner.calls) if it.seq_id in c[0]) for it in late
+        }
+        assert joined_at == {4 + held_steps}  # together, at the boundary after step 3 unless held
+
+    asyncio.run(main())
+
+
+def test_held_back_rules() -> None:
+    policy = DecodePolicy(join_group=4)
+    busy = JOIN_GROUP_BUSY_ROWS
+    assert held_back(policy, 1, busy, 0, streamed=False)
+    assert held_back(policy, 3, busy, JOIN_GROUP_MAX_HELD_STEPS - 1, streamed=False)
+    assert not held_back(policy, 0, busy, 0, streamed=False)  # nobody waiting
+    assert not held_back(policy, 4, busy, 0, streamed=False)  # a whole group
+    assert not held_back(policy, 1, busy - 1, 0, streamed=False)  # a quiet batch
+    assert not held_back(policy, 1, busy, JOIN_GROUP_MAX_HELD_STEPS, streamed=False)  # waited
+    assert not held_back(policy, 1, busy, 0, streamed=True)
+    assert not held_back(DecodePolicy(join_group=1), 1, busy, 0, streamed=False)

@@ -155,3 +155,20 @@ def test_train_cli_reports_missing_corpus(tmp_path: Path, capsys: pytest.Capture
     args = parser.parse_args(["--corpus", str(tmp_path / "nope.txt"), "--out", str(tmp_path)])
     assert run_train(args) == 2
     assert "corpus file not found" in capsys.readouterr().out
+
+
+def test_the_serving_encoder_gives_one_text_what_a_batch_gives_it(tokenizer: Tokenizer) -> None:
+    """service TextEncoder: one text (or pair) goes through the tokenizer's single-item calls,
+    which keep the GIL; its ids, segments, truncation flag and decoded text are those of the
+    same text inside a batch (the batch calls), with truncation on."""
+    from service.engines.tokenization import TextEncoder
+
+    encoder = TextEncoder(tokenizer.to_str(), max_length=12)
+    texts = [*REAL_SENTENCES, "short"]
+    batched = encoder.encode(texts)
+    assert any(e.truncated for e in batched) and not all(e.truncated for e in batched)
+    assert [encoder.encode([t])[0] for t in texts] == batched
+    pairs = list(zip(texts, reversed(texts), strict=True))
+    assert [encoder.encode_pairs([p])[0] for p in pairs] == encoder.encode_pairs(pairs)
+    ids = [e.ids for e in batched]
+    assert [encoder.decode([i])[0] for i in ids] == encoder.decode(ids)
