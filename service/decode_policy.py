@@ -100,8 +100,8 @@ def held_back(
     The encoder's cost per source falls with the sources per run, more than a batch's shape
     suggests: after a decoder step its weights are cold in the cache (real translator, one lane
     of 14 rows, no HTTP: 0.93-0.98 ms of encoder per request joining as they come, 0.80-0.84 in
-    pairs, 0.72 in fours; 32 users over HTTP, six alternated rounds: 4-11% more requests/s and
-    a lower p95, reports/translation-benchmark.md, stop 30)."""
+    pairs, 0.72 in fours; 32 users over HTTP, eight alternated rounds: median 462 vs 440
+    requests/s, a small gain inside this VM's noise; reports/translation-benchmark.md, stop 30)."""
     return (
         0 < joiners < policy.join_group
         and rows >= JOIN_GROUP_BUSY_ROWS

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.decode_policy import JOIN_GROUP_BUSY_ROWS, JOIN_GROUP_MAX_HELD_STEPS
+from service.decode_policy import JOIN_GROUP_BUSY_ROWS, JOIN_GROUP_MAX_HELD_STEPS, DecodePolicy
 from service.repository import MODEL_NAME_PATTERN
 
 ENV_PREFIX = "NLPSERVE_"
@@ -183,7 +183,7 @@ class Settings(BaseSettings):
         default=64, ge=1, le=4096, description="decoder rows running at once (beam-K takes K)"
     )
     decode_join_group: int = Field(
-        default=4,
+        default=DecodePolicy().join_group,
         ge=1,
         le=64,
         description="step-scheduled translators: a busy running batch (at least "
