@@ -43,7 +43,8 @@ from service.engines.translator import DecodingParams
 logger = logging.getLogger(__name__)
 
 # The server's environment per mode: step scheduling (the default: one lane per core, each
-# encoding its joiners), the same with streams encoded as they arrive, one lane with the
+# encoding its joiners, a busy lane in groups), the same with every joiner joining at the first
+# boundary (no group), the same with streams encoded as they arrive, one lane with the
 # encoder beside its steps, one lane encoding inside the step, request-level batching,
 # request-level batching with two engine runs in flight (its best setting on a 2-core CPU with
 # --threads 1: one decode thread per core, like the lanes), and request-level batching as issue
@@ -56,6 +57,10 @@ MODES = {
     "step-streams-early": {
         "NLPSERVE_TRANSLATION_BATCHING": "step",
         "NLPSERVE_DECODE_ENCODE_STREAMS_EARLY": "true",
+    },
+    "step-join-at-once": {
+        "NLPSERVE_TRANSLATION_BATCHING": "step",
+        "NLPSERVE_DECODE_JOIN_GROUP": "1",
     },
     "step-one-lane": ONE_LANE,
     "step-inline": {**ONE_LANE, "NLPSERVE_DECODE_ENCODE_AHEAD": "0"},

@@ -179,7 +179,8 @@ async def compare(
             lanes = 1 if mode in ("step-one-lane", "step-inline") else available_cores()
             ahead = mode != "step-inline" and lanes == 1  # as translator_scheduling.encodes_ahead
             lane = lane_maker("translator", engine, side_by_side=lanes > 1, encode_ahead=ahead)
-            scheduler = scheduler_for(lanes, lane, DecodePolicy(), counts)
+            group = 1 if mode == "step-join-at-once" else DecodePolicy().join_group
+            scheduler = scheduler_for(lanes, lane, DecodePolicy(join_group=group), counts)
             scheduler.start()
             submit = _scheduler_submit(scheduler, params)
         else:
