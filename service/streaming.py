@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from starlette.types import Receive, Send
@@ -94,7 +94,7 @@ class TranslationStream:
         """Decoder rows of the step it joined (0: it has not joined)."""
         return 0 if self.item is None else self.item.batch_size
 
-    async def events(self) -> AsyncIterator[bytes]:
+    async def events(self) -> AsyncGenerator[bytes, None]:
         assert self.item is not None
         # One timer for the whole stream puts a marker in the queue at the deadline (an
         # asyncio.wait_for per token made a Task and a timer per token on Python 3.11).
@@ -154,8 +154,11 @@ async def send_events(stream: TranslationStream, receive: Receive, send: Send) -
     watcher = asyncio.ensure_future(_disconnect(receive))
     watcher.add_done_callback(lambda _: item.future.cancel())  # a no-op once it is answered
     try:
-        async for frame in stream.events():
-            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        # aclosing: if a send raises, the frames' own `finally` (the sequence cancelled, the
+        # drain's count released) runs now, not when the generator is collected
+        async with contextlib.aclosing(stream.events()) as frames:
+            async for frame in frames:
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
         watcher.cancel()  # its callback then cancels an answered future: a no-op
