@@ -122,7 +122,7 @@ class FastLane:
         except ServiceError as e:
             await send_service_error(send, path, e)
             return
-        await send_events(stream, receive, send)
+        await send_events(stream, watch_disconnect(receive), send)
 
     async def _infer(
         self, name: str, version: str | None, scope: Scope, receive: Receive, send: Send

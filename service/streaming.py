@@ -25,11 +25,12 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from starlette.types import Receive, Send
+from starlette.types import Send
 
 from service.decode_items import DecodeItem
 from service.engines.translator import TranslatorEngine
 from service.errors import ErrorKind, ServiceError
+from service.served_model import Disconnected
 
 MEDIA_TYPE = "text/event-stream"
 # The stream's headers besides its type: no cache, and no buffering by a proxy (nginx).
@@ -144,14 +145,14 @@ class TranslationStream:
             self.closer.close()
 
 
-async def send_events(stream: TranslationStream, receive: Receive, send: Send) -> None:
+async def send_events(stream: TranslationStream, disconnected: Disconnected, send: Send) -> None:
     """The stream's response on a bare ASGI `send` (the fast lane, service/fast_lane.py): the
     same headers and frames as the route's StreamingResponse without its task group per
-    request. A disconnect (watched on `receive`) cancels the sequence, which ends the frames."""
+    request. The client leaving (`disconnected`) cancels the sequence, which ends the frames."""
     assert stream.item is not None
     item = stream.item
     await send({"type": "http.response.start", "status": 200, "headers": _START_HEADERS})
-    watcher = asyncio.ensure_future(_disconnect(receive))
+    watcher = asyncio.ensure_future(disconnected())
     watcher.add_done_callback(lambda _: item.future.cancel())  # a no-op once it is answered
     try:
         # aclosing: if a send raises, the frames' own `finally` (the sequence cancelled, the
@@ -162,11 +163,6 @@ async def send_events(stream: TranslationStream, receive: Receive, send: Send) -
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
         watcher.cancel()  # its callback then cancels an answered future: a no-op
-
-
-async def _disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 def _whole_words(text: str, sent: str) -> str:
