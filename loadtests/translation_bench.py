@@ -62,6 +62,14 @@ MODES = {
         "NLPSERVE_TRANSLATION_BATCHING": "step",
         "NLPSERVE_DECODE_JOIN_GROUP": "1",
     },
+    "step-threads": {
+        "NLPSERVE_TRANSLATION_BATCHING": "step",
+        "NLPSERVE_DECODE_LANE_PROCESSES": "false",
+    },
+    "step-processes": {
+        "NLPSERVE_TRANSLATION_BATCHING": "step",
+        "NLPSERVE_DECODE_LANE_PROCESSES": "true",
+    },
     "step-one-lane": ONE_LANE,
     "step-inline": {**ONE_LANE, "NLPSERVE_DECODE_ENCODE_AHEAD": "0"},
     "request": REQUEST_LEVEL,

@@ -167,6 +167,8 @@ async def compare(
     def count_tokens(text: str) -> int:  # re-tokenized, as the HTTP run counts
         return engine.encoder.encode([text])[0].tokens
 
+    if "step-processes" in modes:
+        raise ValueError("step-processes runs the lanes in processes of a server: over HTTP only")
     results = []
     for mode in modes:
         counts = Counts()

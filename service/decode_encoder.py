@@ -1,7 +1,15 @@
 """The step scheduler's encoder thread (service/decode_scheduler.py): joiners encoded beside the
 running batch's step instead of inside it. Two uses: the joiners admitted at a step boundary,
 encoded during that step to join at the next (`ahead`), and streamed sequences encoded as they
-arrive while a step runs (`streams_early`). The runs it returns are `EncodedRun`s."""
+arrive while a step runs (`streams_early`). The runs it returns are `EncodedRun`s.
+
+With `ahead` (the server's default with one lane and a core to spare) the decoder never waits
+for the encoder: on the real translator the encoder took 28% of the step loop's time at 32
+users (py-spy). Streamed sequences, whose client waits for the first piece, join at once, and a
+joiner that arrives to an empty batch, with no step to overlap, is encoded inside the step. With
+`streams_early` (a setting, off by default) a streamed sequence arriving while a step runs is
+encoded beside it and joins at the next boundary already encoded: its first piece does not wait
+for its encoder inside the step, nor do the other streams' steps."""
 
 from __future__ import annotations
 

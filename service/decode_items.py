@@ -1,15 +1,19 @@
 """What the step scheduler (service/decode_scheduler.py) holds and reports: one sequence's
-`DecodeItem`, a step's `StepStats`, and the interfaces of its observer and its engine."""
+`DecodeItem`, a step's `StepStats`, the interfaces of its observer, its engine and its delivery,
+and the check of a request every lane makes on submit (`checked_steps`)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from service.decode_policy import DecodePolicy, check_fits
 from service.engines.decode_io import Join, Outcome
+from service.engines.translator import DecodingParams
 
 
 @dataclass(eq=False)
@@ -54,7 +58,8 @@ class DecodeObserver(Protocol):
     def on_step(self, stats: StepStats) -> None: ...
 
     def on_dropped(self, reason: str, count: int) -> None:
-        """Sequences that left unanswered: "cancelled", "timeout" or "shutdown"."""
+        """Sequences that left unanswered: "cancelled", "timeout", "shutdown" or "lost" (their
+        lane's process died, service/decode_process.py)."""
         ...
 
 
@@ -74,9 +79,64 @@ class StepEngine(Protocol):
     def reset(self) -> None: ...
 
 
+# A finished sequence's answer: its value, or the error it ends with.
+Answer = tuple[DecodeItem, Any, BaseException | None]
+
+
+class Delivery(Protocol):
+    """Where a scheduler's futures live and how its answers reach them: the event loop's
+    (`LoopDelivery`), or a decoding process's pipe to the server (service/decode_worker.py)."""
+
+    def new_future(self) -> asyncio.Future[Any]: ...
+
+    def deliver(self, answers: list[Answer], tokens: list[tuple[DecodeItem, int]]) -> None:
+        """Hand over one step's new tokens (to streamed items' `on_token`) and answers (any
+        thread; an item whose future is done already, cancelled, is skipped)."""
+        ...
+
+
+class LoopDelivery:
+    """Answers and tokens go to the event loop the futures belong to, one wake-up per call."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def new_future(self) -> asyncio.Future[Any]:
+        return self._loop.create_future()
+
+    def deliver(self, answers: list[Answer], tokens: list[tuple[DecodeItem, int]]) -> None:
+        def on_loop() -> None:
+            for item, token in tokens:
+                if item.on_token is not None:
+                    item.on_token(token)
+            for item, result, error in answers:
+                if item.future.done():
+                    continue
+                if error is not None:
+                    item.future.set_exception(error)
+                else:
+                    item.future.set_result(result)
+
+        with contextlib.suppress(RuntimeError):  # the loop already closed: nobody to answer
+            self._loop.call_soon_threadsafe(on_loop)
+
+
 class NullObserver:
     def on_step(self, stats: StepStats) -> None:
         pass
 
     def on_dropped(self, reason: str, count: int) -> None:
         pass
+
+
+def checked_steps(
+    policy: DecodePolicy, key: Hashable, lengths: Iterable[int], max_steps: Callable[[int], int]
+) -> int:
+    """The decode steps a request's sequences (of `lengths` source tokens) may take, `key` its
+    `DecodingParams`; refuses a sequence that could never join (`check_fits`)."""
+    if not isinstance(key, DecodingParams):
+        raise TypeError(f"the decoding parameters are the key, not {key!r}")
+    steps = max_steps(key.max_new_tokens)
+    for length in lengths:
+        check_fits(policy, key.beam_size, length, steps)
+    return steps

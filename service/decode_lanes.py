@@ -24,6 +24,7 @@ import asyncio
 import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import replace
+from typing import Protocol
 
 from service.decode_items import DecodeItem, DecodeObserver, StepStats
 from service.decode_policy import DecodePolicy
@@ -53,12 +54,52 @@ def lane_policy(policy: DecodePolicy, lanes: int) -> DecodePolicy:
     )
 
 
-class DecodeLanes:
-    """`DecodeScheduler`'s interface over several schedulers of one model."""
+class Lane(Protocol):
+    """What DecodeLanes needs of a lane: a `DecodeScheduler`, or one in a process of its own
+    (`ProcessLane`, service/decode_process.py)."""
 
-    def __init__(self, lanes: Sequence[DecodeScheduler]) -> None:
-        if len(lanes) < 2:
-            raise ValueError("lanes need at least two schedulers; use a DecodeScheduler")
+    @property
+    def queue_depth(self) -> int: ...
+
+    @property
+    def rows(self) -> int: ...
+
+    @property
+    def waiting_rows(self) -> int: ...
+
+    @property
+    def encodes_ahead(self) -> bool: ...
+
+    @property
+    def available(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    async def until_ready(self) -> None: ...
+
+    def submit(
+        self,
+        payloads: Sequence[Encoded],
+        tokens: Sequence[int] | None = None,
+        *,
+        key: Hashable,
+        timeout_s: float,
+        on_token: Callable[[int], None] | None = None,
+    ) -> list[DecodeItem]: ...
+
+    def predicted_wait_s(self, rows: int = 0) -> float | None: ...
+
+    def retry_after_s(self, extra: int = 0) -> int: ...
+
+    async def stop(self, timeout_s: float | None = None) -> None: ...
+
+
+class DecodeLanes:
+    """`DecodeScheduler`'s interface over several lanes of one model."""
+
+    def __init__(self, lanes: Sequence[Lane]) -> None:
+        if not lanes:
+            raise ValueError("no lanes")
         self.lanes = list(lanes)
 
     @property
@@ -73,9 +114,16 @@ class DecodeLanes:
     def encodes_ahead(self) -> bool:
         return self.lanes[0].encodes_ahead
 
+    @property
+    def available(self) -> bool:
+        return any(lane.available for lane in self.lanes)
+
     def start(self) -> None:
         for lane in self.lanes:
             lane.start()
+
+    async def until_ready(self) -> None:
+        await asyncio.gather(*(lane.until_ready() for lane in self.lanes))
 
     def submit(
         self,
@@ -88,15 +136,16 @@ class DecodeLanes:
     ) -> list[DecodeItem]:
         """A streamed request's sequences go to the first lane they fit in up to SPILL_ROWS
         rows, else (and a whole answer's always) to the lane with the fewest rows running and
-        waiting."""
+        waiting; only lanes that take work (a lane whose process is restarting does not)."""
         if not isinstance(key, DecodingParams):
             raise TypeError(f"the decoding parameters are the key, not {key!r}")
         rows = key.beam_size * len(payloads)
-        loads = [lane.rows + lane.waiting_rows for lane in self.lanes]
+        lanes = [lane for lane in self.lanes if lane.available] or self.lanes[:1]  # it refuses
+        loads = [lane.rows + lane.waiting_rows for lane in lanes]
         fill = SPILL_ROWS if on_token is not None else 0
         spill = [i for i, load in enumerate(loads) if load + rows <= fill]
         index = spill[0] if spill else min(range(len(loads)), key=loads.__getitem__)
-        return self.lanes[index].submit(
+        return lanes[index].submit(
             payloads, tokens, key=key, timeout_s=timeout_s, on_token=on_token
         )
 
@@ -144,14 +193,15 @@ class _LaneObserver:
 
 def scheduler_for(
     lanes: int,
-    make: Callable[[DecodePolicy, DecodeObserver, int], DecodeScheduler],
+    make: Callable[[DecodePolicy, DecodeObserver, int], Lane],
     policy: DecodePolicy,
     observer: DecodeObserver,
 ) -> DecodeScheduler | DecodeLanes:
     """One scheduler, or `lanes` of them behind DecodeLanes; `make(policy, observer, index)`
     builds one."""
     if lanes < 2:
-        return make(policy, observer, 0)
+        lane = make(policy, observer, 0)
+        return lane if isinstance(lane, DecodeScheduler) else DecodeLanes([lane])
     observers = LaneObservers(observer, lanes)
     share = lane_policy(policy, lanes)
     return DecodeLanes([make(share, observers.lane(i), i) for i in range(lanes)])

@@ -51,7 +51,8 @@ class DecodeMetrics:
         )
         self.dropped = Counter(
             "nlpserve_decode_dropped_sequences",
-            "Sequences that left unanswered: cancelled (client gone), timeout, shutdown",
+            "Sequences that left unanswered: cancelled (client gone), timeout, shutdown, lost "
+            "(their lane's process died)",
             ["model", "reason"],
             registry=r,
         )

@@ -12,15 +12,8 @@ every step boundary:
    (`max_cache_tokens`, counted the way the padded caches grow: rows x (longest source + most
    decode steps), so memory is bounded before it is used, never discovered by running out);
 3. one engine call runs one decoder step for every row (`service.engines.decode_batch`); with
-   `encode_ahead` (the server's default) the joiners admitted at this boundary are encoded on a
-   thread of their own during that step and join at the next boundary, so the decoder never
-   waits for the encoder (streamed sequences, whose client waits for the first piece, join at
-   once) (on the real translator the encoder took 28% of the step loop's time at
-   32 users, py-spy); a joiner that arrives to an empty batch, with no step to overlap, is encoded
-   inside the call and joins at once. With `encode_streams_early` (a setting, off by default) a
-   streamed sequence that arrives while a step runs is encoded on that thread at once, beside
-   the step, and joins at the next boundary already encoded: its first piece does not wait for
-   its encoder inside the step, nor do the other streams' steps;
+   `encode_ahead` the joiners are encoded beside that step and join at the next boundary, and
+   with `encode_streams_early` streamed ones as they arrive (service/decode_encoder.py);
 4. sequences that finished are answered at once; greedy ones hand each new token to their
    listener (streaming) as it comes.
 
@@ -28,7 +21,8 @@ The loop runs on its own thread, off the event loop, step after step while there
 hand-off to a worker thread at every step took one-sentence requests from 10.2-10.4 ms to
 11.5-13 ms, demo translator, busy 2-core VM). `submit` (event loop) and the loop share only the
 waiting queue, under a lock; answers and streamed tokens go back in one `call_soon_threadsafe`
-per step.
+per step (`LoopDelivery`). A lane's process (service/decode_worker.py) steps its scheduler on
+its one thread between reads of its socket instead (`attach`, `step`, `end`), answering there.
 
 Budgets, queue limits and admission (429 with Retry-After when the wait for a place, predicted
 from the measured rate rows free up, would pass the deadline), deadlines (504) and cancellation
@@ -41,7 +35,6 @@ are in service/decode_items.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -50,14 +43,24 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 from service.decode_encoder import JoinEncoder
-from service.decode_items import DecodeItem, DecodeObserver, NullObserver, StepEngine, StepStats
+from service.decode_items import (
+    Answer,
+    DecodeItem,
+    DecodeObserver,
+    Delivery,
+    LoopDelivery,
+    NullObserver,
+    StepEngine,
+    StepStats,
+    checked_steps,
+)
 from service.decode_policy import (
     DecodeAdmission,
     DecodePolicy,
     cache_tokens,
-    check_fits,
     held_back,
     joining,
+    refuse_if_full,
 )
 from service.engines.decode_io import Outcome
 from service.engines.tokenization import Encoded
@@ -103,7 +106,8 @@ class DecodeScheduler:
         self._stopping = False
         self._abort = False  # stop() timed out: fail what is left instead of finishing it
         self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._delivery: Delivery | None = None
+        self._serving = False  # attached and its step loop not ended
         self._admission = DecodeAdmission(name, policy)
         self._encoder = JoinEncoder(
             name, engine, ahead=encode_ahead, streams_early=encode_streams_early
@@ -120,15 +124,31 @@ class DecodeScheduler:
         return self._rows
 
     @property
+    def available(self) -> bool:
+        """Whether it takes work: started, its step loop running, not stopping."""
+        return self._serving and not self._stopping
+
+    @property
     def encodes_ahead(self) -> bool:
         """Whether joiners are encoded beside the running step (`encode_ahead`)."""
         return self._encoder.ahead
 
     def start(self) -> None:
         """Start the step loop's thread; answers are delivered to the running event loop."""
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name=f"decode-{self.name}", daemon=True)
+        self.attach(LoopDelivery(asyncio.get_running_loop()))
+        self._thread = threading.Thread(
+            target=self.run_steps, name=f"decode-{self.name}", daemon=True
+        )
         self._thread.start()
+
+    async def until_ready(self) -> None:
+        """Ready once started (a lane in a process of its own waits for its model here)."""
+
+    def attach(self, delivery: Delivery) -> None:
+        """Take work whose answers go through `delivery`; the caller then runs `run_steps` on a
+        thread of its own (`start` does both for the event loop)."""
+        self._delivery = delivery
+        self._serving = True
 
     def submit(
         self,
@@ -144,23 +164,20 @@ class DecodeScheduler:
         del tokens  # the source ids give the lengths (kept for Batcher.submit's signature)
         if self._stopping:
             raise ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down")
-        if self._thread is None or not self._thread.is_alive():
+        if not self._serving or self._delivery is None:
             raise ServiceError(ErrorKind.NOT_READY, f"model {self.name!r} is not running")
-        if not isinstance(key, DecodingParams):
-            raise TypeError(f"the decoding parameters are the key, not {key!r}")
-        steps = self._max_steps(key.max_new_tokens)
-        for payload in payloads:
-            check_fits(self.policy, key.beam_size, len(payload.ids), steps)
-        loop = asyncio.get_running_loop()
+        steps = checked_steps(self.policy, key, (len(p.ids) for p in payloads), self._max_steps)
+        assert isinstance(key, DecodingParams)  # checked_steps checked it
+        delivery = self._delivery
         with self._wake:
             if len(self.waiting) + len(payloads) > self.policy.max_queue_size:
                 self._drop_dead_waiting()
-            if len(self.waiting) + len(payloads) > self.policy.max_queue_size:
-                raise ServiceError(
-                    ErrorKind.OVERLOADED,
-                    f"model {self.name!r} is overloaded: {len(self.waiting)} sequences waiting, "
-                    f"max_queue_size is {self.policy.max_queue_size}; retry later",
-                    retry_after=self.retry_after_s(len(payloads)),
+                refuse_if_full(
+                    self.name,
+                    self.policy,
+                    len(self.waiting),
+                    len(payloads),
+                    self.retry_after_s(len(payloads)),
                 )
             self._admission.check(
                 self.waiting_rows,
@@ -176,7 +193,7 @@ class DecodeScheduler:
                     list(payload.ids),
                     key.beam_size,
                     steps,
-                    loop.create_future(),
+                    delivery.new_future(),
                     now,
                     now + timeout_s,
                     on_token,
@@ -210,36 +227,63 @@ class DecodeScheduler:
     async def stop(self, timeout_s: float | None = None) -> None:
         """Refuse new work, let waiting and running sequences finish (up to `timeout_s`), then
         fail whatever is left with SHUTTING_DOWN."""
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
+        self.begin_stop()
         thread = self._thread
         if thread is None:
             return
         await asyncio.to_thread(thread.join, timeout_s)
         if thread.is_alive():
             logger.warning("model %s: work left after %.1f s; cancelling", self.name, timeout_s)
-            with self._wake:
-                self._abort = True
-                self._wake.notify()
+            self.abort()
             await asyncio.to_thread(thread.join)
+
+    def begin_stop(self) -> None:
+        """Refuse new work; `run_steps` returns once the waiting and running sequences are done."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+
+    def abort(self) -> None:
+        """After `begin_stop`: `run_steps` returns at the next boundary, failing what is left."""
+        with self._wake:
+            self._abort = True
+            self._wake.notify()
 
     # ------------------------------------------------------------------ the loop (its thread)
 
-    def _run(self) -> None:
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting or running."""
+        return not self.waiting and not self.running
+
+    @property
+    def finished(self) -> bool:
+        """Aborted, or stopping with nothing left: the step loop ends (`end`)."""
+        return self._abort or (self._stopping and self.idle)
+
+    def run_steps(self, after_step: Callable[[], None] = lambda: None) -> None:
+        """Step while there is work, wait while there is none, until `finished`; then `end`.
+        `after_step` runs after every step and at the end."""
         try:
             while True:
                 with self._wake:
-                    while not self.waiting and not self.running and not self._stopping:
+                    while self.idle and not self._stopping:
                         self._wake.wait()
-                    if self._abort or (self._stopping and not self.waiting and not self.running):
+                    if self.finished:
                         break
                 self.step()
+                after_step()
         except BaseException:
             logger.exception("model %s: decoding loop crashed", self.name)
         finally:
-            self._encoder.shutdown()
-            self._fail_all(ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down"))
+            self.end()
+            after_step()
+
+    def end(self) -> None:
+        """Take no more work and fail what is left with SHUTTING_DOWN."""
+        self._serving = False
+        self._encoder.shutdown()
+        self._fail_all(ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down"))
 
     def step(self) -> None:
         """Retire abandoned sequences, admit waiting ones, run one engine step, answer what
@@ -310,14 +354,14 @@ class DecodeScheduler:
         return joins
 
     def _retire(self, outcomes: list[Outcome]) -> int:
-        deliveries: list[tuple[DecodeItem, Any, BaseException | None]] = []
-        tokens: list[tuple[Callable[[int], None], int]] = []
+        deliveries: list[Answer] = []
+        tokens: list[tuple[DecodeItem, int]] = []
         for outcome in outcomes:
             item = self.running.get(outcome.seq_id)
             if item is None:
                 continue
             if outcome.token is not None and item.on_token is not None:
-                tokens.append((item.on_token, outcome.token))
+                tokens.append((item, outcome.token))
             if outcome.result is not None:
                 del self.running[outcome.seq_id]
                 self._rows -= item.beam_size
@@ -330,28 +374,11 @@ class DecodeScheduler:
         return len(deliveries)
 
     def _deliver(
-        self,
-        deliveries: list[tuple[DecodeItem, Any, BaseException | None]],
-        tokens: list[tuple[Callable[[int], None], int]] | None = None,
+        self, deliveries: list[Answer], tokens: list[tuple[DecodeItem, int]] | None = None
     ) -> None:
-        """Hand tokens and answers to the event loop, in one wake-up per step."""
-        if not deliveries and not tokens:
-            return
-
-        def deliver() -> None:
-            for callback, token in tokens or ():
-                callback(token)
-            for item, result, error in deliveries:
-                if item.future.done():
-                    continue
-                if error is not None:
-                    item.future.set_exception(error)
-                else:
-                    item.future.set_result(result)
-
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop already closed: nobody to answer
-            self._loop.call_soon_threadsafe(deliver)
+        """Hand one step's tokens and answers over, in one call (one event-loop wake-up)."""
+        if (deliveries or tokens) and self._delivery is not None:
+            self._delivery.deliver(deliveries, tokens or [])
 
     # ------------------------------------------------------------------ helpers
 

@@ -230,6 +230,19 @@ class ModelRegistry:
         started = time.monotonic()
         try:
             engine, worker = await load_on_worker(version, self._settings)
+            model = LoadedModel.start(
+                version,
+                engine,
+                worker,
+                self._settings,
+                self._metrics,
+                step_scheduled=self._steps_decoding(engine),
+            )
+            try:
+                await model.until_serving()
+            except BaseException:
+                await model.release(drain_timeout_s=0)
+                raise
         except asyncio.CancelledError:  # shutdown while loading
             raise
         except Exception as e:
@@ -250,14 +263,6 @@ class ModelRegistry:
                 )
             )
             return
-        model = LoadedModel.start(
-            version,
-            engine,
-            worker,
-            self._settings,
-            self._metrics,
-            step_scheduled=self._steps_decoding(engine),
-        )
         self._swap_in(model)
         policy = batch_policy(model, version.config, self._settings)
         logger.info(

@@ -21,12 +21,12 @@ from service.batch_policy import BatchPolicy
 from service.batcher import Batcher
 from service.decode_lanes import DecodeLanes
 from service.decode_scheduler import DecodeScheduler
+from service.engine_settings import session_settings
 from service.engines import (
     ClassifierEngine,
     Encoded,
     Engine,
     ModelWorker,
-    SessionSettings,
     TranslatorEngine,
     load_engine,
 )
@@ -136,7 +136,7 @@ class LoadedModel:
         batcher: Batcher[Encoded, Any] | DecodeScheduler | DecodeLanes
         if step_scheduled:
             assert isinstance(engine, TranslatorEngine)
-            batcher = decode_scheduler(name, engine, settings, metrics)
+            batcher = decode_scheduler(version, engine, settings, metrics)
         else:
             run: Callable[[list[Encoded], Any], Sequence[Any]] = engine.run  # either engine's
             policy = BatchPolicy.for_model(version.config, settings)
@@ -165,6 +165,12 @@ class LoadedModel:
             manifest=version.manifest.model_dump(exclude={"files"}),
             fingerprint=version.fingerprint,
         )
+
+    async def until_serving(self) -> None:
+        """Wait for what `start` started elsewhere: a translator's lanes in processes of their
+        own load the model there (service/decode_process.py); raises if one failed."""
+        if isinstance(self.batcher, DecodeScheduler | DecodeLanes):
+            await self.batcher.until_ready()
 
     @property
     def ready(self) -> bool:
@@ -270,17 +276,6 @@ def side_by_side_runs(settings: Settings) -> int:
     if not settings.side_by_side_under_load or settings.workers_per_model > 1:
         return 0  # several workers: the operator chose fixed runs side by side
     return settings.intra_op_threads if settings.intra_op_threads > 1 else 0
-
-
-def session_settings(settings: Settings) -> SessionSettings:
-    return SessionSettings(
-        providers=settings.providers,
-        intra_op_threads=settings.intra_op_threads,
-        graph_optimization_level=settings.graph_optimization_level,
-        allow_spinning=settings.allow_spinning,
-        spin_only_during_runs=settings.spin_only_during_runs,
-        cuda_device_id=settings.cuda_device_id,
-    )
 
 
 async def wait_all(

@@ -5,14 +5,19 @@ lanes (service/decode_lanes.py), whether joiners are encoded beside the step, an
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from service.decode_items import DecodeObserver
-from service.decode_lanes import DecodeLanes, scheduler_for
+from service.decode_lanes import DecodeLanes, Lane, scheduler_for
 from service.decode_policy import DecodePolicy
+from service.decode_process import ProcessLane
 from service.decode_scheduler import DecodeScheduler
+from service.decode_wire import LaneSpec
+from service.engine_settings import session_settings
 from service.engines import TranslatorEngine
 from service.engines.session import CPU
 from service.metrics import ServiceMetrics
+from service.repository import ModelVersion
 from service.settings import Settings, available_cores
 
 
@@ -36,25 +41,54 @@ def encodes_ahead(settings: Settings) -> bool:
 
 
 def decode_scheduler(
-    name: str, engine: TranslatorEngine, settings: Settings, metrics: ServiceMetrics
+    version: ModelVersion, engine: TranslatorEngine, settings: Settings, metrics: ServiceMetrics
 ) -> DecodeScheduler | DecodeLanes:
     """The scheduler of a served translator, with the service's settings and metrics: on CPU,
-    one per lane (service/decode_lanes.py)."""
+    one per lane (service/decode_lanes.py), each in a process of its own with
+    `decode_lane_processes` (service/decode_process.py)."""
+    name = version.name
     policy = DecodePolicy(
         max_running_sequences=settings.decode_max_running_sequences,
         max_cache_tokens=settings.decode_max_cache_tokens,
         max_queue_size=settings.max_queue_size,
         join_group=settings.decode_join_group,
     )
-    lanes = decode_lanes(settings) if engine.provider == CPU else 1
-    make = lane_maker(
-        name,
-        engine,
-        side_by_side=lanes > 1,
-        encode_ahead=encodes_ahead(settings),
-        encode_streams_early=settings.decode_encode_streams_early,
-    )
+    on_cpu = engine.provider == CPU
+    lanes = decode_lanes(settings) if on_cpu else 1
+    make: Callable[[DecodePolicy, DecodeObserver, int], Lane]
+    if on_cpu and settings.decode_lane_processes:
+        make = process_lane_maker(version, engine, settings)
+    else:
+        make = lane_maker(
+            name,
+            engine,
+            side_by_side=lanes > 1,
+            encode_ahead=encodes_ahead(settings),
+            encode_streams_early=settings.decode_encode_streams_early,
+        )
     return scheduler_for(lanes, make, policy, metrics.decode_observer(name))
+
+
+def process_lane_maker(
+    version: ModelVersion, engine: TranslatorEngine, settings: Settings
+) -> Callable[[DecodePolicy, DecodeObserver, int], ProcessLane]:
+    """What builds one lane of a translator in a process of its own: one-thread sessions (a
+    lane's run is alone in its process), the server's logging and warm-up."""
+    session = replace(session_settings(settings), providers="cpu", intra_op_threads=1)
+
+    def make(policy: DecodePolicy, observer: DecodeObserver, index: int) -> ProcessLane:
+        spec = LaneSpec(
+            version,
+            session,
+            policy,
+            index,
+            log_level=settings.log_level,
+            log_format=settings.log_format,
+            warmup=settings.warmup,
+        )
+        return ProcessLane(spec, max_steps=engine.generator.max_steps, observer=observer)
+
+    return make
 
 
 def lane_maker(

@@ -153,11 +153,11 @@ def test_a_served_translator_decodes_in_lanes_as_if_alone(
     ) == 2 and not translator_scheduling.encodes_ahead(settings)
     assert translator_scheduling.decode_lanes(service_settings(side_by_side_under_load=False)) == 1
     assert translator_scheduling.decode_lanes(service_settings(decode_lanes=3)) == 3
-    lanes = translator_scheduling.decode_scheduler("translator", engine, settings, ServiceMetrics())
+    lanes = translator_scheduling.decode_scheduler(version, engine, settings, ServiceMetrics())
     assert isinstance(lanes, DecodeLanes) and len(lanes.lanes) == 2
     assert not any(lane._encoder.streams_early for lane in lanes.lanes)  # the default
     early = service_settings(intra_op_threads=2, decode_encode_streams_early=True)
-    other = translator_scheduling.decode_scheduler("translator", engine, early, ServiceMetrics())
+    other = translator_scheduling.decode_scheduler(version, engine, early, ServiceMetrics())
     assert isinstance(other, DecodeLanes)
     assert all(lane._encoder.streams_early for lane in other.lanes)
     texts = [f"a dog number {i} runs " + "fast " * (i % 7) for i in range(24)]

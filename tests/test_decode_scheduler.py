@@ -545,13 +545,11 @@ def test_the_encoder_runs_beside_the_step_only_when_the_threads_leave_it_a_core(
     version = next(v for v in versions if v.name == "translator")
     engine = TranslatorEngine(version, SessionSettings(providers="cpu", allow_spinning=False))
     settings = service_settings(intra_op_threads=threads, decode_lanes=lanes)
-    scheduler = translator_scheduling.decode_scheduler(
-        "translator", engine, settings, ServiceMetrics()
-    )
+    scheduler = translator_scheduling.decode_scheduler(version, engine, settings, ServiceMetrics())
     assert scheduler.encodes_ahead is ahead
     off = service_settings(intra_op_threads=1, decode_lanes=1, decode_encode_ahead=False)
     assert not translator_scheduling.decode_scheduler(
-        "t", engine, off, ServiceMetrics()
+        version, engine, off, ServiceMetrics()
     ).encodes_ahead
 
 

@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from service.engine_settings import session_settings
 from service.engines.session import CPU, SessionSettings, _options, create_session
-from service.served_model import session_settings
 from service.settings import Settings
 
 

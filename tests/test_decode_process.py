@@ -1,0 +1,248 @@
+"""service/decode_process.py and service/decode_worker.py: a translator's lanes in processes of
+their own (`decode_lane_processes`), on the real tiny translator (a long positional table, so a
+1000-token greedy decode lasts long enough to act in the middle of it).
+
+In process: the lanes built as the server builds them decode every sentence to the ids it gets
+alone, greedy and beam; streamed tokens arrive; a cancelled sequence leaves its lane; a lane
+whose process dies answers what it held and comes back; stopping drains, then the processes
+exit. Over HTTP: a real uvicorn with lanes in processes answers, streams, and on SIGTERM leaves
+no process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from service.decode_lanes import DecodeLanes
+from service.decode_process import ProcessLane
+from service.engines import SessionSettings, TranslatorEngine
+from service.engines.translator import DecodingParams
+from service.errors import ErrorKind, ServiceError
+from service.repository import ModelVersion, scan
+from tests.conftest import ServerProcess
+from tests.test_decode_scheduler import Recorder
+
+SENTENCES = [f"a dog number {i} runs " + "fast " * (i % 7) for i in range(16)]
+LONG = DecodingParams(beam_size=1, max_new_tokens=1000)
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from export.tiny import tiny_translator_checkpoint
+    from export.translator import export_translator
+
+    root = tmp_path_factory.mktemp("lane-processes")
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation noise (conftest)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        checkpoint = tiny_translator_checkpoint(root / "checkpoint", max_positions=2048)
+        export_translator(checkpoint, root / "repository", threads=1, max_new_tokens=16)
+    return root / "repository"
+
+
+@pytest.fixture(scope="module")
+def version(repository: Path) -> ModelVersion:
+    versions, _ = scan(repository, {})
+    return next(v for v in versions if v.name == "translator")
+
+
+@pytest.fixture(scope="module")
+def engine(version: ModelVersion) -> TranslatorEngine:
+    return TranslatorEngine(version, SessionSettings(providers="cpu", allow_spinning=False))
+
+
+def process_lanes(
+    version: ModelVersion,
+    engine: TranslatorEngine,
+    service_settings: Callable[..., Any],
+    lanes: int = 2,
+    **settings: Any,
+) -> tuple[DecodeLanes, Recorder]:
+    from service import translator_scheduling
+    from service.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics()
+    recorder = Recorder()
+    metrics.decode_observer = lambda name: recorder  # type: ignore[method-assign]
+    configured = service_settings(decode_lane_processes=True, decode_lanes=lanes, **settings)
+    scheduler = translator_scheduling.decode_scheduler(version, engine, configured, metrics)
+    assert isinstance(scheduler, DecodeLanes)
+    assert all(isinstance(lane, ProcessLane) for lane in scheduler.lanes)
+    return scheduler, recorder
+
+
+def alone(engine: TranslatorEngine, params: DecodingParams) -> list[str]:
+    sources = engine.encoder.encode(SENTENCES)
+    return [
+        engine.finish(
+            engine.generator.generate([s.ids], params.beam_size, params.max_new_tokens)[0]
+        )
+        for s in sources
+    ]
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_lanes_in_processes_decode_as_if_alone(
+    version: ModelVersion,
+    engine: TranslatorEngine,
+    service_settings: Callable[..., Any],
+    beam_size: int,
+) -> None:
+    """Sentences sent one by one, a few milliseconds apart, spread over both processes: each
+    decodes to what it decodes alone, and both lanes stepped."""
+    params = DecodingParams(beam_size, 16)
+    lanes, recorder = process_lanes(version, engine, service_settings)
+
+    async def main() -> list[str]:
+        lanes.start()
+        await lanes.until_ready()
+        futures = []
+        for source in engine.encoder.encode(SENTENCES):
+            (item,) = lanes.submit([source], key=params, timeout_s=30)
+            futures.append(item.future)
+            await asyncio.sleep(0.002 * (len(futures) % 3))
+        answers = await asyncio.gather(*futures)
+        await lanes.stop(10)
+        return list(answers)
+
+    assert asyncio.run(main()) == alone(engine, params)
+    assert all(lane._admission._observed > 0 for lane in lanes.lanes)  # type: ignore[union-attr]
+    assert sum(step.finished for step in recorder.steps) == len(SENTENCES)
+
+
+def test_streamed_tokens_arrive_and_a_cancelled_sequence_leaves(
+    version: ModelVersion, engine: TranslatorEngine, service_settings: Callable[..., Any]
+) -> None:
+    """A streamed sequence's tokens arrive one by one and end in its answer; a 1000-token
+    stream cancelled after its first token leaves its lane at a step boundary (counted as
+    cancelled), long before it could have finished, and its rows are free again."""
+    lanes, recorder = process_lanes(version, engine, service_settings, lanes=1)
+    (source,) = engine.encoder.encode([SENTENCES[3]])
+
+    async def main() -> tuple[list[int], str, float]:
+        lanes.start()
+        await lanes.until_ready()
+        tokens: list[int] = []
+        (item,) = lanes.submit([source], key=DecodingParams(1, 16), timeout_s=30,
+                               on_token=tokens.append)  # fmt: skip
+        answer = await item.future
+        first = asyncio.get_running_loop().create_future()
+        (long,) = lanes.submit([source], key=LONG, timeout_s=30,
+                               on_token=lambda t: first.done() or first.set_result(t))  # fmt: skip
+        await first
+        long.future.cancel()
+        started = time.monotonic()
+        while recorder.dropped.get("cancelled", 0) == 0 and time.monotonic() - started < 10:
+            await asyncio.sleep(0.01)
+        left_after = time.monotonic() - started
+        assert lanes.rows == 0 and lanes.queue_depth == 0
+        await lanes.stop(10)
+        return tokens, answer, left_after
+
+    tokens, answer, left_after = asyncio.run(main())
+    assert engine.finish(tokens) == answer == alone(engine, DecodingParams(1, 16))[3]
+    assert recorder.dropped == {"cancelled": 1}
+    assert left_after < 5
+
+
+def test_a_lane_whose_process_dies_answers_its_sequences_and_comes_back(
+    version: ModelVersion, engine: TranslatorEngine, service_settings: Callable[..., Any]
+) -> None:
+    """The process of a lane decoding a long sequence is killed: that request is answered at
+    once (500, internal), counted as lost, and a new process takes work again."""
+    lanes, recorder = process_lanes(version, engine, service_settings, lanes=1)
+    (lane,) = lanes.lanes
+    assert isinstance(lane, ProcessLane)
+    (source,) = engine.encoder.encode([SENTENCES[0]])
+
+    async def main() -> tuple[BaseException | None, str]:
+        lanes.start()
+        await lanes.until_ready()
+        first = asyncio.get_running_loop().create_future()
+        (item,) = lanes.submit([source], key=LONG, timeout_s=30,
+                               on_token=lambda t: first.done() or first.set_result(t))  # fmt: skip
+        await first
+        assert lane._process is not None
+        old = lane._process
+        old.kill()
+        error = await asyncio.wait_for(asyncio.gather(item.future, return_exceptions=True), 10)
+        await asyncio.wait_for(lane.until_ready(), 60)
+        assert lane._process is not old and lanes.available
+        (again,) = lanes.submit([source], key=DecodingParams(1, 16), timeout_s=30)
+        answer = await again.future
+        await lanes.stop(10)
+        return error[0], answer
+
+    error, answer = asyncio.run(main())
+    assert isinstance(error, ServiceError) and error.kind is ErrorKind.INTERNAL
+    assert recorder.dropped.get("lost") == 1
+    assert answer == alone(engine, DecodingParams(1, 16))[0]
+
+
+def test_stopping_drains_then_the_processes_exit_and_refusals_come_first(
+    version: ModelVersion, engine: TranslatorEngine, service_settings: Callable[..., Any]
+) -> None:
+    """What can never fit is refused at submit, in this process; a full queue answers 429;
+    stop() lets queued and running sequences finish, the processes exit cleanly, and new work
+    is refused as the server shutting down."""
+    lanes, _ = process_lanes(
+        version,
+        engine,
+        service_settings,
+        lanes=1,
+        max_queue_size=4,
+        max_items_per_request=4,
+        decode_max_running_sequences=2,
+    )
+    sources = engine.encoder.encode(SENTENCES[:4])
+
+    async def main() -> list[str]:
+        lanes.start()
+        await lanes.until_ready()
+        with pytest.raises(ServiceError) as too_wide:
+            lanes.submit(sources[:1], key=DecodingParams(4, 16), timeout_s=30)
+        assert too_wide.value.kind is ErrorKind.VALIDATION
+        items = lanes.submit(sources, key=DecodingParams(1, 16), timeout_s=30)
+        with pytest.raises(ServiceError) as full:
+            lanes.submit(sources[:2], key=DecodingParams(1, 16), timeout_s=30)
+        assert full.value.kind is ErrorKind.OVERLOADED and full.value.retry_after
+        await lanes.stop(10)
+        with pytest.raises(ServiceError) as late:
+            lanes.submit(sources[:1], key=DecodingParams(1, 16), timeout_s=30)
+        assert late.value.kind is ErrorKind.SHUTTING_DOWN
+        return [item.future.result() for item in items]
+
+    assert asyncio.run(main()) == alone(engine, DecodingParams(1, 16))[:4]
+    (lane,) = lanes.lanes
+    assert isinstance(lane, ProcessLane) and lane._process is not None
+    assert lane._process.returncode == 0
+
+
+def test_a_server_with_lanes_in_processes_answers_streams_and_leaves_none_behind(
+    repository: Path, engine: TranslatorEngine, launch_server: Callable[..., ServerProcess]
+) -> None:
+    """Over HTTP (a real uvicorn): translations equal decoding alone, a stream ends with the
+    translation, and SIGTERM drains and stops the lanes' processes with the server."""
+    server = launch_server(repository, decode_lane_processes=True, decode_lanes=2)
+    workers = psutil.Process(server.process.pid).children(recursive=True)
+    assert len(workers) == 2
+    body = {"texts": SENTENCES[:6], "max_new_tokens": 16, "beam_size": 1}
+    answer = httpx.post(server.url + "/v1/translate", json=body, timeout=30)
+    assert answer.status_code == 200
+    assert answer.json()["translations"] == alone(engine, DecodingParams(1, 16))[:6]
+    streamed = {"texts": SENTENCES[:1], "max_new_tokens": 16, "stream": True}
+    stream = httpx.post(server.url + "/v1/translate", json=streamed, timeout=30)
+    assert stream.status_code == 200 and "event: done" in stream.text
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=30) == 0
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
