@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -208,7 +209,9 @@ class ProcessLane:
         self._conn = conn
         self._ready = self._loop.create_future()
         self._ended = self._loop.create_future()
-        self._loop.add_reader(conn.fileno(), self._on_readable, conn)
+        readable = select.poll()
+        readable.register(conn.fileno(), select.POLLIN)
+        self._loop.add_reader(conn.fileno(), self._on_readable, conn, readable)
         self._send(self._spec)
 
     def _post(self, message: object) -> None:
@@ -230,19 +233,21 @@ class ProcessLane:
         except OSError:  # the process is gone: _on_readable sees the socket closed
             logger.debug("model %s: lane %d's socket is closed", self.name, self._spec.index)
 
-    def _on_readable(self, conn: Connection) -> None:
-        """One message per call: the event loop calls again while the socket has more (a
-        `conn.poll()` here would build a selector each time). The process writes a message in
-        one system call, so a readable socket holds a whole one."""
+    def _on_readable(self, conn: Connection, readable: select.poll) -> None:
+        """Every message that has arrived: one per call let reports wait in the socket behind
+        the loop's other work (32 streaming users: a join reached the loop 18 ms after the step,
+        p50, 72 ms p90). `readable` is made once: `conn.poll()` builds a selector per call."""
         try:
-            message = conn.recv()
+            while True:
+                message = conn.recv()
+                if isinstance(message, Report):
+                    self._take(message)
+                elif isinstance(message, Ready) and self._ready and not self._ready.done():
+                    self._ready.set_result(None)
+                if not readable.poll(0):
+                    return
         except (EOFError, OSError):
             self._lost(conn)
-            return
-        if isinstance(message, Report):
-            self._take(message)
-        elif isinstance(message, Ready) and self._ready and not self._ready.done():
-            self._ready.set_result(None)
 
     def _take(self, report: Report) -> None:
         """Apply one report: joins, streamed tokens, answers, then the step's statistics."""

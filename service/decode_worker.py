@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import select
 import signal
 import sys
@@ -34,6 +35,12 @@ from service.errors import ServiceError
 from service.logs import configure_logging
 
 logger = logging.getLogger(__name__)
+
+# A lane's process yields the CPU to the server's event loop when the loop has work: a lane
+# steps all the time under load, and with the lanes and the loop all runnable on every core the
+# loop got an equal share, its requests waiting for it (32 streaming users: first piece p50 52-55
+# ms at nice 0 against 28-29 ms with lanes as threads, whose GIL waits left the loop a core).
+LANE_NICENESS = 10
 
 
 def _streamed(token: int) -> None:
@@ -173,6 +180,7 @@ def serve(conn: Connection) -> None:
     # Ctrl-C or SIGTERM sent to the whole process group must not end it under a draining server.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.nice(int(os.environ.get("NLPSERVE_LANE_NICENESS", LANE_NICENESS)))
     spec: LaneSpec = conn.recv()
     configure_logging(spec.log_level, spec.log_format)
     engine = TranslatorEngine(spec.version, spec.session)

@@ -36,7 +36,7 @@ from service.repository import ModelConfig, ModelVersion
 from service.settings import Settings
 from service.stats import FanOut, ModelStatistics
 from service.tracing import mark_batches
-from service.translator_scheduling import decode_lanes, decode_scheduler
+from service.translator_scheduling import decode_lanes, decode_scheduler, lane_processes
 
 Disconnected = Callable[[], Awaitable[None]]  # completes when the client has gone away
 T = TypeVar("T")
@@ -244,9 +244,12 @@ async def load_on_worker(version: ModelVersion, settings: Settings) -> tuple[Eng
     on that worker); raises what went wrong, with the worker shut down."""
     side_by_side = side_by_side_runs(settings)
     worker = ModelWorker(version.name, max(settings.workers_per_model, side_by_side))
-    # one-thread sessions for runs side by side under load, or a translator's lanes
+    # one-thread sessions for runs side by side under load, or a translator's lanes (unless each
+    # lane is a process: it opens its own)
     single_thread_runs = side_by_side > 1 or (
-        version.config.task == "translation" and decode_lanes(settings) > 1
+        version.config.task == "translation"
+        and decode_lanes(settings) > 1
+        and not lane_processes(settings)
     )
     try:
         engine = await worker.call(

@@ -213,10 +213,11 @@ class Settings(BaseSettings):
         "(lanes) side by side, one-thread decoder runs each, the budgets shared out among them "
         "(None: one per core with side_by_side_under_load, else 1)",
     )
-    decode_lane_processes: bool = Field(
-        default=False,
+    decode_lane_processes: bool | None = Field(
+        default=None,
         description="step-scheduled translators on CPU: each lane in a process of its own, with "
-        "its own GIL (service/decode_process.py); off: lanes are threads of the server",
+        "its own GIL (service/decode_process.py); false: lanes are threads of the server "
+        "(None: processes with two lanes or more)",
     )
     decode_max_cache_tokens: int = Field(
         default=16384,

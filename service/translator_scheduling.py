@@ -28,6 +28,15 @@ def decode_lanes(settings: Settings) -> int:
     return available_cores() if settings.side_by_side_under_load else 1
 
 
+def lane_processes(settings: Settings) -> bool:
+    """Whether a step-scheduled translator's lanes on CPU are processes of their own
+    (`Settings.decode_lane_processes`; by default with two lanes or more: lanes that are threads
+    wait for the GIL behind the event loop, service/decode_worker.py)."""
+    if settings.decode_lane_processes is not None:
+        return settings.decode_lane_processes
+    return decode_lanes(settings) > 1
+
+
 def encodes_ahead(settings: Settings) -> bool:
     """Whether a step-scheduled translator encodes joiners on a thread of their own beside the
     step (`Settings.decode_encode_ahead`). That thread needs a core the decoder leaves free:
@@ -56,7 +65,7 @@ def decode_scheduler(
     on_cpu = engine.provider == CPU
     lanes = decode_lanes(settings) if on_cpu else 1
     make: Callable[[DecodePolicy, DecodeObserver, int], Lane]
-    if on_cpu and settings.decode_lane_processes:
+    if on_cpu and lane_processes(settings):
         make = process_lane_maker(version, engine, settings)
     else:
         make = lane_maker(

@@ -147,7 +147,7 @@ def test_a_served_translator_decodes_in_lanes_as_if_alone(
     two_threads = SessionSettings(providers="cpu", intra_op_threads=2, allow_spinning=False)
     engine = TranslatorEngine(version, two_threads, single_thread_runs=True)
     assert engine.single_thread_generator.decoder is not engine.generator.decoder
-    settings = service_settings(intra_op_threads=2)
+    settings = service_settings(intra_op_threads=2, decode_lane_processes=False)
     assert translator_scheduling.decode_lanes(
         settings
     ) == 2 and not translator_scheduling.encodes_ahead(settings)
@@ -156,7 +156,9 @@ def test_a_served_translator_decodes_in_lanes_as_if_alone(
     lanes = translator_scheduling.decode_scheduler(version, engine, settings, ServiceMetrics())
     assert isinstance(lanes, DecodeLanes) and len(lanes.lanes) == 2
     assert not any(lane._encoder.streams_early for lane in lanes.lanes)  # the default
-    early = service_settings(intra_op_threads=2, decode_encode_streams_early=True)
+    early = service_settings(
+        intra_op_threads=2, decode_encode_streams_early=True, decode_lane_processes=False
+    )
     other = translator_scheduling.decode_scheduler(version, engine, early, ServiceMetrics())
     assert isinstance(other, DecodeLanes)
     assert all(lane._encoder.streams_early for lane in other.lanes)

@@ -246,3 +246,19 @@ def test_a_server_with_lanes_in_processes_answers_streams_and_leaves_none_behind
     assert server.process.wait(timeout=30) == 0
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
+
+
+def test_lanes_are_processes_by_default_from_two_lanes(
+    monkeypatch: pytest.MonkeyPatch, service_settings: Callable[..., Any]
+) -> None:
+    """Two cores, two lanes: processes unless told otherwise; one lane stays a thread of the
+    server (nothing to gain on one core, and the process's hops to pay)."""
+    from service import translator_scheduling
+
+    monkeypatch.setattr(translator_scheduling, "available_cores", lambda: 2)
+    assert translator_scheduling.lane_processes(service_settings())
+    assert not translator_scheduling.lane_processes(service_settings(decode_lanes=1))
+    assert not translator_scheduling.lane_processes(service_settings(decode_lane_processes=False))
+    assert translator_scheduling.lane_processes(
+        service_settings(decode_lanes=1, decode_lane_processes=True)
+    )
