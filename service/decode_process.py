@@ -179,7 +179,7 @@ class ProcessLane:
         limit = None if timeout_s is None else timeout_s + EXIT_GRACE_S
         try:
             await asyncio.wait_for(asyncio.shield(ended), limit)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin before Python 3.11
             logger.error(
                 "model %s: lane %d hung while stopping; killed", self.name, self._spec.index
             )
@@ -235,8 +235,9 @@ class ProcessLane:
 
     def _on_readable(self, conn: Connection, readable: select.poll) -> None:
         """Every message that has arrived: one per call let reports wait in the socket behind
-        the loop's other work (32 streaming users: a join reached the loop 18 ms after the step,
-        p50, 72 ms p90). `readable` is made once: `conn.poll()` builds a selector per call."""
+        the loop's other work (32 streaming users: a join's report reached the loop 17.7 ms
+        after the join p50, 71.7 ms p90; reading all, 12.5 / 24.4 ms, stop 31). `readable` is
+        made once: `conn.poll()` builds a selector per call."""
         try:
             while True:
                 message = conn.recv()

@@ -1,21 +1,15 @@
-"""Iteration-level (continuous) batching of translation decoding: the step scheduler's policy.
+"""Iteration-level (continuous) batching of translation decoding: the step scheduler.
 
 Request-level batching decodes a batch until its longest sentence ends: a short sentence waits
 for the longest, and a request that arrives one step after a batch started waits for all of it.
 Here (after Orca and vLLM's `Scheduler`) a translator model has one running decode batch, and at
-every step boundary:
-
-1. sequences in `running` whose client went away or whose deadline passed leave (their rows are
-   freed in this step's engine call);
-2. sequences in `waiting` join, first come first served, while the budgets allow: decoder rows
-   (`max_running_sequences`; a beam-K sequence takes K rows) and cache tokens
-   (`max_cache_tokens`, counted the way the padded caches grow: rows x (longest source + most
-   decode steps), so memory is bounded before it is used, never discovered by running out);
-3. one engine call runs one decoder step for every row (`service.engines.decode_batch`); with
-   `encode_ahead` the joiners are encoded beside that step and join at the next boundary, and
-   with `encode_streams_early` streamed ones as they arrive (service/decode_encoder.py);
-4. sequences that finished are answered at once; greedy ones hand each new token to their
-   listener (streaming) as it comes.
+every step boundary: (1) sequences whose client went away or whose deadline passed leave;
+(2) waiting ones join, first come first served, while the budgets allow (decoder rows, a beam-K
+sequence taking K, and cache tokens counted the way the padded caches grow, so memory is bounded
+before it is used: service/decode_policy.py); (3) one engine call runs one decoder step for
+every row (`service.engines.decode_batch`; joiners may be encoded beside it,
+service/decode_encoder.py); (4) finished sequences are answered at once, and greedy ones hand
+each new token to their listener (streaming) as it comes.
 
 The loop runs on its own thread, off the event loop, step after step while there is work (a
 hand-off to a worker thread at every step took one-sentence requests from 10.2-10.4 ms to
@@ -23,13 +17,9 @@ hand-off to a worker thread at every step took one-sentence requests from 10.2-1
 waiting queue, under a lock; answers and streamed tokens go back in one `call_soon_threadsafe`
 per step (`LoopDelivery`). A lane's process (service/decode_worker.py) steps its scheduler on
 its one thread between reads of its socket instead (`attach`, `step`, `end`), answering there.
-
-Budgets, queue limits and admission (429 with Retry-After when the wait for a place, predicted
-from the measured rate rows free up, would pass the deadline), deadlines (504) and cancellation
-work as in `service.batcher`, whose `submit` interface this class shares. The budgets and the
-admission rule are in service/decode_policy.py, the encoder thread in service/decode_encoder.py;
-metrics observe it from outside (`DecodeObserver`); the items, step statistics and interfaces
-are in service/decode_items.py.
+Queue limits, admission (429 with Retry-After when the predicted wait passes the deadline),
+deadlines (504) and cancellation work as in `service.batcher`, whose `submit` it shares; metrics
+observe it from outside (`DecodeObserver`, service/decode_items.py).
 """
 
 from __future__ import annotations

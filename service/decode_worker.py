@@ -36,10 +36,10 @@ from service.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
-# A lane's process yields the CPU to the server's event loop when the loop has work: a lane
-# steps all the time under load, and with the lanes and the loop all runnable on every core the
-# loop got an equal share, its requests waiting for it (32 streaming users: first piece p50 52-55
-# ms at nice 0 against 28-29 ms with lanes as threads, whose GIL waits left the loop a core).
+# A lane's process yields the CPU to the server's event loop when both want it: a lane steps
+# all the time under load, the loop answers clients. Measured without a clear effect either way
+# on the 2-vCPU VM (32 streaming users, two rounds each: first piece p50 41.3 / 40.1 ms at nice
+# 10, 43.8 / 37.0 at nice 0, reports/translation-benchmark.md, stop 31); kept as the intent.
 LANE_NICENESS = 10
 
 
@@ -180,7 +180,7 @@ def serve(conn: Connection) -> None:
     # Ctrl-C or SIGTERM sent to the whole process group must not end it under a draining server.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.nice(int(os.environ.get("NLPSERVE_LANE_NICENESS", LANE_NICENESS)))
+    os.nice(LANE_NICENESS)
     spec: LaneSpec = conn.recv()
     configure_logging(spec.log_level, spec.log_format)
     engine = TranslatorEngine(spec.version, spec.session)

@@ -7,6 +7,7 @@ startup; `describe_error` turns a ValidationError into the one-line message the 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from functools import lru_cache
@@ -22,11 +23,34 @@ from service.repository import MODEL_NAME_PATTERN
 ENV_PREFIX = "NLPSERVE_"
 
 
-def available_cores() -> int:
+def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a
+    container's CPU limit, which leaves the affinity at the node's every core: sizing lanes
+    and runs by the node's cores would start a lane process per node core in a 2-core pod)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup)
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
+def _cgroup_quota(cgroup: Path) -> float | None:
+    """CPUs of the cgroup quota (v2 `cpu.max`, else v1 `cpu.cfs_quota_us`); None if unlimited."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1") or not period.isdigit() or int(period) == 0:
+        return None
+    try:
+        return int(quota) / int(period)
+    except ValueError:
+        return None
 
 
 class Settings(BaseSettings):

@@ -60,3 +60,30 @@ def test_short_api_keys_are_refused(tmp_path: Path) -> None:
     """API keys under 8 characters are refused (they would be guessable)."""
     with pytest.raises(ValidationError, match="at least 8 characters"):
         Settings.model_validate({"model_repository": tmp_path, "api_keys": "abc"})
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),  # cgroup v2, a 2-CPU limit
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: two cores, each partly
+        ({"cpu.max": "50000 100000\n"}, 1),
+        ({"cpu.max": "max 100000\n"}, None),  # no limit: the affinity
+        ({"cpu/cpu.cfs_quota_us": "300000", "cpu/cpu.cfs_period_us": "100000"}, 3),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+        ({}, None),  # no cgroup files (not in a container, or not Linux)
+    ],
+)
+def test_available_cores_is_capped_by_a_containers_cpu_limit(
+    tmp_path: Path, files: dict[str, str], expected: int | None
+) -> None:
+    """A pod's CPU limit is a cgroup quota; its affinity still lists every core of the node."""
+    import os
+
+    from service.settings import available_cores
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cores(tmp_path) == (min(affinity, expected) if expected else affinity)
