@@ -40,6 +40,12 @@ logger = logging.getLogger(__name__)
 # After its drain timeout a stopping process fails what it holds and exits; past this grace it
 # is killed (it hung).
 EXIT_GRACE_S = 10.0
+# A process that holds sequences reports after every step (milliseconds each); one silent this
+# long hung, and is killed and replaced (its sequences answered), checked every HANG_CHECK_S.
+# Otherwise its clients would wait for their deadlines, and the server's writes to it would fill
+# the socket and at last block the event loop.
+HANG_S = 30.0
+HANG_CHECK_S = 1.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)  # where `service` is importable
 
 
@@ -47,7 +53,12 @@ class ProcessLane:
     """One lane's scheduler in a process of its own (module docstring)."""
 
     def __init__(
-        self, spec: LaneSpec, *, max_steps: Callable[[int], int], observer: DecodeObserver
+        self,
+        spec: LaneSpec,
+        *,
+        max_steps: Callable[[int], int],
+        observer: DecodeObserver,
+        hang_s: float = HANG_S,
     ) -> None:
         self.name = spec.version.name
         self.policy = spec.policy
@@ -67,6 +78,9 @@ class ProcessLane:
         self._ready: asyncio.Future[None] | None = None
         self._ended: asyncio.Future[None] | None = None  # the socket closed
         self._outgoing: list[object] = []  # messages for the process, sent once per loop turn
+        self._hang_s = hang_s
+        self._heard_at = 0.0  # when the process last sent anything (monotonic)
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ DecodeScheduler's face
 
@@ -103,6 +117,7 @@ class ProcessLane:
         """Start the process (on the event loop); `until_ready` waits for its model."""
         self._loop = asyncio.get_running_loop()
         self._launch()
+        self._watchdog = self._loop.call_later(HANG_CHECK_S, self._watch)
 
     async def until_ready(self) -> None:
         """Wait until the process has loaded its model; raises if it exited first."""
@@ -134,6 +149,8 @@ class ProcessLane:
             self._waiting_rows, self._rows, rows, timeout_s, retry_after=self.retry_after_s
         )
         now = time.monotonic()
+        if not self._items:  # silent while it held nothing: the hang clock starts now
+            self._heard_at = now
         items = []
         for payload in payloads:
             item = DecodeItem(
@@ -169,6 +186,8 @@ class ProcessLane:
         """Refuse new work; the process finishes what it holds (up to `timeout_s`), fails the
         rest with SHUTTING_DOWN and exits."""
         self._stopping = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._ready is not None and not self._ready.done():
             self._ready.cancel()  # stopped while loading
         if self._conn is not None:
@@ -238,6 +257,7 @@ class ProcessLane:
         the loop's other work (32 streaming users: a join's report reached the loop 17.7 ms
         after the join p50, 71.7 ms p90; reading all, 12.5 / 24.4 ms, stop 31). `readable` is
         made once: `conn.poll()` builds a selector per call."""
+        self._heard_at = time.monotonic()
         try:
             while True:
                 message = conn.recv()
@@ -299,6 +319,23 @@ class ProcessLane:
                 self._post(Cancel((seq_id,)))
 
         return cancelled
+
+    def _watch(self) -> None:
+        """Kill a process that holds sequences and has been silent for `hang_s`: `_lost` then
+        answers them and starts another."""
+        assert self._loop is not None
+        self._watchdog = self._loop.call_later(HANG_CHECK_S, self._watch)
+        silent = time.monotonic() - self._heard_at
+        if self._items and self.available and silent > self._hang_s and self._process:
+            logger.error(
+                "model %s: lane %d's process holds %d sequences and sent nothing for %.0f s: "
+                "killing it",
+                self.name,
+                self._spec.index,
+                len(self._items),
+                silent,
+            )
+            self._process.kill()
 
     def _lost(self, conn: Connection) -> None:
         """The socket closed: the process ended (stopped) or died. Answer what it held."""

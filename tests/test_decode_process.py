@@ -262,3 +262,49 @@ def test_lanes_are_processes_by_default_from_two_lanes(
     assert translator_scheduling.lane_processes(
         service_settings(decode_lanes=1, decode_lane_processes=True)
     )
+
+
+def test_a_lane_whose_process_hangs_is_killed_and_replaced(
+    version: ModelVersion, engine: TranslatorEngine
+) -> None:
+    """A process stopped in the middle of a decode (SIGSTOP: it holds a sequence and sends
+    nothing) is killed once silent past the hang limit: its request is answered (internal)
+    instead of waiting for its deadline, and a new process serves. Silence while it holds
+    nothing (idle) is not a hang."""
+    from service.decode_policy import DecodePolicy
+    from service.decode_wire import LaneSpec
+
+    recorder = Recorder()
+    session = SessionSettings(providers="cpu", allow_spinning=False)
+    spec = LaneSpec(version, session, DecodePolicy(), 0, "warning", "json", warmup=False)
+    lane = ProcessLane(spec, max_steps=engine.generator.max_steps, observer=recorder, hang_s=0.5)
+    (source,) = engine.encoder.encode([SENTENCES[0]])
+
+    async def main() -> tuple[BaseException | None, float, str]:
+        lane.start()
+        await lane.until_ready()
+        await asyncio.sleep(1.5)  # idle past the limit: silence while holding nothing is fine
+        (short,) = lane.submit([source], key=DecodingParams(1, 16), timeout_s=30)
+        await short.future
+        first = asyncio.get_running_loop().create_future()
+        (item,) = lane.submit([source], key=LONG, timeout_s=60,
+                              on_token=lambda t: first.done() or first.set_result(t))  # fmt: skip
+        await first
+        assert lane._process is not None
+        old = lane._process
+        old.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        error = await asyncio.wait_for(asyncio.gather(item.future, return_exceptions=True), 20)
+        answered_after = time.monotonic() - started
+        await asyncio.wait_for(lane.until_ready(), 60)
+        (again,) = lane.submit([source], key=DecodingParams(1, 16), timeout_s=30)
+        answer = await again.future
+        await lane.stop(10)
+        assert old.poll() is not None  # killed, and reaped
+        return error[0], answered_after, answer
+
+    error, answered_after, answer = asyncio.run(main())
+    assert isinstance(error, ServiceError) and error.kind is ErrorKind.INTERNAL
+    assert answered_after < 10  # its deadline was 60 s away
+    assert answer == alone(engine, DecodingParams(1, 16))[0]
+    assert recorder.dropped.get("lost") == 1
