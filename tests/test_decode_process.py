@@ -23,9 +23,11 @@ import httpx
 import psutil
 import pytest
 
+from service.decode_items import DecodeItem
 from service.decode_lanes import DecodeLanes
 from service.decode_process import ProcessLane
 from service.engines import SessionSettings, TranslatorEngine
+from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams
 from service.errors import ErrorKind, ServiceError
 from service.repository import ModelVersion, scan
@@ -72,7 +74,7 @@ def process_lanes(
 
     metrics = ServiceMetrics()
     recorder = Recorder()
-    metrics.decode_observer = lambda name: recorder  # type: ignore[method-assign]
+    metrics.decode_observer = lambda name: recorder  # type: ignore[method-assign,assignment,return-value]
     configured = service_settings(decode_lane_processes=True, decode_lanes=lanes, **settings)
     scheduler = translator_scheduling.decode_scheduler(version, engine, configured, metrics)
     assert isinstance(scheduler, DecodeLanes)
@@ -88,6 +90,24 @@ def alone(engine: TranslatorEngine, params: DecodingParams) -> list[str]:
         )
         for s in sources
     ]
+
+
+def first_token(future: asyncio.Future[int]) -> Callable[[int], None]:
+    """An `on_token` that answers `future` with the first token."""
+
+    def on_token(token: int) -> None:
+        if not future.done():
+            future.set_result(token)
+
+    return on_token
+
+
+async def decoding(lanes: DecodeLanes | ProcessLane, source: Encoded) -> DecodeItem:
+    """A 1000-token stream of `source`, once its first token has come: it decodes on."""
+    first: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    (item,) = lanes.submit([source], key=LONG, timeout_s=60, on_token=first_token(first))
+    await first
+    return item
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
@@ -115,7 +135,7 @@ def test_lanes_in_processes_decode_as_if_alone(
         return list(answers)
 
     assert asyncio.run(main()) == alone(engine, params)
-    assert all(lane._admission._observed > 0 for lane in lanes.lanes)  # type: ignore[union-attr]
+    assert all(isinstance(lane, ProcessLane) and lane._admission._observed for lane in lanes.lanes)
     assert sum(step.finished for step in recorder.steps) == len(SENTENCES)
 
 
@@ -135,10 +155,7 @@ def test_streamed_tokens_arrive_and_a_cancelled_sequence_leaves(
         (item,) = lanes.submit([source], key=DecodingParams(1, 16), timeout_s=30,
                                on_token=tokens.append)  # fmt: skip
         answer = await item.future
-        first = asyncio.get_running_loop().create_future()
-        (long,) = lanes.submit([source], key=LONG, timeout_s=30,
-                               on_token=lambda t: first.done() or first.set_result(t))  # fmt: skip
-        await first
+        long = await decoding(lanes, source)
         long.future.cancel()
         started = time.monotonic()
         while recorder.dropped.get("cancelled", 0) == 0 and time.monotonic() - started < 10:
@@ -167,10 +184,7 @@ def test_a_lane_whose_process_dies_answers_its_sequences_and_comes_back(
     async def main() -> tuple[BaseException | None, str]:
         lanes.start()
         await lanes.until_ready()
-        first = asyncio.get_running_loop().create_future()
-        (item,) = lanes.submit([source], key=LONG, timeout_s=30,
-                               on_token=lambda t: first.done() or first.set_result(t))  # fmt: skip
-        await first
+        item = await decoding(lanes, source)
         assert lane._process is not None
         old = lane._process
         old.kill()
@@ -286,10 +300,7 @@ def test_a_lane_whose_process_hangs_is_killed_and_replaced(
         await asyncio.sleep(1.5)  # idle past the limit: silence while holding nothing is fine
         (short,) = lane.submit([source], key=DecodingParams(1, 16), timeout_s=30)
         await short.future
-        first = asyncio.get_running_loop().create_future()
-        (item,) = lane.submit([source], key=LONG, timeout_s=60,
-                              on_token=lambda t: first.done() or first.set_result(t))  # fmt: skip
-        await first
+        item = await decoding(lane, source)
         assert lane._process is not None
         old = lane._process
         old.send_signal(signal.SIGSTOP)
