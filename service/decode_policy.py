@@ -67,15 +67,16 @@ def check_fits(policy: DecodePolicy, beam_size: int, source_tokens: int, steps: 
 
 
 def refuse_if_full(
-    name: str, policy: DecodePolicy, waiting: int, count: int, retry_after: int
+    name: str, policy: DecodePolicy, waiting: int, count: int, retry_after: Callable[[], int]
 ) -> None:
-    """Refuse (OVERLOADED) `count` more sequences beyond `max_queue_size` waiting ones."""
+    """Refuse (OVERLOADED) `count` more sequences beyond `max_queue_size` waiting ones
+    (`retry_after` is only worked out for a refusal)."""
     if waiting + count > policy.max_queue_size:
         raise ServiceError(
             ErrorKind.OVERLOADED,
             f"model {name!r} is overloaded: {waiting} sequences waiting, "
             f"max_queue_size is {policy.max_queue_size}; retry later",
-            retry_after=retry_after,
+            retry_after=retry_after(),
         )
 
 

@@ -137,13 +137,14 @@ class ProcessLane:
         del tokens
         if self._stopping:
             raise ServiceError(ErrorKind.SHUTTING_DOWN, "the server is shutting down")
-        if not self.available or self._conn is None or self._loop is None:
+        if not self.available or self._loop is None:
             raise ServiceError(ErrorKind.NOT_READY, f"model {self.name!r} is not running")
         steps = checked_steps(self.policy, key, (len(p.ids) for p in payloads), self._max_steps)
         assert isinstance(key, DecodingParams)  # checked_steps checked it
         count = len(payloads)
-        if self._waiting + count > self.policy.max_queue_size:
-            refuse_if_full(self.name, self.policy, self._waiting, count, self.retry_after_s(count))
+        refuse_if_full(
+            self.name, self.policy, self._waiting, count, lambda: self.retry_after_s(count)
+        )
         rows = key.beam_size * count
         self._admission.check(
             self._waiting_rows, self._rows, rows, timeout_s, retry_after=self.retry_after_s

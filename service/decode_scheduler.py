@@ -135,8 +135,9 @@ class DecodeScheduler:
         """Ready once started (a lane in a process of its own waits for its model here)."""
 
     def attach(self, delivery: Delivery) -> None:
-        """Take work whose answers go through `delivery`; the caller then runs `run_steps` on a
-        thread of its own (`start` does both for the event loop)."""
+        """Take work whose answers go through `delivery`; then `run_steps` on a thread of its
+        own (`start` does both for the event loop), or the caller's own loop of `step` and
+        `end` (a lane's process, service/decode_worker.py)."""
         self._delivery = delivery
         self._serving = True
 
@@ -167,7 +168,7 @@ class DecodeScheduler:
                     self.policy,
                     len(self.waiting),
                     len(payloads),
-                    self.retry_after_s(len(payloads)),
+                    lambda: self.retry_after_s(len(payloads)),
                 )
             self._admission.check(
                 self.waiting_rows,
@@ -251,9 +252,8 @@ class DecodeScheduler:
         """Aborted, or stopping with nothing left: the step loop ends (`end`)."""
         return self._abort or (self._stopping and self.idle)
 
-    def run_steps(self, after_step: Callable[[], None] = lambda: None) -> None:
-        """Step while there is work, wait while there is none, until `finished`; then `end`.
-        `after_step` runs after every step and at the end."""
+    def run_steps(self) -> None:
+        """Step while there is work, wait while there is none, until `finished`; then `end`."""
         try:
             while True:
                 with self._wake:
@@ -262,12 +262,10 @@ class DecodeScheduler:
                     if self.finished:
                         break
                 self.step()
-                after_step()
         except BaseException:
             logger.exception("model %s: decoding loop crashed", self.name)
         finally:
             self.end()
-            after_step()
 
     def end(self) -> None:
         """Take no more work and fail what is left with SHUTTING_DOWN."""

@@ -173,9 +173,9 @@ def take(message: object, scheduler: DecodeScheduler, outbox: Outbox) -> None:
 def serve(conn: Connection) -> None:
     """Build the lane the server's `LaneSpec` describes, say `Ready`, then take messages and
     step, one thread, until stopped: a message waits for the step boundary (a lane's step is a
-    few ms), and between steps the socket is read without blocking, so the server's writes
-    never wake a sleeping reader (on this VM each such wake-up cost about as much as the
-    message)."""
+    few ms), and between steps the socket is read without blocking, so the server's writes do
+    not wake a sleeping reader thread (with one, py-spy put the socket writes at
+    8-9% of each side's samples, reports/translation-benchmark.md, stop 31)."""
     # The server decides when a lane ends (Stop, or its socket closing when it exits or dies): a
     # Ctrl-C or SIGTERM sent to the whole process group must not end it under a draining server.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
