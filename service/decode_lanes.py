@@ -28,6 +28,7 @@ from typing import Protocol
 
 from service.decode_items import DecodeItem, DecodeObserver, StepStats
 from service.decode_policy import DecodePolicy
+from service.decode_process import ProcessLane
 from service.decode_scheduler import DecodeScheduler
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams
@@ -117,6 +118,11 @@ class DecodeLanes:
     @property
     def available(self) -> bool:
         return any(lane.available for lane in self.lanes)
+
+    def lane_processes(self) -> list[tuple[int, int]]:
+        """(lane index, pid) of the lanes that run in processes of their own, as they are now."""
+        pids = [(i, lane.pid) for i, lane in enumerate(self.lanes) if isinstance(lane, ProcessLane)]
+        return [(i, pid) for i, pid in pids if pid is not None]
 
     def start(self) -> None:
         for lane in self.lanes:

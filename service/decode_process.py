@@ -113,6 +113,12 @@ class ProcessLane:
             and self._conn is not None
         )
 
+    @property
+    def pid(self) -> int | None:
+        """The lane's process while it runs (None before it starts and after it ends)."""
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
+
     def start(self) -> None:
         """Start the process (on the event loop); `until_ready` waits for its model."""
         self._loop = asyncio.get_running_loop()

@@ -5,6 +5,7 @@ queue depth / readiness are read at scrape time.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
@@ -17,7 +18,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.batcher import RunStats
@@ -41,6 +42,8 @@ class ModelView(Protocol):
     @property
     def queue_depth(self) -> int: ...
 
+    def lane_processes(self) -> list[tuple[int, int]]: ...
+
 
 class _ModelsCollector(Collector):
     def __init__(self, models: Callable[[], Iterable[ModelView]]) -> None:
@@ -53,11 +56,48 @@ class _ModelsCollector(Collector):
         ready = GaugeMetricFamily(
             "nlpserve_model_ready", "1 when the model serves", labels=["model"]
         )
+        # process_* describes the server's own process; a translator's lanes in processes of
+        # their own hold most of its CPU and a copy of its sessions each (service/decode_process.py)
+        lane_cpu = CounterMetricFamily(
+            "nlpserve_lane_process_cpu_seconds",
+            "User and system CPU time of a translator's lane process (it restarts from 0 with "
+            "a new process)",
+            labels=["model", "lane"],
+        )
+        lane_memory = GaugeMetricFamily(
+            "nlpserve_lane_process_resident_memory_bytes",
+            "Resident memory of a translator's lane process",
+            labels=["model", "lane"],
+        )
         for model in self._models():
             depth.add_metric([model.name], model.queue_depth)
             ready.add_metric([model.name], 1.0 if model.ready else 0.0)
+            for lane, pid in model.lane_processes():
+                usage = process_usage(pid)
+                if usage is not None:
+                    lane_cpu.add_metric([model.name, str(lane)], usage[0])
+                    lane_memory.add_metric([model.name, str(lane)], usage[1])
         yield depth
         yield ready
+        yield lane_cpu
+        yield lane_memory
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def process_usage(pid: int) -> tuple[float, int] | None:
+    """(CPU seconds, resident bytes) of a process from Linux's /proc, as prometheus_client's
+    ProcessCollector reads its own; None if it is gone (or there is no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()  # after the command name, which may hold spaces
+    cpu_s = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+    return cpu_s, int(fields[21]) * _PAGE_BYTES  # rss in pages
 
 
 class ServiceMetrics:

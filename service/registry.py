@@ -43,6 +43,7 @@ from service.served_model import (
     load_on_worker,
 )
 from service.settings import Settings
+from service.translator_scheduling import step_scheduled
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +244,8 @@ class ModelRegistry:
             except BaseException:
                 await model.release(drain_timeout_s=0)
                 raise
+            if isinstance(engine, TranslatorEngine) and engine.sessions_released:
+                await asyncio.to_thread(_return_freed_memory)
         except asyncio.CancelledError:  # shutdown while loading
             raise
         except Exception as e:
@@ -316,18 +319,15 @@ class ModelRegistry:
 
     def _steps_decoding(self, engine: Engine) -> bool:
         """Translators decode step by step unless told otherwise or exported before it."""
-        if not isinstance(engine, TranslatorEngine):
-            return False
-        if self._settings.translation_batching != "step":
-            return False
-        if not engine.generator.mixed_steps:
+        if step_scheduled(engine, self._settings):
+            return True
+        if isinstance(engine, TranslatorEngine) and self._settings.translation_batching == "step":
             logger.warning(
                 "translator decoder.onnx cannot decode rows at different steps (exported "
                 "before step scheduling): request-level batching; re-export to decode step by "
                 "step"
             )
-            return False
-        return True
+        return False
 
     # ------------------------------------------------------------------ shutdown
 

@@ -36,7 +36,12 @@ from service.repository import ModelConfig, ModelVersion
 from service.settings import Settings
 from service.stats import FanOut, ModelStatistics
 from service.tracing import mark_batches
-from service.translator_scheduling import decode_lanes, decode_scheduler, lane_processes
+from service.translator_scheduling import (
+    decode_lanes,
+    decode_scheduler,
+    lane_processes,
+    lanes_in_processes,
+)
 
 Disconnected = Callable[[], Awaitable[None]]  # completes when the client has gone away
 T = TypeVar("T")
@@ -78,6 +83,9 @@ class UnavailableModel:
     @property
     def version_str(self) -> str:
         return "" if self.version is None else str(self.version)
+
+    def lane_processes(self) -> list[tuple[int, int]]:
+        return []  # nothing runs
 
     @classmethod
     def loading(cls, version: ModelVersion) -> UnavailableModel:
@@ -137,6 +145,8 @@ class LoadedModel:
         if step_scheduled:
             assert isinstance(engine, TranslatorEngine)
             batcher = decode_scheduler(version, engine, settings, metrics)
+            if lanes_in_processes(engine, settings):
+                engine.release_sessions()  # the lanes hold their own (the caller trims the heap)
         else:
             run: Callable[[list[Encoded], Any], Sequence[Any]] = engine.run  # either engine's
             policy = BatchPolicy.for_model(version.config, settings)
@@ -165,6 +175,10 @@ class LoadedModel:
             manifest=version.manifest.model_dump(exclude={"files"}),
             fingerprint=version.fingerprint,
         )
+
+    def lane_processes(self) -> list[tuple[int, int]]:
+        """(lane index, pid) of a translator's lanes in processes of their own (else none)."""
+        return self.batcher.lane_processes() if isinstance(self.batcher, DecodeLanes) else []
 
     async def until_serving(self) -> None:
         """Wait for what `start` started elsewhere: a translator's lanes in processes of their
@@ -257,7 +271,7 @@ async def load_on_worker(version: ModelVersion, settings: Settings) -> tuple[Eng
             version,
             session_settings(settings),
         )
-        if settings.warmup:
+        if settings.warmup and not lanes_in_processes(engine, settings):  # lanes warm their own
             policy = BatchPolicy.for_model(version.config, settings)
             await worker.call(engine.warmup, policy.max_batch_size)
     except BaseException:  # a failure, or shutdown while loading

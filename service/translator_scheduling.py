@@ -14,7 +14,7 @@ from service.decode_process import ProcessLane
 from service.decode_scheduler import DecodeScheduler
 from service.decode_wire import LaneSpec
 from service.engine_settings import session_settings
-from service.engines import TranslatorEngine
+from service.engines import Engine, TranslatorEngine
 from service.engines.session import CPU
 from service.metrics import ServiceMetrics
 from service.repository import ModelVersion
@@ -35,6 +35,22 @@ def lane_processes(settings: Settings) -> bool:
     if settings.decode_lane_processes is not None:
         return settings.decode_lane_processes
     return decode_lanes(settings) > 1
+
+
+def step_scheduled(engine: Engine, settings: Settings) -> bool:
+    """Whether a loaded engine is decoded step by step: a translator, `translation_batching`
+    step, and a decoder exported for it (else request-level batching serves it)."""
+    return (
+        isinstance(engine, TranslatorEngine)
+        and settings.translation_batching == "step"
+        and engine.generator.mixed_steps
+    )
+
+
+def lanes_in_processes(engine: Engine, settings: Settings) -> bool:
+    """Whether a loaded engine's decoding runs in lane processes (which open their own sessions
+    and warm them up): the server's own sessions then serve nothing."""
+    return step_scheduled(engine, settings) and engine.provider == CPU and lane_processes(settings)
 
 
 def encodes_ahead(settings: Settings) -> bool:
@@ -62,10 +78,9 @@ def decode_scheduler(
         max_queue_size=settings.max_queue_size,
         join_group=settings.decode_join_group,
     )
-    on_cpu = engine.provider == CPU
-    lanes = decode_lanes(settings) if on_cpu else 1
+    lanes = decode_lanes(settings) if engine.provider == CPU else 1
     make: Callable[[DecodePolicy, DecodeObserver, int], Lane]
-    if on_cpu and lane_processes(settings):
+    if lanes_in_processes(engine, settings):
         make = process_lane_maker(version, engine, settings)
     else:
         make = lane_maker(

@@ -22,11 +22,13 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.decode_items import DecodeItem
 from service.decode_lanes import DecodeLanes
 from service.decode_process import ProcessLane
 from service.engines import SessionSettings, TranslatorEngine
+from service.engines.generation import SessionsReleased
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams
 from service.errors import ErrorKind, ServiceError
@@ -256,10 +258,69 @@ def test_a_server_with_lanes_in_processes_answers_streams_and_leaves_none_behind
     streamed = {"texts": SENTENCES[:1], "max_new_tokens": 16, "stream": True}
     stream = httpx.post(server.url + "/v1/translate", json=streamed, timeout=30)
     assert stream.status_code == 200 and "event: done" in stream.text
+    # /metrics reads each lane's process, whose CPU and memory process_* (the server's) leaves out
+    scraped = httpx.get(server.url + "/metrics", timeout=10).text
+    samples = [s for f in text_string_to_metric_families(scraped) for s in f.samples]
+    memory = {
+        s.labels["lane"]: s.value
+        for s in samples
+        if s.name == "nlpserve_lane_process_resident_memory_bytes"
+    }
+    cpu = {
+        s.labels["lane"]: s.value
+        for s in samples
+        if s.name == "nlpserve_lane_process_cpu_seconds_total"
+    }
+    assert set(memory) == set(cpu) == {"0", "1"}
+    assert all(seconds > 0 for seconds in cpu.values())
+    assert sorted(memory.values()) == pytest.approx(
+        sorted(worker.memory_info().rss for worker in workers), rel=0.2
+    )
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=30) == 0
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
+
+
+@pytest.mark.parametrize("lane_processes", [True, False])
+def test_the_server_drops_its_sessions_when_the_lanes_hold_their_own(
+    version: ModelVersion,
+    engine: TranslatorEngine,
+    service_settings: Callable[..., Any],
+    lane_processes: bool,
+) -> None:
+    """Loaded as the registry loads it: with lanes in processes the server's engine keeps its
+    tokenizer and what its sessions told (answers equal decoding alone) and runs nothing
+    itself; with lanes as threads it keeps its sessions."""
+    from service.metrics import ServiceMetrics
+    from service.served_model import LoadedModel, load_on_worker
+
+    settings = service_settings(decode_lane_processes=lane_processes, decode_lanes=2)
+
+    async def main() -> tuple[TranslatorEngine, list[str]]:
+        loaded, worker = await load_on_worker(version, settings)
+        assert isinstance(loaded, TranslatorEngine)
+        model = LoadedModel.start(
+            version, loaded, worker, settings, ServiceMetrics(), step_scheduled=True
+        )
+        try:
+            await model.until_serving()
+            sources = loaded.encoder.encode(SENTENCES[:4])
+            params = DecodingParams(1, 16)
+            items = model.batcher.submit(sources, key=params, timeout_s=30)
+            return loaded, list(await asyncio.gather(*(item.future for item in items)))
+        finally:
+            await model.release(drain_timeout_s=10)
+
+    loaded, translations = asyncio.run(main())
+    assert translations == alone(engine, DecodingParams(1, 16))[:4]
+    assert loaded.sessions_released is lane_processes
+    assert loaded.generator.max_steps(10_000) == engine.generator.max_steps(10_000)
+    if lane_processes:
+        with pytest.raises(SessionsReleased):
+            loaded.generator.start(loaded.generator.pad([[5, 6, 2]]))
+    else:
+        assert loaded.generator.start(loaded.generator.pad([[5, 6, 2]])).cross_k.size
 
 
 def test_lanes_are_processes_by_default_from_two_lanes(

@@ -58,7 +58,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnxruntime as ort
@@ -123,6 +123,17 @@ class DecoderState:
         )
 
 
+class SessionsReleased(RuntimeError):
+    """A generator whose sessions were released was asked to run (a bug in the caller)."""
+
+
+class _ReleasedSession:
+    """Stands in for a released session: every use of it raises."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise SessionsReleased(f"the session was released; {name!r} is gone with it")
+
+
 def _metadata_int(session: ort.InferenceSession, key: str, default: int | None) -> int | None:
     value = session.get_modelmeta().custom_metadata_map.get(key)
     return int(value) if value is not None else default
@@ -164,6 +175,12 @@ class OnnxGenerator:
             raise ValueError(f"decoder graph lacks inputs {missing}; expected {expected}")
         self.outputs = [o.name for o in decoder.get_outputs()]
         self.recorded_feeds: list[dict[str, np.ndarray]] | None = None  # a copy of every step's
+
+    def release_sessions(self) -> None:
+        """Drop both sessions (their memory goes back with the caller's `malloc_trim`), keeping
+        what was read from them: special ids, `max_steps`, the cache layout. Any run after it
+        raises `SessionsReleased`."""
+        self.encoder = self.decoder = cast(ort.InferenceSession, _ReleasedSession())
 
     @classmethod
     def from_directory(
