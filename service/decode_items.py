@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from service.decode_policy import DecodePolicy, check_fits
 from service.engines.decode_io import Join, Outcome
+from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams
 
 
@@ -140,3 +141,30 @@ def checked_steps(
     for length in lengths:
         check_fits(policy, key.beam_size, length, steps)
     return steps
+
+
+def new_items(
+    first_id: int,
+    payloads: Sequence[Encoded],
+    key: DecodingParams,
+    steps: int,
+    new_future: Callable[[], asyncio.Future[Any]],
+    now: float,
+    timeout_s: float,
+    on_token: Callable[[int], None] | None,
+) -> list[DecodeItem]:
+    """A request's items, one per payload, numbered from `first_id`, queued `now` and due
+    `timeout_s` later (every kind of lane builds them alike)."""
+    return [
+        DecodeItem(
+            first_id + i,
+            list(payload.ids),
+            key.beam_size,
+            steps,
+            new_future(),
+            now,
+            now + timeout_s,
+            on_token,
+        )
+        for i, payload in enumerate(payloads)
+    ]

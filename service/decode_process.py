@@ -28,7 +28,7 @@ from collections.abc import Callable, Hashable, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from service.decode_items import DecodeItem, DecodeObserver, checked_steps
+from service.decode_items import DecodeItem, DecodeObserver, checked_steps, new_items
 from service.decode_policy import DecodeAdmission, refuse_if_full
 from service.decode_wire import Cancel, LaneSpec, Ready, Report, Stop, Submit
 from service.engines.tokenization import Encoded
@@ -158,22 +158,14 @@ class ProcessLane:
         now = time.monotonic()
         if not self._items:  # silent while it held nothing: the hang clock starts now
             self._heard_at = now
-        items = []
-        for payload in payloads:
-            item = DecodeItem(
-                self._next_id,
-                list(payload.ids),
-                key.beam_size,
-                steps,
-                self._loop.create_future(),
-                now,
-                now + timeout_s,
-                on_token,
-            )
-            self._next_id += 1
+        loop = self._loop
+        items = new_items(
+            self._next_id, payloads, key, steps, loop.create_future, now, timeout_s, on_token
+        )
+        self._next_id += count
+        for item in items:
             item.future.add_done_callback(self._on_answered(item.seq_id))
             self._items[item.seq_id] = item
-            items.append(item)
         self._waiting += count
         self._waiting_rows += rows
         ids = tuple(item.seq_id for item in items)

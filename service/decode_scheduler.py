@@ -1,25 +1,22 @@
 """Iteration-level (continuous) batching of translation decoding: the step scheduler.
 
 Request-level batching decodes a batch until its longest sentence ends: a short sentence waits
-for the longest, and a request that arrives one step after a batch started waits for all of it.
-Here (after Orca and vLLM's `Scheduler`) a translator model has one running decode batch, and at
-every step boundary: (1) sequences whose client went away or whose deadline passed leave;
-(2) waiting ones join, first come first served, while the budgets allow (decoder rows, a beam-K
-sequence taking K, and cache tokens counted the way the padded caches grow, so memory is bounded
-before it is used: service/decode_policy.py); (3) one engine call runs one decoder step for
-every row (`service.engines.decode_batch`; joiners may be encoded beside it,
-service/decode_encoder.py); (4) finished sequences are answered at once, and greedy ones hand
-each new token to their listener (streaming) as it comes.
+for the longest, and a request arriving one step after a batch started waits for all of it.
+Here (after Orca and vLLM's `Scheduler`) a translator has one running decode batch, and at every
+step boundary: (1) sequences whose client left or whose deadline passed leave; (2) waiting ones
+join, first come first served, while the budgets allow (decoder rows, a beam-K sequence taking
+K, and cache tokens counted as the padded caches grow: service/decode_policy.py); (3) one engine
+call runs one decoder step for every row (`service.engines.decode_batch`; joiners may be encoded
+beside it, service/decode_encoder.py); (4) finished sequences are answered at once, and greedy
+ones hand each new token to their listener (streaming).
 
-The loop runs on its own thread, off the event loop, step after step while there is work (a
-hand-off to a worker thread at every step took one-sentence requests from 10.2-10.4 ms to
-11.5-13 ms, demo translator, busy 2-core VM). `submit` (event loop) and the loop share only the
-waiting queue, under a lock; answers and streamed tokens go back in one `call_soon_threadsafe`
-per step (`LoopDelivery`). A lane's process (service/decode_worker.py) steps its scheduler on
-its one thread between reads of its socket instead (`attach`, `step`, `end`), answering there.
-Queue limits, admission (429 with Retry-After when the predicted wait passes the deadline),
-deadlines (504) and cancellation work as in `service.batcher`, whose `submit` it shares; metrics
-observe it from outside (`DecodeObserver`, service/decode_items.py).
+The loop runs on its own thread (a hand-off to a worker thread at every step took one-sentence
+requests from 10.2-10.4 ms to 11.5-13 ms, demo translator, busy 2-core VM), or in a lane's
+process (service/decode_worker.py: `attach`, `step`, `end` between reads of its socket).
+`submit` (event loop) and the loop share only the waiting queue, under a lock; answers and
+tokens go back in one `Delivery` call per step. Queue limits, admission (429 with Retry-After
+when the predicted wait passes the deadline), deadlines (504) and cancellation work as in
+`service.batcher`; metrics observe it from outside (`DecodeObserver`, service/decode_items.py).
 """
 
 from __future__ import annotations
@@ -43,6 +40,7 @@ from service.decode_items import (
     StepEngine,
     StepStats,
     checked_steps,
+    new_items,
 )
 from service.decode_policy import (
     DecodeAdmission,
@@ -177,20 +175,16 @@ class DecodeScheduler:
                 timeout_s,
                 retry_after=self.retry_after_s,
             )
-            now = self._clock()
-            items = [
-                DecodeItem(
-                    self._next_id + i,
-                    list(payload.ids),
-                    key.beam_size,
-                    steps,
-                    delivery.new_future(),
-                    now,
-                    now + timeout_s,
-                    on_token,
-                )
-                for i, payload in enumerate(payloads)
-            ]
+            items = new_items(
+                self._next_id,
+                payloads,
+                key,
+                steps,
+                delivery.new_future,
+                self._clock(),
+                timeout_s,
+                on_token,
+            )
             self._next_id += len(items)
             if on_token is not None and self._encoder.streams_early and self._rows:
                 self._encoder.on_arrival(items)  # a step is running: encode beside it
