@@ -6,9 +6,9 @@ Events (each `data:` is one JSON object):
     event: done    data: {"model", "version", "translation", "tokens", "truncated"}
     event: error   data: {"error": "...", "type": "timeout"}   the stream ends without `done`
 
-The text decoded so far is detokenised after every step, and what is new is sent up to its last
-space: a word whose subwords are still arriving waits for the next one, so a client never sees
-"Hun" then "d". The `done` event carries the whole translation (the same text as without
+The text decoded so far is detokenised after every step (tokens that queued up behind a busy
+event loop together), and what is new is sent up to its last space: a word whose subwords are
+still arriving waits for the next one, so a client never sees "Hun" then "d". The `done` event carries the whole translation (the same text as without
 streaming) and the number of generated tokens (without <eos>).
 
 Greedy search only: beam search reorders its hypotheses until the end, so it has no stable prefix
@@ -103,16 +103,25 @@ class TranslationStream:
         ids: list[int] = []
         sent = ""
         try:
-            while True:
-                token = await self.tokens.get()
-                if token == _TIMEOUT:
-                    yield _error(ServiceError(ErrorKind.TIMEOUT, "the request timed out"))
-                    return
-                if token == _END:
-                    break
-                ids.append(token)
-                text = self.engine.finish(ids)
-                piece = _whole_words(text, sent)
+            ended = False
+            while not ended:
+                # Every token that has arrived, in one piece: behind a busy event loop a stream's
+                # tokens queue up, and a frame each would add to the loop's work
+                arrived = [await self.tokens.get()]
+                while not self.tokens.empty():
+                    arrived.append(self.tokens.get_nowait())
+                before = len(ids)
+                for token in arrived:
+                    if token == _TIMEOUT:
+                        yield _error(ServiceError(ErrorKind.TIMEOUT, "the request timed out"))
+                        return
+                    if token == _END:
+                        ended = True
+                        break
+                    ids.append(token)
+                if len(ids) == before:
+                    continue
+                piece = _whole_words(self.engine.finish(ids), sent)
                 if piece:
                     sent += piece
                     yield sse("piece", {"text": piece})

@@ -201,3 +201,43 @@ def test_stream_past_its_deadline_ends_with_a_timeout_event() -> None:
     assert len(frames) == 1 and frames[0].startswith(b"event: error\n")
     assert json.loads(frames[0].split(b"data: ")[1])["type"] == "timeout"
     assert cancelled
+
+
+def test_tokens_that_arrived_together_go_out_as_one_piece() -> None:
+    """Behind a busy event loop a stream's tokens queue up: those waiting when its frames resume
+    make one piece (whole words still), not one frame each; a token alone makes its own."""
+    import asyncio
+    from types import SimpleNamespace
+    from typing import Any
+
+    from service.streaming import TranslationStream
+
+    def text(ids: list[int]) -> str:  # every token a word
+        return " ".join(f"w{i}" for i in ids)
+
+    async def scenario() -> list[tuple[str, dict[str, object]]]:
+        loop = asyncio.get_running_loop()
+        engine: Any = SimpleNamespace(finish=text, generator=SimpleNamespace(eos_id=2))
+        stream = TranslationStream(
+            model="translator", version="1", engine=engine, truncated=False,
+            deadline=loop.time() + 30,
+        )  # fmt: skip
+        item: Any = SimpleNamespace(future=loop.create_future())
+        stream.attach(item)
+        for token in (5, 6, 7):
+            stream.on_token(token)
+        frames = stream.events()
+        sent = [await anext(frames)]
+        stream.on_token(8)
+        sent.append(await anext(frames))
+        item.future.set_result(text([5, 6, 7, 8]))
+        sent += [frame async for frame in frames]
+        return [
+            (frame.split(b"\n")[0][7:].decode(), json.loads(frame.split(b"data: ")[1]))
+            for frame in sent
+        ]
+
+    events = asyncio.run(scenario())
+    assert [name for name, _ in events] == ["piece", "piece", "piece", "done"]
+    assert [data["text"] for _, data in events[:3]] == ["w5 w6 ", "w7 ", "w8"]
+    assert events[3][1]["translation"] == "w5 w6 w7 w8" and events[3][1]["tokens"] == 4
