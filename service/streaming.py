@@ -8,8 +8,9 @@ Events (each `data:` is one JSON object):
 
 The text decoded so far is detokenised after every step (tokens that queued up behind a busy
 event loop together), and what is new is sent up to its last space: a word whose subwords are
-still arriving waits for the next one, so a client never sees "Hun" then "d". The `done` event carries the whole translation (the same text as without
-streaming) and the number of generated tokens (without <eos>).
+still arriving waits for the next one, so a client never sees "Hun" then "d". The `done` event
+carries the whole translation (the same text as without streaming) and the number of generated
+tokens (without <eos>).
 
 Greedy search only: beam search reorders its hypotheses until the end, so it has no stable prefix
 to stream. Refusals (404, 413, 422, 429, 503) happen before the stream starts, as plain HTTP
