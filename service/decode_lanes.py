@@ -119,7 +119,7 @@ class DecodeLanes:
     def available(self) -> bool:
         return any(lane.available for lane in self.lanes)
 
-    def lane_processes(self) -> list[tuple[int, int]]:
+    def lane_process_ids(self) -> list[tuple[int, int]]:
         """(lane index, pid) of the lanes that run in processes of their own, as they are now."""
         pids = [(i, lane.pid) for i, lane in enumerate(self.lanes) if isinstance(lane, ProcessLane)]
         return [(i, pid) for i, pid in pids if pid is not None]

@@ -42,7 +42,7 @@ class ModelView(Protocol):
     @property
     def queue_depth(self) -> int: ...
 
-    def lane_processes(self) -> list[tuple[int, int]]: ...
+    def lane_process_ids(self) -> list[tuple[int, int]]: ...
 
 
 class _ModelsCollector(Collector):
@@ -72,7 +72,7 @@ class _ModelsCollector(Collector):
         for model in self._models():
             depth.add_metric([model.name], model.queue_depth)
             ready.add_metric([model.name], 1.0 if model.ready else 0.0)
-            for lane, pid in model.lane_processes():
+            for lane, pid in model.lane_process_ids():
                 usage = process_usage(pid)
                 if usage is not None:
                     lane_cpu.add_metric([model.name, str(lane)], usage[0])

@@ -84,7 +84,7 @@ class UnavailableModel:
     def version_str(self) -> str:
         return "" if self.version is None else str(self.version)
 
-    def lane_processes(self) -> list[tuple[int, int]]:
+    def lane_process_ids(self) -> list[tuple[int, int]]:
         return []  # nothing runs
 
     @classmethod
@@ -176,9 +176,9 @@ class LoadedModel:
             fingerprint=version.fingerprint,
         )
 
-    def lane_processes(self) -> list[tuple[int, int]]:
+    def lane_process_ids(self) -> list[tuple[int, int]]:
         """(lane index, pid) of a translator's lanes in processes of their own (else none)."""
-        return self.batcher.lane_processes() if isinstance(self.batcher, DecodeLanes) else []
+        return self.batcher.lane_process_ids() if isinstance(self.batcher, DecodeLanes) else []
 
     async def until_serving(self) -> None:
         """Wait for what `start` started elsewhere: a translator's lanes in processes of their
