@@ -104,7 +104,7 @@ class TranslationStream:
         ids: list[int] = []
         sent = ""
         try:
-            ended = False
+            ended = timed_out = False
             while not ended:
                 # Every token that has arrived, in one piece: behind a busy event loop a stream's
                 # tokens queue up, and a frame each would add to the loop's work
@@ -113,19 +113,17 @@ class TranslationStream:
                     arrived.append(self.tokens.get_nowait())
                 before = len(ids)
                 for token in arrived:
-                    if token == _TIMEOUT:
-                        yield _error(ServiceError(ErrorKind.TIMEOUT, "the request timed out"))
-                        return
-                    if token == _END:
-                        ended = True
+                    timed_out, ended = token == _TIMEOUT, token in (_END, _TIMEOUT)
+                    if ended:
                         break
                     ids.append(token)
-                if len(ids) == before:
-                    continue
-                piece = _whole_words(self.engine.finish(ids), sent)
+                piece = _whole_words(self.engine.finish(ids), sent) if len(ids) > before else ""
                 if piece:
                     sent += piece
                     yield sse("piece", {"text": piece})
+                if timed_out:
+                    yield _error(ServiceError(ErrorKind.TIMEOUT, "the request timed out"))
+                    return
             if self.item.future.cancelled():  # the client left (send_events): nobody to tell
                 return
             try:

@@ -241,3 +241,36 @@ def test_tokens_that_arrived_together_go_out_as_one_piece() -> None:
     assert [name for name, _ in events] == ["piece", "piece", "piece", "done"]
     assert [data["text"] for _, data in events[:3]] == ["w5 w6 ", "w7 ", "w8"]
     assert events[3][1]["translation"] == "w5 w6 w7 w8" and events[3][1]["tokens"] == 4
+
+
+def test_tokens_queued_before_the_deadline_still_go_out_before_its_error() -> None:
+    """The deadline's marker queued behind tokens (a busy loop): their piece first, then the
+    timeout error, and the sequence is cancelled."""
+    import asyncio
+    from types import SimpleNamespace
+    from typing import Any
+
+    from service import streaming
+
+    async def scenario() -> tuple[list[bytes], bool]:
+        loop = asyncio.get_running_loop()
+        engine: Any = SimpleNamespace(
+            finish=lambda ids: " ".join(f"w{i}" for i in ids), generator=SimpleNamespace(eos_id=2)
+        )
+        stream = streaming.TranslationStream(
+            model="translator", version="1", engine=engine, truncated=False,
+            deadline=loop.time() + 30,
+        )  # fmt: skip
+        item: Any = SimpleNamespace(future=loop.create_future())
+        stream.attach(item)
+        for token in (5, 6):
+            stream.on_token(token)
+        stream.tokens.put_nowait(streaming._TIMEOUT)  # as the deadline's timer puts it
+        frames = [frame async for frame in stream.events()]
+        return frames, item.future.cancelled()
+
+    frames, cancelled = asyncio.run(scenario())
+    assert frames[0] == streaming.sse("piece", {"text": "w5 "})
+    assert frames[1].startswith(b"event: error\n") and len(frames) == 2
+    assert json.loads(frames[1].split(b"data: ")[1])["type"] == "timeout"
+    assert cancelled
