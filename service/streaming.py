@@ -6,11 +6,11 @@ Events (each `data:` is one JSON object):
     event: done    data: {"model", "version", "translation", "tokens", "truncated"}
     event: error   data: {"error": "...", "type": "timeout"}   the stream ends without `done`
 
-The text decoded so far is detokenised after every step (tokens that queued up behind a busy
-event loop together), and what is new is sent up to its last space: a word whose subwords are
-still arriving waits for the next one, so a client never sees "Hun" then "d". The `done` event
-carries the whole translation (the same text as without streaming) and the number of generated
-tokens (without <eos>).
+The text decoded so far is detokenised after every step (after the first piece, the tokens
+that queued up behind a busy event loop together), and what is new is sent up to its last
+space: a word whose subwords are still arriving waits for the next one, so a client never sees
+"Hun" then "d". The `done` event carries the whole translation (the same text as without
+streaming) and the number of generated tokens (without <eos>).
 
 Greedy search only: beam search reorders its hypotheses until the end, so it has no stable prefix
 to stream. Refusals (404, 413, 422, 429, 503) happen before the stream starts, as plain HTTP
@@ -106,10 +106,11 @@ class TranslationStream:
         try:
             ended = timed_out = False
             while not ended:
-                # Every token that has arrived, in one piece: behind a busy event loop a stream's
-                # tokens queue up, and a frame each would add to the loop's work
+                # After the first piece (it leaves as soon as its word is whole), every token that
+                # has arrived, in one piece: behind a busy event loop a stream's tokens queue up,
+                # and a frame each would add to the loop's work
                 arrived = [await self.tokens.get()]
-                while not self.tokens.empty():
+                while sent and not self.tokens.empty():
                     arrived.append(self.tokens.get_nowait())
                 before = len(ids)
                 for token in arrived:

@@ -204,8 +204,9 @@ def test_stream_past_its_deadline_ends_with_a_timeout_event() -> None:
 
 
 def test_tokens_that_arrived_together_go_out_as_one_piece() -> None:
-    """Behind a busy event loop a stream's tokens queue up: those waiting when its frames resume
-    make one piece (whole words still), not one frame each; a token alone makes its own."""
+    """Behind a busy event loop a stream's tokens queue up: after the first piece (which leaves
+    as soon as its word is whole), those waiting when its frames resume make one piece (whole
+    words still), not one frame each; a token alone makes its own."""
     import asyncio
     from types import SimpleNamespace
     from typing import Any
@@ -227,10 +228,13 @@ def test_tokens_that_arrived_together_go_out_as_one_piece() -> None:
         for token in (5, 6, 7):
             stream.on_token(token)
         frames = stream.events()
-        sent = [await anext(frames)]
-        stream.on_token(8)
+        sent = [await anext(frames)]  # "w5 ": the first piece does not wait for w7
+        for token in (8, 9):
+            stream.on_token(token)
+        sent.append(await anext(frames))  # w6 to w8 together
+        stream.on_token(10)
         sent.append(await anext(frames))
-        item.future.set_result(text([5, 6, 7, 8]))
+        item.future.set_result(text([5, 6, 7, 8, 9, 10]))
         sent += [frame async for frame in frames]
         return [
             (frame.split(b"\n")[0][7:].decode(), json.loads(frame.split(b"data: ")[1]))
@@ -238,9 +242,9 @@ def test_tokens_that_arrived_together_go_out_as_one_piece() -> None:
         ]
 
     events = asyncio.run(scenario())
-    assert [name for name, _ in events] == ["piece", "piece", "piece", "done"]
-    assert [data["text"] for _, data in events[:3]] == ["w5 w6 ", "w7 ", "w8"]
-    assert events[3][1]["translation"] == "w5 w6 w7 w8" and events[3][1]["tokens"] == 4
+    assert [name for name, _ in events] == ["piece", "piece", "piece", "piece", "done"]
+    assert [data["text"] for _, data in events[:4]] == ["w5 ", "w6 w7 w8 ", "w9 ", "w10"]
+    assert events[4][1]["translation"] == "w5 w6 w7 w8 w9 w10" and events[4][1]["tokens"] == 6
 
 
 def test_tokens_queued_before_the_deadline_still_go_out_before_its_error() -> None:
