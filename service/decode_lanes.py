@@ -121,8 +121,11 @@ class DecodeLanes:
 
     def lane_process_ids(self) -> list[tuple[int, int]]:
         """(lane index, pid) of the lanes that run in processes of their own, as they are now."""
-        pids = [(i, lane.pid) for i, lane in enumerate(self.lanes) if isinstance(lane, ProcessLane)]
-        return [(i, pid) for i, pid in pids if pid is not None]
+        return [
+            (i, pid)
+            for i, lane in enumerate(self.lanes)
+            if isinstance(lane, ProcessLane) and (pid := lane.pid) is not None
+        ]
 
     def start(self) -> None:
         for lane in self.lanes:

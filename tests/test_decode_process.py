@@ -28,7 +28,7 @@ from service.decode_items import DecodeItem
 from service.decode_lanes import DecodeLanes
 from service.decode_process import ProcessLane
 from service.engines import SessionSettings, TranslatorEngine
-from service.engines.generation import SessionsReleased
+from service.engines.session import SessionsReleased
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams
 from service.errors import ErrorKind, ServiceError

@@ -8,15 +8,20 @@ tokens takes long enough for a client to leave in the middle of it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import warnings
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service import streaming
+from service.streaming import TranslationStream
 from tests.conftest import ServerProcess
 
 TEXT = "A dog runs through the park."
@@ -176,24 +181,31 @@ def test_models_list_says_the_translator_is_step_scheduled(server: ServerProcess
     assert translator["batching"]["scheduling"] == "step"
 
 
+def words(ids: list[int]) -> str:
+    """A stand-in detokenizer for the streams below: every token a word."""
+    return " ".join(f"w{i}" for i in ids)
+
+
+def bare_stream(deadline_in_s: float, finish: Callable[[list[int]], str] = words) -> Any:
+    """(stream, item): a TranslationStream over a stand-in engine, attached to a stand-in item
+    whose future the test answers (call it on the running event loop)."""
+    loop = asyncio.get_running_loop()
+    engine = SimpleNamespace(finish=finish, generator=SimpleNamespace(eos_id=2))
+    stream = TranslationStream(
+        model="translator", version="1", engine=engine,  # type: ignore[arg-type]
+        truncated=False, deadline=loop.time() + deadline_in_s,
+    )  # fmt: skip
+    item = SimpleNamespace(future=loop.create_future())
+    stream.attach(item)  # type: ignore[arg-type]
+    return stream, item
+
+
 def test_stream_past_its_deadline_ends_with_a_timeout_event() -> None:
     """No token before the stream's deadline: an `error` event of type timeout ends it, and the
     sequence is cancelled (its rows leave at the next step)."""
-    import asyncio
-    from types import SimpleNamespace
-    from typing import Any
-
-    from service.streaming import TranslationStream
 
     async def scenario() -> tuple[list[bytes], bool]:
-        loop = asyncio.get_running_loop()
-        engine: Any = SimpleNamespace(finish=lambda ids: "", generator=SimpleNamespace(eos_id=2))
-        stream = TranslationStream(
-            model="translator", version="1", engine=engine, truncated=False,
-            deadline=loop.time() + 0.05,
-        )  # fmt: skip
-        item: Any = SimpleNamespace(future=loop.create_future())
-        stream.attach(item)
+        stream, item = bare_stream(0.05, finish=lambda ids: "")
         frames = [frame async for frame in stream.events()]
         return frames, item.future.cancelled()
 
@@ -207,24 +219,9 @@ def test_tokens_that_arrived_together_go_out_as_one_piece() -> None:
     """Behind a busy event loop a stream's tokens queue up: after the first piece (which leaves
     as soon as its word is whole), those waiting when its frames resume make one piece (whole
     words still), not one frame each; a token alone makes its own."""
-    import asyncio
-    from types import SimpleNamespace
-    from typing import Any
-
-    from service.streaming import TranslationStream
-
-    def text(ids: list[int]) -> str:  # every token a word
-        return " ".join(f"w{i}" for i in ids)
 
     async def scenario() -> list[tuple[str, dict[str, object]]]:
-        loop = asyncio.get_running_loop()
-        engine: Any = SimpleNamespace(finish=text, generator=SimpleNamespace(eos_id=2))
-        stream = TranslationStream(
-            model="translator", version="1", engine=engine, truncated=False,
-            deadline=loop.time() + 30,
-        )  # fmt: skip
-        item: Any = SimpleNamespace(future=loop.create_future())
-        stream.attach(item)
+        stream, item = bare_stream(30)
         for token in (5, 6, 7):
             stream.on_token(token)
         frames = stream.events()
@@ -234,7 +231,7 @@ def test_tokens_that_arrived_together_go_out_as_one_piece() -> None:
         sent.append(await anext(frames))  # w6 to w8 together
         stream.on_token(10)
         sent.append(await anext(frames))
-        item.future.set_result(text([5, 6, 7, 8, 9, 10]))
+        item.future.set_result(words([5, 6, 7, 8, 9, 10]))
         sent += [frame async for frame in frames]
         return [
             (frame.split(b"\n")[0][7:].decode(), json.loads(frame.split(b"data: ")[1]))
@@ -250,23 +247,9 @@ def test_tokens_that_arrived_together_go_out_as_one_piece() -> None:
 def test_tokens_queued_before_the_deadline_still_go_out_before_its_error() -> None:
     """The deadline's marker queued behind tokens (a busy loop): their piece first, then the
     timeout error, and the sequence is cancelled."""
-    import asyncio
-    from types import SimpleNamespace
-    from typing import Any
-
-    from service import streaming
 
     async def scenario() -> tuple[list[bytes], bool]:
-        loop = asyncio.get_running_loop()
-        engine: Any = SimpleNamespace(
-            finish=lambda ids: " ".join(f"w{i}" for i in ids), generator=SimpleNamespace(eos_id=2)
-        )
-        stream = streaming.TranslationStream(
-            model="translator", version="1", engine=engine, truncated=False,
-            deadline=loop.time() + 30,
-        )  # fmt: skip
-        item: Any = SimpleNamespace(future=loop.create_future())
-        stream.attach(item)
+        stream, item = bare_stream(30)
         for token in (5, 6):
             stream.on_token(token)
         stream.tokens.put_nowait(streaming._TIMEOUT)  # as the deadline's timer puts it

@@ -58,7 +58,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -69,7 +69,7 @@ from service.engines.cache_binding import (
     run_in_place,
     with_room,
 )
-from service.engines.session import SessionSettings, create_session
+from service.engines.session import SessionSettings, create_session, is_released, released_session
 
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
@@ -123,17 +123,6 @@ class DecoderState:
         )
 
 
-class SessionsReleased(RuntimeError):
-    """A generator whose sessions were released was asked to run (a bug in the caller)."""
-
-
-class _ReleasedSession:
-    """Stands in for a released session: every use of it raises."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise SessionsReleased(f"the session was released; {name!r} is gone with it")
-
-
 def _metadata_int(session: ort.InferenceSession, key: str, default: int | None) -> int | None:
     value = session.get_modelmeta().custom_metadata_map.get(key)
     return int(value) if value is not None else default
@@ -180,7 +169,11 @@ class OnnxGenerator:
         """Drop both sessions (their memory goes back with the caller's `malloc_trim`), keeping
         what was read from them: special ids, `max_steps`, the cache layout. Any run after it
         raises `SessionsReleased`."""
-        self.encoder = self.decoder = cast(ort.InferenceSession, _ReleasedSession())
+        self.encoder = self.decoder = released_session()
+
+    @property
+    def sessions_released(self) -> bool:
+        return is_released(self.decoder)
 
     @classmethod
     def from_directory(

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import onnxruntime as ort
 
@@ -109,6 +109,26 @@ def create_session(
             raise ProviderError("providers=cuda but ONNX Runtime could not use a GPU")
         _log_once(logging.WARNING, "providers=auto: using CPU: ONNX Runtime could not use a GPU")
     return session, active
+
+
+class SessionsReleased(RuntimeError):
+    """A session that was released (`released_session`) was asked to run: a bug in the caller."""
+
+
+class _ReleasedSession:
+    """Stands in for a released session: every use of it raises."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise SessionsReleased(f"the session was released; {name!r} is gone with it")
+
+
+def released_session() -> ort.InferenceSession:
+    """What holds a session's place once it is dropped (its memory handed back)."""
+    return cast(ort.InferenceSession, _ReleasedSession())
+
+
+def is_released(session: ort.InferenceSession) -> bool:
+    return isinstance(session, _ReleasedSession)
 
 
 class ModelWorker:

@@ -64,12 +64,11 @@ class TranslatorEngine:
                 create_session(encoder_onnx, one_thread)[0],
                 create_session(decoder_onnx, one_thread)[0],
             )
-        self._released = False
         version.verify_others(loaded=("encoder.onnx", "decoder.onnx", "tokenizer.json"))
 
     @property
     def sessions_released(self) -> bool:
-        return self._released
+        return self.generator.sessions_released
 
     def release_sessions(self) -> None:
         """Drop every session, keeping the tokenizer and what the sessions told (special ids,
@@ -78,7 +77,6 @@ class TranslatorEngine:
         went from 304 to 127 MB without them and their warm-up). Any run after it raises."""
         self.generator.release_sessions()
         self.single_thread_generator = None
-        self._released = True
 
     def _generator(self, encoder: InferenceSession, decoder: InferenceSession) -> OnnxGenerator:
         return OnnxGenerator(
