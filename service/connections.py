@@ -10,6 +10,11 @@ adds, per connection:
 - a header size cap: more than `max_header_bytes` before the headers end answers 431 and closes;
 - a connection cap: past `max_connections` open connections a new one gets 503 and is closed.
 
+and one fewer write per answer: uvicorn writes a response's status line and headers, then its
+body, as two socket writes (two TCP segments, two wake-ups of the client); `HeadHoldingTransport`
+holds the head back until the body's write, or the end of the event loop's turn (a streamed
+answer whose first piece is not ready yet).
+
 Error answers here are written before the app or its middleware exist for the request, so they
 are plain JSON with `Connection: close` and a fresh X-Request-ID.
 """
@@ -42,6 +47,57 @@ class ConnectionLimits:
     max_connections: int
 
 
+class HeadHoldingTransport:
+    """A transport whose response heads wait for the next write, so head and body leave in one.
+
+    A head (a write that starts with the status line and ends the headers) is held until the next
+    write on the connection, or until the event loop's next turn (`call_soon`), whichever comes
+    first; close, abort and write_eof send it first. Everything else is the wrapped transport's.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held = b""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._held:
+            data, self._held = self._held + data, b""
+        elif data[:9] == b"HTTP/1.1 " and data[-4:] == b"\r\n\r\n":
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+            return
+        self._transport.write(data)
+
+    def writelines(self, lines: Any) -> None:
+        self.write(b"".join(lines))
+
+    def flush(self) -> None:
+        """Send a held head now (nothing followed it in this turn of the loop)."""
+        if self._held:
+            data, self._held = self._held, b""
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held = b""
+        self._transport.abort()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + len(self._held)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with `limits` applied (for `uvicorn.Config(http=...)`)."""
 
@@ -63,7 +119,8 @@ def limited_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 logger.warning("max_connections (%d) reached", self._limits.max_connections)
                 self._reject(503, f"over max_connections ({self._limits.max_connections})")
                 return
-            super().connection_made(transport)
+            held = HeadHoldingTransport(transport, self.loop)
+            super().connection_made(held)  # type: ignore[arg-type]
             self._arm_header_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
