@@ -2,15 +2,18 @@
 
 Events (each `data:` is one JSON object):
 
-    event: piece   data: {"text": "Ein Hund "}          newly decoded text, whole words only
+    event: piece   data: {"text": " Hund"}              newly decoded text, whole words only
     event: done    data: {"model", "version", "translation", "tokens", "truncated"}
     event: error   data: {"error": "...", "type": "timeout"}   the stream ends without `done`
 
 The text decoded so far is detokenised after every step (after the first piece, the tokens
-that queued up behind a busy event loop together), and what is new is sent up to its last
-space: a word whose subwords are still arriving waits for the next one, so a client never sees
-"Hun" then "d". The `done` event carries the whole translation (the same text as without
-streaming) and the number of generated tokens (without <eos>).
+that queued up behind a busy event loop together), and what is new is sent up to the end of its
+last whole word (`TranslatorEngine.whole_words`: a word is whole at its last subword when the
+vocabulary marks word ends, as the translator's does, else when the next word starts): a word
+whose subwords are still arriving waits, so a client never sees "Hun" then "d". A piece starts
+with the space that separates it from the one before ("Ein", " Hund", "."). The `done` event
+carries the whole translation (the same text as without streaming) and the number of generated
+tokens (without <eos>).
 
 Greedy search only: beam search reorders its hypotheses until the end, so it has no stable prefix
 to stream. Refusals (404, 413, 422, 429, 503) happen before the stream starts, as plain HTTP
@@ -118,7 +121,7 @@ class TranslationStream:
                     if ended:
                         break
                     ids.append(token)
-                piece = _whole_words(self.engine.finish(ids), sent) if len(ids) > before else ""
+                piece = _new_part(self.engine.whole_words(ids), sent) if len(ids) > before else ""
                 if piece:
                     sent += piece
                     yield sse("piece", {"text": piece})
@@ -174,13 +177,9 @@ async def send_events(stream: TranslationStream, disconnected: Disconnected, sen
         watcher.cancel()  # its callback then cancels an answered future: a no-op
 
 
-def _whole_words(text: str, sent: str) -> str:
-    """The new part of `text` after `sent`, up to and including its last space ("" if none, or
-    if the detokenised text no longer extends what was sent)."""
-    if not text.startswith(sent):
-        return ""
-    cut = text.rfind(" ", len(sent))
-    return text[len(sent) : cut + 1] if cut >= 0 else ""
+def _new_part(text: str, sent: str) -> str:
+    """What `text` adds after `sent` ("" if the detokenised text no longer extends it)."""
+    return text[len(sent) :] if text.startswith(sent) else ""
 
 
 def _error(error: ServiceError) -> bytes:

@@ -21,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import streaming
+from service.engines.translator import TranslatorEngine
 from service.streaming import TranslationStream
 from tests.conftest import ServerProcess
 
@@ -37,7 +38,8 @@ def server(
     root = tmp_path_factory.mktemp("stream")
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation noise (conftest)
         warnings.simplefilter("ignore", DeprecationWarning)
-        checkpoint = tiny_translator_checkpoint(root / "checkpoint", max_positions=2048)
+        # seed 1: its greedy output is one whole word over and over, so a stream has many pieces
+        checkpoint = tiny_translator_checkpoint(root / "checkpoint", seed=1, max_positions=2048)
         export_translator(checkpoint, root / "repository", threads=1, max_new_tokens=16)
     return launch_server(root / "repository")
 
@@ -62,7 +64,7 @@ def metric(server: ServerProcess, name: str, **labels: str) -> float:
 
 
 def test_stream_sends_whole_word_pieces_then_the_translation(server: ServerProcess) -> None:
-    """Pieces end at a space (no word split), join to the final translation, which equals the
+    """Pieces end where a word does (no word split), join to the final translation, which equals the
     non-streamed greedy answer; `tokens` counts the generated tokens."""
     body = {"texts": [TEXT], "max_new_tokens": 24}
     with httpx.stream(
@@ -75,7 +77,7 @@ def test_stream_sends_whole_word_pieces_then_the_translation(server: ServerProce
     names = [name for name, _ in events]
     assert names[-1] == "done" and set(names[:-1]) == {"piece"} and len(names) > 2
     pieces = [str(data["text"]) for _, data in events[:-1]]
-    assert all(p.endswith(" ") for p in pieces[:-1])
+    assert not any(p[:1].isalnum() for p in pieces[1:])  # " word" or ".": none splits a word
     done = events[-1][1]
     assert "".join(pieces) == done["translation"] == plain.json()["translations"][0]
     assert done["model"] == "translator" and done["truncated"] is False
@@ -186,11 +188,20 @@ def words(ids: list[int]) -> str:
     return " ".join(f"w{i}" for i in ids)
 
 
-def bare_stream(deadline_in_s: float, finish: Callable[[list[int]], str] = words) -> Any:
-    """(stream, item): a TranslationStream over a stand-in engine, attached to a stand-in item
-    whose future the test answers (call it on the running event loop)."""
+def bare_stream(
+    deadline_in_s: float,
+    finish: Callable[[list[int]], str] = words,
+    word_end_ids: frozenset[int] | None = None,
+) -> Any:
+    """(stream, item): a TranslationStream over a stand-in engine (the real `whole_words`),
+    attached to a stand-in item whose future the test answers (on the running event loop)."""
     loop = asyncio.get_running_loop()
-    engine = SimpleNamespace(finish=finish, generator=SimpleNamespace(eos_id=2))
+    engine = SimpleNamespace(
+        finish=finish,
+        generator=SimpleNamespace(eos_id=2),
+        encoder=SimpleNamespace(word_end_ids=word_end_ids),
+    )
+    engine.whole_words = lambda ids: TranslatorEngine.whole_words(engine, ids)  # type: ignore
     stream = TranslationStream(
         model="translator", version="1", engine=engine,  # type: ignore[arg-type]
         truncated=False, deadline=loop.time() + deadline_in_s,
@@ -225,7 +236,7 @@ def test_tokens_that_arrived_together_go_out_as_one_piece() -> None:
         for token in (5, 6, 7):
             stream.on_token(token)
         frames = stream.events()
-        sent = [await anext(frames)]  # "w5 ": the first piece does not wait for w7
+        sent = [await anext(frames)]  # "w5": the first piece does not wait for w7
         for token in (8, 9):
             stream.on_token(token)
         sent.append(await anext(frames))  # w6 to w8 together
@@ -240,7 +251,7 @@ def test_tokens_that_arrived_together_go_out_as_one_piece() -> None:
 
     events = asyncio.run(scenario())
     assert [name for name, _ in events] == ["piece", "piece", "piece", "piece", "done"]
-    assert [data["text"] for _, data in events[:4]] == ["w5 ", "w6 w7 w8 ", "w9 ", "w10"]
+    assert [data["text"] for _, data in events[:4]] == ["w5", " w6 w7 w8", " w9", " w10"]
     assert events[4][1]["translation"] == "w5 w6 w7 w8 w9 w10" and events[4][1]["tokens"] == 6
 
 
@@ -257,7 +268,29 @@ def test_tokens_queued_before_the_deadline_still_go_out_before_its_error() -> No
         return frames, item.future.cancelled()
 
     frames, cancelled = asyncio.run(scenario())
-    assert frames[0] == streaming.sse("piece", {"text": "w5 "})
+    assert frames[0] == streaming.sse("piece", {"text": "w5"})
     assert frames[1].startswith(b"event: error\n") and len(frames) == 2
     assert json.loads(frames[1].split(b"data: ")[1])["type"] == "timeout"
     assert cancelled
+
+
+def test_a_marked_word_end_sends_its_word_without_waiting_for_the_next() -> None:
+    """A vocabulary that marks word ends (the translator's): the first piece leaves with the
+    first token when that token ends its word, one step sooner than a space could tell; a token
+    that does not end its word waits for the one that does."""
+
+    async def scenario() -> list[bytes]:
+        stream, item = bare_stream(30, word_end_ids=frozenset({5, 7}))
+        frames = stream.events()
+        stream.on_token(5)
+        sent = [await anext(frames)]  # w5 ends its word: no wait for token 6
+        stream.on_token(6)  # starts a word that token 7 ends
+        stream.on_token(7)
+        sent.append(await anext(frames))
+        item.future.set_result(words([5, 6, 7]))
+        return sent + [frame async for frame in frames]
+
+    frames = asyncio.run(scenario())
+    assert frames[0] == streaming.sse("piece", {"text": "w5"})
+    assert frames[1] == streaming.sse("piece", {"text": " w6 w7"})
+    assert frames[2].startswith(b"event: done\n")

@@ -49,6 +49,17 @@ def test_special_tokens_have_fixed_ids(tokenizer, tmp_path: Path) -> None:
     assert (PAD_ID, SOS_ID, EOS_ID, UNK_ID) == (0, 1, 2, 3)
 
 
+def test_training_the_vocabulary_twice_gives_the_same_ids() -> None:
+    """BPE's trainer numbers the alphabet's word-final characters in a different order from run
+    to run when word ends are marked; the ids are put in one order, so a rebuilt model is the
+    same model."""
+    texts = EN + DE
+    assert (
+        len({train_joint_bpe(texts, vocab_size=300, min_frequency=1).to_str() for _ in range(6)})
+        == 1
+    )
+
+
 def test_tokenizer_round_trips_text_in_both_languages(tokenizer) -> None:
     """decode(encode(text)) gives the text back exactly (spaces, case, punctuation, umlauts),
     and every encoding ends with exactly one <eos>."""
@@ -121,3 +132,51 @@ def test_collate_shifts_targets_for_teacher_forcing() -> None:
     assert batch.tgt_in.tolist() == [[SOS_ID, 8, 9], [SOS_ID, 10, PAD_ID]]
     assert batch.tgt_out.tolist() == [[8, 9, EOS_ID], [10, EOS_ID, PAD_ID]]
     assert batch.num_target_tokens == 5
+
+
+def test_word_ends_are_marked_and_let_a_stream_send_a_word_a_step_sooner(tokenizer) -> None:
+    """The translator's vocabulary marks a word's last subword (WORD_END), the serving encoder
+    reads which ids those are from tokenizer.json, and a stream's whole words then include a word
+    as soon as its last subword is decoded; a BERT WordPiece vocabulary has no such marks."""
+    from types import SimpleNamespace
+
+    from model_src.bert.hf_checkpoint import default_checkpoint_dir
+    from model_src.translator.tokenizer import WORD_END
+    from service.engines.tokenization import TextEncoder
+    from service.engines.translator import TranslatorEngine
+
+    served = TextEncoder(tokenizer.to_str(), max_length=64)
+    marked = {i for token, i in tokenizer.get_vocab().items() if token.endswith(WORD_END)}
+    assert served.word_end_ids == marked and len(marked) > 50
+    ids = encode(tokenizer, ["Zwei junge Männer."], max_length=64)[0][:-1]  # without <eos>
+    assert ids[0] in marked  # "▁Zwei</w>": a whole word in one subword
+
+    def whole(word_end_ids: frozenset[int] | None, prefix: list[int]) -> str:
+        engine = SimpleNamespace(
+            finish=lambda s: served.decode([s])[0],
+            encoder=SimpleNamespace(word_end_ids=word_end_ids),
+        )
+        return TranslatorEngine.whole_words(engine, prefix)  # type: ignore[arg-type]
+
+    assert whole(served.word_end_ids, ids[:1]) == "Zwei"  # at once
+    assert whole(None, ids[:1]) == "" and whole(None, ids[:2]) == "Zwei"  # a step later
+    assert whole(served.word_end_ids, ids) == "Zwei junge Männer."
+    wordpiece = (default_checkpoint_dir() / "tokenizer.json").read_text()
+    assert TextEncoder(wordpiece, max_length=64).word_end_ids is None
+
+
+def test_merges_are_the_most_frequent_pairs_ties_broken_by_their_text() -> None:
+    """Sennrich et al.'s example words: 'e s' and 's t</w>' both occur 9 times (the smaller pair
+    text first), then 'es t</w>' (9), 'l o' (7), and of the three pairs that occur 6 times
+    'e w' first; with min_frequency 7 merging stops after 'l o'."""
+    from model_src.translator.bpe import learn_merges
+
+    words = ["low"] * 5 + ["lower"] * 2 + ["newest"] * 6 + ["widest"] * 3
+    alphabet, merges = learn_merges(words, "</w>", max_symbols=100, min_frequency=2)
+    assert alphabet == ["d", "e", "i", "l", "n", "o", "r</w>", "s", "t</w>", "w", "w</w>"]
+    assert merges[:4] == [("e", "s"), ("es", "t</w>"), ("l", "o"), ("e", "w")]
+    assert ("low", "er</w>") in merges and len(set(merges)) == len(merges)
+    _, frequent = learn_merges(words, "</w>", max_symbols=100, min_frequency=7)
+    assert frequent == merges[:3]
+    _, capped = learn_merges(words, "</w>", max_symbols=len(alphabet) + 2, min_frequency=2)
+    assert capped == merges[:2]  # the alphabet and two merges fill max_symbols

@@ -13,6 +13,12 @@ Choices, and why:
 - **Metaspace + punctuation split, cased, NFC.** Words carry a leading "▁" so decoding restores
   spaces exactly (the text round-trips); punctuation is split off so "bushes." and "bushes" share
   a token; case is kept because sacreBLEU scores cased, detokenized text.
+- **Word ends marked too** (`WORD_END`, the BPE end-of-word suffix of the original subword-nmt).
+  A word's last subword says so, so a stream can send a word the step its last subword is
+  decoded; with start marks alone a word is known whole only when the next word's first subword
+  arrives, one decoder step later (service/streaming.py). On Multi30k's validation German: 15.78
+  subwords per sentence against 15.31 unmarked, 988 of 1,014 first subwords end their word, every
+  text still round-trips.
 
 Special tokens have fixed ids (`PAD_ID`..`UNK_ID` below). The saved post-processor appends
 `<eos>` to every encoded text, so `tokenizer.encode(text).ids` is exactly a model's source input
@@ -25,12 +31,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from tokenizers.trainers import BpeTrainer
+
+from model_src.translator.bpe import learn_merges
 
 PAD, SOS, EOS, UNK = "<pad>", "<sos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, SOS, EOS, UNK)  # trained first, so their ids are 0..3 in this order
 PAD_ID, SOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 TOKENIZER_FILE = "tokenizer.json"
+WORD_END = "</w>"  # the suffix of a subword that ends its word (pre-token); decoding drops it
 
 
 def _metaspace_parts() -> tuple[pre_tokenizers.PreTokenizer, decoders.Decoder]:
@@ -40,24 +48,40 @@ def _metaspace_parts() -> tuple[pre_tokenizers.PreTokenizer, decoders.Decoder]:
             pre_tokenizers.Punctuation(),  # "bushes." -> "▁bushes", "."
         ]
     )
-    dec = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    dec = decoders.Sequence(
+        [
+            decoders.Replace(WORD_END, ""),
+            decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+        ]
+    )
     return pre, dec
 
 
 def train_joint_bpe(
     texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2
 ) -> Tokenizer:
-    """Train one BPE vocabulary on source and target texts together (pass both sides' lines)."""
-    tokenizer = Tokenizer(models.BPE(unk_token=UNK))
-    tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer, tokenizer.decoder = _metaspace_parts()
-    trainer = BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
-        show_progress=False,
+    """Train one BPE vocabulary on source and target texts together (pass both sides' lines);
+    the same texts give the same tokenizer on every run (model_src/translator/bpe.py)."""
+    normalizer = normalizers.NFC()
+    pre, dec = _metaspace_parts()
+    words = (
+        word
+        for text in texts
+        for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(text))
+        if word
     )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    alphabet, merges = learn_merges(
+        words, WORD_END, vocab_size - len(SPECIAL_TOKENS), min_frequency
+    )
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for token in [*alphabet, *(left + right for left, right in merges)]:
+        vocab.setdefault(token, len(vocab))
+    tokenizer = Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, unk_token=UNK, end_of_word_suffix=WORD_END)
+    )
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer, tokenizer.decoder = pre, dec
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"$A {EOS}", special_tokens=[(EOS, EOS_ID)]
     )

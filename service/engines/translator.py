@@ -118,6 +118,24 @@ class TranslatorEngine:
         """The text of one finished sequence."""
         return self.encoder.decode([ids])[0]
 
+    def whole_words(self, ids: list[int]) -> str:
+        """The text of the words of a sequence still decoding that are whole, without the space
+        after the last (a stream sends no more, so no word is split between its pieces). A
+        word is whole once the next one starts (a space follows it); when the vocabulary marks
+        word ends (`TextEncoder.word_end_ids`), already at its last subword, one decoder step
+        sooner (the tokenizer never puts a subword that continues a word after one that ends
+        it; a model that generates one anyway gets the two words glued, in two pieces)."""
+        word_ends = self.encoder.word_end_ids
+        end = 0
+        if word_ends is not None:
+            end = next((n for n in range(len(ids), 0, -1) if ids[n - 1] in word_ends), 0)
+            if end == len(ids):
+                return self.finish(ids)
+        text = self.finish(ids)
+        whole = text[: text.rfind(" ") + 1].rstrip(" ")
+        marked = self.finish(ids[:end]) if end else ""
+        return max(whole, marked, key=len)  # both are prefixes of `text`
+
     def warmup(self, max_batch_size: int) -> None:
         text = "warm up " * self.encoder.max_length
         batch = self.encoder.encode([text] * min(max_batch_size, 4) + ["warm up"])

@@ -18,10 +18,10 @@ from service.streaming import HEADERS, MEDIA_TYPE, TranslationStream
 router = APIRouter(prefix="/v1", tags=["tasks"], responses=ERROR_RESPONSES)
 
 STREAM_EXAMPLE = (
-    'event: piece\ndata: {"text": "Ein Hund "}\n\n'
-    'event: piece\ndata: {"text": "rennt."}\n\n'
+    'event: piece\ndata: {"text": "Ein"}\n\n'
+    'event: piece\ndata: {"text": " Hund rennt."}\n\n'
     'event: done\ndata: {"model": "translator", "version": "1", '
-    '"translation": "Ein Hund rennt.", "tokens": 6, "truncated": false}\n\n'
+    '"translation": "Ein Hund rennt.", "tokens": 4, "truncated": false}\n\n'
 )
 STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
