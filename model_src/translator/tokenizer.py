@@ -27,12 +27,12 @@ Special tokens have fixed ids (`PAD_ID`..`UNK_ID` below). The saved post-process
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
-from model_src.translator.bpe import learn_merges
+from tokenizers.trainers import BpeTrainer
 
 PAD, SOS, EOS, UNK = "<pad>", "<sos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, SOS, EOS, UNK)  # trained first, so their ids are 0..3 in this order
@@ -60,24 +60,45 @@ def _metaspace_parts() -> tuple[pre_tokenizers.PreTokenizer, decoders.Decoder]:
 def train_joint_bpe(
     texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2
 ) -> Tokenizer:
-    """Train one BPE vocabulary on source and target texts together (pass both sides' lines);
-    the same texts give the same tokenizer on every run (model_src/translator/bpe.py)."""
+    """Train one BPE vocabulary on source and target texts together (pass both sides' lines).
+
+    The same texts give the same tokenizer on every run. tokenizers' trainer (0.23) numbers the
+    word-final characters it makes for an end-of-word suffix ("e</w>", ...) in hash-map order
+    and breaks ties between pairs of equal count by those numbers, so two trainings gave
+    different ids and, for tied pairs, a different merge order (2 pairs swapped in 3 runs on
+    Multi30k): every rebuilt translator a slightly different model. Handing it those characters
+    first, sorted, as special tokens fixes their ids; the vocabulary is then rebuilt from the
+    trained model's vocabulary and merges with the four real special tokens only.
+    """
+    texts = list(texts)
     normalizer = normalizers.NFC()
     pre, dec = _metaspace_parts()
-    words = (
-        word
-        for text in texts
-        for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(text))
-        if word
+    word_final = sorted(
+        {
+            word[-1] + WORD_END
+            for text in texts
+            for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(text))
+            if word
+        }
     )
-    alphabet, merges = learn_merges(
-        words, WORD_END, vocab_size - len(SPECIAL_TOKENS), min_frequency
+    trained = Tokenizer(models.BPE(unk_token=UNK, end_of_word_suffix=WORD_END))
+    trained.normalizer, trained.pre_tokenizer = normalizer, pre
+    trainer = BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[*SPECIAL_TOKENS, *word_final],
+        end_of_word_suffix=WORD_END,
+        show_progress=False,
     )
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
-    for token in [*alphabet, *(left + right for left, right in merges)]:
-        vocab.setdefault(token, len(vocab))
+    trained.train_from_iterator(texts, trainer=trainer)
+    model = json.loads(trained.to_str())["model"]
     tokenizer = Tokenizer(
-        models.BPE(vocab=vocab, merges=merges, unk_token=UNK, end_of_word_suffix=WORD_END)
+        models.BPE(
+            vocab=model["vocab"],
+            merges=[tuple(pair) for pair in model["merges"]],
+            unk_token=UNK,
+            end_of_word_suffix=WORD_END,
+        )
     )
     tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
     tokenizer.normalizer = normalizer
