@@ -7,7 +7,6 @@ the response can report it (or the request be refused when truncation is disable
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ class TextEncoder:
         tokenizer.enable_truncation(max_length, strategy="longest_first")
         self.max_length = max_length
         self._tokenizer = tokenizer
-        self.word_end_ids = _word_end_ids(tokenizer_json)
+        self.word_end_ids = _word_end_ids(tokenizer)
 
     # One text goes through the single-item calls: the batch calls release the GIL, and on a
     # busy server the calling thread then waits for it behind other threads' Python (up to the
@@ -64,15 +63,14 @@ def _encoded(encoding: object) -> Encoded:
     )
 
 
-def _word_end_ids(tokenizer_json: str) -> frozenset[int] | None:
+def _word_end_ids(tokenizer: Tokenizer) -> frozenset[int] | None:
     """The ids of the subwords that end a word, when the vocabulary marks them (a BPE model with
     an `end_of_word_suffix`, as the translator's since model_src.translator.tokenizer.WORD_END);
     None when it does not (a word is then known whole only when the next one starts)."""
-    model = json.loads(tokenizer_json).get("model") or {}
-    suffix = model.get("end_of_word_suffix") if model.get("type") == "BPE" else None
-    vocab = model.get("vocab")
-    if not suffix or not isinstance(vocab, dict):
+    suffix = getattr(tokenizer.model, "end_of_word_suffix", None)  # BPE models only
+    if not suffix:
         return None
+    vocab = tokenizer.get_vocab(with_added_tokens=False)
     return frozenset(i for token, i in vocab.items() if token.endswith(suffix))
 
 
