@@ -197,3 +197,36 @@ def test_joiners_encoded_on_another_thread_beside_a_step_decode_as_if_alone(
     for join in joins:
         if join.seq_id != dropped:
             assert results[join.seq_id] == alone(generator, join), join
+
+
+def test_a_row_has_the_same_bits_alone_and_beside_a_longer_source(
+    generator: OnnxGenerator,
+) -> None:
+    """Decoder logits of a source alone equal, to the bit, its logits beside a longer source
+    (its memory then padded), step after step: every row keeps a masked memory column
+    (MASKED_TAIL_COLUMNS). With none, ONNX Runtime's cross-attention gave other last bits, and
+    an int8 decoder rounded them into another beam (stop 34). Compaction keeps the column too."""
+    import numpy as np
+
+    from service.engines.generation import MASKED_TAIL_COLUMNS
+
+    assert MASKED_TAIL_COLUMNS >= 1
+    for source in random_sources(6, seed=11):
+        longer = source[:-1] * 3 + [2]
+        alone_state = generator.start(np.array([source]))
+        pair_state = generator.start(generator.pad([source, longer]))
+        assert alone_state.memory_mask.shape[1] == len(source) + MASKED_TAIL_COLUMNS
+        tokens = np.array([generator.sos_id or 0])
+        for _ in range(6):
+            alone_logits, alone_state = generator.step(alone_state, tokens)
+            pair_logits, pair_state = generator.step(pair_state, np.concatenate([tokens, tokens]))
+            assert np.array_equal(alone_logits[0], pair_logits[0])
+            tokens = alone_logits[:, 4:].argmax(axis=1) + 4
+    batch = DecodeBatch(generator)
+    short, long_ = random_sources(2, seed=12)
+    long_ = long_[:-1] * 3 + [2]
+    batch.step([Join(0, short, 1, 3), Join(1, long_, 1, 40)], [], [])
+    for _ in range(6):  # the short one leaves; compaction cuts the source columns to the longest
+        batch.step([], [], [])
+    assert batch.state is not None
+    assert batch.state.memory_mask.shape[1] >= len(long_) + MASKED_TAIL_COLUMNS

@@ -163,3 +163,50 @@ def test_word_ends_are_marked_and_let_a_stream_send_a_word_a_step_sooner(tokeniz
     assert whole(served.word_end_ids, ids) == "Zwei junge Männer."
     wordpiece = (default_checkpoint_dir() / "tokenizer.json").read_text()
     assert TextEncoder(wordpiece, max_length=64).word_end_ids is None
+
+
+def test_punctuation_inside_a_word_stays_in_it_so_the_word_ends_once() -> None:
+    """A hyphen or apostrophe between letters stays inside its word ("T-Shirt", "Mann's"), so
+    only the word's last subword is marked and a stream sends it as one piece; punctuation at a
+    word's edge is still a word of its own ("Hund." -> "Hund", "."), as are "--" and brackets."""
+    from model_src.translator.tokenizer import WORD_END
+
+    texts = ["Ein Mann im T-Shirt, der Mann's Hund.", "Ein (roter) Hund -- 3.5 Meter."] * 2
+    tokenizer = train_joint_bpe(texts, vocab_size=120, min_frequency=1)
+
+    def words(text: str) -> list[str]:
+        return [w for w, _ in tokenizer.pre_tokenizer.pre_tokenize_str(text)]
+
+    assert words(texts[0]) == [
+        "▁Ein",
+        "▁Mann",
+        "▁im",
+        "▁T-Shirt",
+        ",",
+        "▁der",
+        "▁Mann's",
+        "▁Hund",
+        ".",
+    ]
+    assert words(texts[1]) == [
+        "▁Ein",
+        "▁",
+        "(",
+        "roter",
+        ")",
+        "▁Hund",
+        "▁",
+        "-",
+        "-",
+        "▁3.5",
+        "▁Meter",
+        ".",
+    ]
+    for text in texts[:2]:
+        tokens = tokenizer.encode(text).tokens[:-1]  # without <eos>
+        marked = [t for t in tokens if t.endswith(WORD_END)]
+        assert len(marked) == len(words(text))  # one mark per word, however it is split
+        assert decode(tokenizer, [tokenizer.encode(text).ids]) == [text]
+    hyphenated = train_joint_bpe(texts, vocab_size=40, min_frequency=1).encode("T-Shirt").tokens
+    assert len(hyphenated) > 2 and [t.endswith(WORD_END) for t in hyphenated[:-1]][-1]
+    assert not any(t.endswith(WORD_END) for t in hyphenated[:-2])  # no mark inside the word

@@ -11,8 +11,9 @@ Choices, and why:
   embedding, target embedding and output projection (three-way tying, Press & Wolf 2017) which
   matters with only 29k training pairs, and gives one `tokenizer.json` for export and serving.
 - **Metaspace + punctuation split, cased, NFC.** Words carry a leading "▁" so decoding restores
-  spaces exactly (the text round-trips); punctuation is split off so "bushes." and "bushes" share
-  a token; case is kept because sacreBLEU scores cased, detokenized text.
+  spaces exactly (the text round-trips); punctuation at a word's edge is split off so "bushes."
+  and "bushes" share a token, while a mark inside a word ("T-Shirt", "Mann's") stays in it, so
+  the word ends once; case is kept because sacreBLEU scores cased, detokenized text.
 - **Word ends marked too** (`WORD_END`, the BPE end-of-word suffix of the original subword-nmt).
   A word's last subword says so, so a stream can send a word the step its last subword is
   decoded; with start marks alone a word is known whole only when the next word's first subword
@@ -31,7 +32,15 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import (
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
 from tokenizers.trainers import BpeTrainer
 
 PAD, SOS, EOS, UNK = "<pad>", "<sos>", "<eos>", "<unk>"
@@ -41,11 +50,22 @@ TOKENIZER_FILE = "tokenizer.json"
 WORD_END = "</w>"  # the suffix of a subword that ends its word (pre-token); decoding drops it
 
 
+# A punctuation mark (Unicode's, and the ASCII symbols tokenizers' Punctuation splits off too)
+# is a word of its own unless it stands between two letters or digits: "bushes." -> "▁bushes",
+# "." but "T-Shirt", "Mann's" and "3.5" stay whole, so the word-end mark comes after "Shirt",
+# not after "T" (a stream would otherwise send "T", "-", "Shirt" as three pieces).
+_PUNCTUATION = r"[\p{P}$+<=>^`|~]"
+_LETTER_OR_DIGIT = r"[\p{L}\p{N}]"
+_PUNCTUATION_AT_WORD_EDGE = Regex(
+    rf"(?<!{_LETTER_OR_DIGIT}){_PUNCTUATION}|{_PUNCTUATION}(?!{_LETTER_OR_DIGIT})"
+)
+
+
 def _metaspace_parts() -> tuple[pre_tokenizers.PreTokenizer, decoders.Decoder]:
     pre = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
-            pre_tokenizers.Punctuation(),  # "bushes." -> "▁bushes", "."
+            pre_tokenizers.Split(_PUNCTUATION_AT_WORD_EDGE, behavior="isolated"),
         ]
     )
     dec = decoders.Sequence(

@@ -9,8 +9,9 @@ Sequences at different steps share one decoder run. The batch axis holds slots (
   them in its first t columns (group_query: the graph writes the new one at column t and reads
   t + 1 columns) or its last t (masked: the graph appends at column T and `self_mask` hides the
   columns before them). Either way the graph's output is the next step's input as it is;
-- cross-attention keys/values [L, B, H, S, hd] and memory_mask [B, S], S = the longest source,
-  right-padded like a padded batch;
+- cross-attention keys/values [L, B, H, S, hd] and memory_mask [B, S], S = the longest source
+  plus MASKED_TAIL_COLUMNS, right-padded like a padded batch (every row keeps a masked column, so
+  its bits do not depend on its batch mates: service.engines.generation);
 - a row whose sequence left is free: the next joiner is written into it in place (its source
   keys/values and mask; its old self-attention columns are simply masked), so a step where one
   sequence leaves and another joins copies one row, not the batch. Free rows still run until
@@ -39,7 +40,12 @@ from typing import Any
 import numpy as np
 
 from service.engines.decode_io import EncodedRun, Join, Outcome
-from service.engines.generation import DecoderState, OnnxGenerator, _log_softmax
+from service.engines.generation import (
+    MASKED_TAIL_COLUMNS,
+    DecoderState,
+    OnnxGenerator,
+    _log_softmax,
+)
 from service.engines.runs import split_runs
 
 
@@ -354,7 +360,8 @@ class DecodeBatch:
             return
         keep = np.asarray([r for r, o in enumerate(self.owner) if o is not None])
         remap = {int(r): i for i, r in enumerate(keep)}
-        S = int(self.src_len[keep].max())  # sources are right-padded: cut the tail
+        # sources are right-padded: cut the tail, keeping every row's masked column(s)
+        S = min(int(self.src_len[keep].max()) + MASKED_TAIL_COLUMNS, self.state.cross_k.shape[3])
         state = self.state
         self.state = DecoderState(
             memory_mask=state.memory_mask[keep, :S],
