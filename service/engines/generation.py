@@ -196,10 +196,12 @@ class OnnxGenerator:
     def start(self, src_ids: np.ndarray) -> DecoderState:
         """Run the encoder; the state has an empty self-attention cache at position 0, and every
         row at least MASKED_TAIL_COLUMNS padding columns after its source."""
-        unpadded = int(np.count_nonzero((src_ids[:, ::-1] == self.pad_id).cumprod(axis=1), 1).min())
-        if unpadded < MASKED_TAIL_COLUMNS:
-            missing = ((0, 0), (0, MASKED_TAIL_COLUMNS - unpadded))
-            src_ids = np.pad(src_ids, missing, constant_values=self.pad_id)
+        pad_id = self.pad_id or 0
+        trailing_pads = np.count_nonzero((src_ids[:, ::-1] == pad_id).cumprod(axis=1), axis=1)
+        fewest = int(trailing_pads.min())
+        if fewest < MASKED_TAIL_COLUMNS:
+            missing = ((0, 0), (0, MASKED_TAIL_COLUMNS - fewest))
+            src_ids = np.pad(src_ids, missing, constant_values=pad_id)
         memory_mask, cross_k, cross_v = self.encoder.run(
             list(ENCODER_OUTPUTS), {"src_ids": np.ascontiguousarray(src_ids, dtype=np.int64)}
         )
