@@ -141,19 +141,24 @@ def test_a_joiner_reuses_a_free_row_in_place(generator: OnnxGenerator) -> None:
 
 def test_free_rows_and_unneeded_columns_are_compacted(generator: OnnxGenerator) -> None:
     """When the sequence with the longest source leaves, half the rows are free: the next step
-    drops its row and its source columns; cache columns no live row needs are cut."""
+    drops its row and its source columns (keeping the masked tail column); cache columns no live
+    row needs are cut."""
+    from service.engines.generation import MASKED_TAIL_COLUMNS as TAIL
+
     short, long = [5, 2], [5] * 30 + [2]
     batch = DecodeBatch(generator)
     batch.step([Join(0, long, 1, 16)], [])
     for _ in range(10):
         batch.step([], [])
     batch.step([Join(1, short, 1, 16)], [])
-    assert batch.slots == 2 and batch.state is not None and batch.state.cross_k.shape[3] == 31
+    assert (
+        batch.slots == 2 and batch.state is not None and batch.state.cross_k.shape[3] == 31 + TAIL
+    )
     batch.step([], [0])
-    assert batch.slots == 1 and batch.state.cross_k.shape[3] == 2
+    assert batch.slots == 1 and batch.state.cross_k.shape[3] == 2 + TAIL
     headroom = CACHE_GROWTH_COLUMNS if generator.left_aligned else 0  # for in-place writes
     assert batch.state.self_k.shape[3] < 2 + headroom + TRIM_SLACK_COLUMNS
-    assert batch.cache_tokens == 1 * (2 + batch.state.self_k.shape[3])
+    assert batch.cache_tokens == 1 * (2 + TAIL + batch.state.self_k.shape[3])
 
 
 def test_graphs_that_cannot_mix_steps_are_refused(generator: OnnxGenerator) -> None:
