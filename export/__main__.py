@@ -20,7 +20,7 @@ from export.publish import PublishError
 from model_src.cli import DefaultsHelpFormatter as Formatter
 from model_src.cli import show_defaults
 from model_src.common.options import from_args
-from service.engines.generation import SELF_ATTENTION_KINDS
+from service.engines.translator_graphs import SELF_ATTENTION_KINDS
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

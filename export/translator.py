@@ -33,10 +33,10 @@ from model_src.translator.checkpoint import load_translator
 from model_src.translator.data import read_lines
 from model_src.translator.tokenizer import TOKENIZER_FILE, decode, encode
 from model_src.translator.transformer import Transformer
-from service.engines.generation import (
+from service.engines.generation import OnnxGenerator
+from service.engines.translator_graphs import (
     ENCODER_INPUTS,
     ENCODER_OUTPUTS,
-    OnnxGenerator,
     decoder_inputs,
     decoder_outputs,
 )

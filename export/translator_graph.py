@@ -24,7 +24,7 @@ from torch import nn
 from export import torchscript
 from model_src.translator.transformer import Transformer
 from model_src.translator.transformer_layers import MultiHeadAttention
-from service.engines.generation import (
+from service.engines.translator_graphs import (
     ENCODER_INPUTS,
     ENCODER_OUTPUTS,
     GROUP_QUERY,

@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 import sacrebleu
 
+from export.int8_fold import fold_int8_biases
 from export.quantize_static import StaticSettings, quantize_static_int8
 from service.engines.generation import DecoderState, OnnxGenerator
 
@@ -45,6 +46,7 @@ CALIBRATION_MAX_NEW_TOKENS = 64
 IDENTITY_SENTENCES = 32  # decoded alone and in one batch: ids must match
 SPEED_ROWS = (1, 8, 32)  # decoder step timed at these row counts
 ENCODE_SENTENCES = (1, 8)  # encoder timed at these batch sizes
+FOLD_CHECK_FEEDS = 8  # calibration feeds the folded graph must reproduce bitwise
 
 
 class _Recorder:
@@ -93,14 +95,17 @@ def weight_matmuls_only(decoder: Path) -> tuple[str, ...]:
 def quantize_graph(
     src: Path, dst: Path, calibration: Sequence[Feeds], work_dir: Path
 ) -> dict[str, int]:
-    """`src` (encoder.onnx or decoder.onnx) -> `dst` with int8 weight MatMuls (counts of
-    quantised nodes)."""
+    """`src` (encoder.onnx or decoder.onnx) -> `dst` with int8 weight MatMuls, their biases
+    folded into the integer kernels (export.int8_fold); counts of quantised nodes and folds."""
     settings = StaticSettings(
         f"{src.stem}-static-minmax",
         exclude_patterns=weight_matmuls_only(src),
         notes="weight MatMuls int8 (per-channel), attention score/value MatMuls fp32",
     )
-    return quantize_static_int8(src, dst, settings, calibration, work_dir)
+    qdq = work_dir / f"{src.stem}-qdq.onnx"
+    counts = quantize_static_int8(src, qdq, settings, calibration, work_dir)
+    folded = fold_int8_biases(qdq, dst, calibration[:FOLD_CHECK_FEEDS], work_dir)
+    return {**counts, "MatMulBiasFolded": folded}
 
 
 def bleu(

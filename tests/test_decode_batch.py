@@ -15,11 +15,8 @@ import pytest
 from service.engines.cache_binding import CACHE_GROWTH_COLUMNS
 from service.engines.decode_batch import TRIM_SLACK_COLUMNS, DecodeBatch
 from service.engines.decode_io import Join
-from service.engines.generation import (
-    GROUP_QUERY,
-    MASKED,
-    OnnxGenerator,
-)
+from service.engines.generation import OnnxGenerator
+from service.engines.translator_graphs import GROUP_QUERY, MASKED
 
 
 @pytest.fixture(scope="module", params=[GROUP_QUERY, MASKED])

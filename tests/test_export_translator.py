@@ -11,11 +11,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 from export import samples
 from export.__main__ import main
+from export.int8_fold import fold_biases
 from export.publish import verify_manifest
 from export.tiny import tiny_translator_checkpoint
 from export.translator import export_translator
@@ -25,7 +27,8 @@ from model_src.translator.decoding import beam_search, greedy_decode
 from model_src.translator.tokenizer import encode
 from service import repository
 from service.engines.cache_binding import CACHE_GROWTH_COLUMNS
-from service.engines.generation import GROUP_QUERY, MASKED, OnnxGenerator
+from service.engines.generation import OnnxGenerator
+from service.engines.translator_graphs import GROUP_QUERY, MASKED
 
 MAX_NEW = 12
 
@@ -243,7 +246,7 @@ def test_int8_graphs_are_kept_only_inside_their_gate(
     assert quantization["calibration"]["encoder_runs"] > 0
 
     def ops(graph: str) -> set[str]:
-        return {n.op_type for n in __import__("onnx").load(str(version / graph)).graph.node}
+        return {n.op_type for n in onnx.load(str(version / graph)).graph.node}
 
     if max_drop < 0:  # no drop can be below -1: both attempts refused, the graphs stay fp32
         assert not gate["passed"] and manifest["precision"] == "fp32"
@@ -256,9 +259,11 @@ def test_int8_graphs_are_kept_only_inside_their_gate(
     assert gate["passed"] and manifest["precision"] == "int8"
     assert quantization["graphs"] == ["encoder.onnx", "decoder.onnx"]
     assert len(quantization["attempts"]) == 1
-    for graph in quantization["graphs"]:
-        assert {"QuantizeLinear", "DequantizeLinear"} <= ops(graph)
+    for graph in quantization["graphs"]:  # served as ONNX Runtime's integer MatMuls, biases in
+        assert {"QuantizeLinear", "MatMulIntegerToFloat"} <= ops(graph)
         assert quantization["nodes"][graph]["QDQMatMul"] > 0
+        assert quantization["nodes"][graph]["MatMulBiasFolded"] > 0
+        assert fold_biases(onnx.load(str(version / graph))) == 0  # none left
     generator = OnnxGenerator.from_directory(version)
     _, config, tokenizer = load_translator(ckpt)
     sources = encode(tokenizer, list(samples.SOURCE_SENTENCES), config["max_length"])

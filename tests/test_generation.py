@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 
 from service.engines.cache_binding import CACHE_GROWTH_COLUMNS
-from service.engines.generation import (
-    GROUP_QUERY,
-    MASKED,
-    OnnxGenerator,
-    _log_softmax,
-    _topk,
-)
+from service.engines.generation import OnnxGenerator, _log_softmax, _topk
+from service.engines.translator_graphs import GROUP_QUERY, MASKED
 
 MAX_POSITIONS = 20  # a short sinusoidal table, so the positional cap is reachable in a test
 

@@ -5,7 +5,7 @@ Sequences at different steps share one decoder run. The batch axis holds slots (
 
 - a sequence holds `beam_size` rows (greedy: one), anywhere in the batch;
 - self-attention cache [L, B, H, T, hd], T = the longest cache among the rows, laid out as the
-  decoder's kind says (service.engines.generation): a row that has decoded t positions keeps
+  decoder's kind says (service.engines.translator_graphs): a row that has decoded t positions keeps
   them in its first t columns (group_query: the graph writes the new one at column t and reads
   t + 1 columns) or its last t (masked: the graph appends at column T and `self_mask` hides the
   columns before them). Either way the graph's output is the next step's input as it is;
@@ -147,7 +147,7 @@ class DecodeBatch:
         outcomes: list[Outcome] = []
         done: set[int] = set()
         if layout.greedy:
-            chosen = logits[layout.greedy_rows].argmax(-1)
+            chosen = logits.argmax(-1)[layout.greedy_rows]  # not a copy of their logits
             next_tokens[layout.greedy_rows] = chosen
             for seq, token in zip(layout.greedy, chosen.tolist(), strict=True):
                 seq.steps += 1
