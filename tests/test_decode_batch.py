@@ -56,6 +56,7 @@ def run_schedule(
     step = 0
     while len(results) + left < total:
         outcomes = batch.step(arrivals.get(step, []), (leaves or {}).get(step, []))
+        assert live_rows_are_a_prefix(batch)
         rows.append(batch.rows)
         for o in outcomes:
             if o.token is not None:
@@ -114,32 +115,47 @@ def test_leaving_frees_rows_and_leaves_others_unchanged(generator: OnnxGenerator
         assert results[join.seq_id] == alone(generator, join)
 
 
+def live_rows_are_a_prefix(batch: DecodeBatch) -> bool:
+    """Every live sequence's rows are distinct slots below `rows`, owned by it; the rest spare."""
+    held = sorted(r for s in batch.sequences.values() for r in s.rows.tolist())
+    owners = [batch.owner[r] for r in range(batch.slots)]
+    return (
+        held == list(range(batch.rows))
+        and all(owners[r] == s.seq_id for s in batch.sequences.values() for r in s.rows.tolist())
+        and all(o is None for o in owners[batch.rows :])
+    )
+
+
 def test_a_joiner_reuses_a_free_row_in_place(generator: OnnxGenerator) -> None:
-    """One of four sequences leaves and another joins: the joiner takes the free row (the
-    arrays keep 4 rows, nothing is rebuilt) and still decodes to its alone ids."""
+    """One of four sequences leaves and another joins: the last live row moves into the
+    leaver's, the joiner takes the slot after it (the arrays keep 4 slots, nothing is rebuilt),
+    and everyone still decodes to their alone ids."""
     joins = [Join(i, src, 1, 16) for i, src in enumerate(random_sources(5, 11))]
     batch = DecodeBatch(generator)
-    batch.step(joins[:4], [])
-    batch.step([], [])
-    row_of_1 = int(batch.sequences[1].rows[0])
-    outcomes = batch.step([joins[4]], [1])
-    while not any(o.seq_id == 4 and o.result is not None for o in outcomes):
-        outcomes = batch.step([], [])
-    assert next(o.result for o in outcomes if o.seq_id == 4) == alone(generator, joins[4])
-    batch2 = DecodeBatch(generator)
-    batch2.step(joins[:4], [])
-    outcomes = batch2.step([joins[4]], [1])
-    assert batch2.slots == 4  # no row added
-    if 4 in batch2.sequences:  # (unless it already finished: a random model may stop at once)
-        assert int(batch2.sequences[4].rows[0]) == row_of_1
-    else:
-        assert any(o.seq_id == 4 and o.result is not None for o in outcomes)
+    results: dict[int, list[int]] = {}
+
+    def collect(outcomes: list) -> None:
+        results.update({o.seq_id: o.result for o in outcomes if o.result is not None})
+
+    collect(batch.step(joins[:4], []))
+    collect(batch.step([], []))
+    live = batch.rows
+    collect(batch.step([joins[4]], [1]))
+    assert batch.slots == 4 and live_rows_are_a_prefix(batch)  # no row added
+    if 4 in batch.sequences:  # (unless it already finished: a random model may stop at once)
+        assert batch.sequences[4].rows.tolist() == [live - 1]  # the slot after the others
+    while batch.sequences:
+        collect(batch.step([], []))
+        assert live_rows_are_a_prefix(batch)
+    for join in joins:
+        if join.seq_id != 1:
+            assert results[join.seq_id] == alone(generator, join), join.seq_id
 
 
-def test_free_rows_and_unneeded_columns_are_compacted(generator: OnnxGenerator) -> None:
-    """When the sequence with the longest source leaves, half the rows are free: the next step
-    drops its row and its source columns (keeping the masked tail column); cache columns no live
-    row needs are cut."""
+def test_leavers_rows_go_and_unneeded_columns_are_cut(generator: OnnxGenerator) -> None:
+    """When the sequence with the longest source leaves, its row stops running (the other
+    moves into it) and its source columns are cut (keeping the masked tail column); cache
+    columns no live row needs are cut."""
     from service.engines.generation import MASKED_TAIL_COLUMNS as TAIL
 
     short, long = [5, 2], [5] * 30 + [2]
@@ -148,14 +164,13 @@ def test_free_rows_and_unneeded_columns_are_compacted(generator: OnnxGenerator) 
     for _ in range(10):
         batch.step([], [])
     batch.step([Join(1, short, 1, 16)], [])
-    assert (
-        batch.slots == 2 and batch.state is not None and batch.state.cross_k.shape[3] == 31 + TAIL
-    )
+    assert batch.rows == 2 and batch.state is not None and batch.state.cross_k.shape[3] == 31 + TAIL
     batch.step([], [0])
-    assert batch.slots == 1 and batch.state.cross_k.shape[3] == 2 + TAIL
+    assert batch.rows == 1 and batch.sequences[1].rows.tolist() == [0]
+    assert batch.state.cross_k.shape[3] == 2 + TAIL
     headroom = CACHE_GROWTH_COLUMNS if generator.left_aligned else 0  # for in-place writes
     assert batch.state.self_k.shape[3] < 2 + headroom + TRIM_SLACK_COLUMNS
-    assert batch.cache_tokens == 1 * (2 + TAIL + batch.state.self_k.shape[3])
+    assert batch.cache_tokens == batch.slots * (2 + TAIL + batch.state.self_k.shape[3])
 
 
 def test_graphs_that_cannot_mix_steps_are_refused(generator: OnnxGenerator) -> None:

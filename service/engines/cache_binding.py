@@ -21,11 +21,12 @@ def with_room(
     self_k: np.ndarray, self_v: np.ndarray, position: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The caches [L, B, H, T, hd] as given when every row has a column free for this step's
-    position (the kernel writes row b's at column position[b]) and they are contiguous; else
+    position (the kernel writes row b's at column position[b]) and each layer is one contiguous
+    block (the first B rows of a larger array are: the decode batch's live rows); else
     contiguous copies with CACHE_GROWTH_COLUMNS more columns than the longest row needs."""
     T = self_k.shape[3]
     needed = int(position.max(initial=0)) + 1
-    if needed <= T and self_k.flags.c_contiguous and self_v.flags.c_contiguous:
+    if needed <= T and _layers_contiguous(self_k) and _layers_contiguous(self_v):
         return self_k, self_v
     columns = needed + CACHE_GROWTH_COLUMNS if needed > T else T
     return _grow_columns(self_k, columns), _grow_columns(self_v, columns)
@@ -35,12 +36,11 @@ def layer_feeds(
     step_inputs: Mapping[str, np.ndarray], caches: Mapping[str, np.ndarray], layers: int
 ) -> dict[str, np.ndarray]:
     """The decoder's feeds: `step_inputs` as they are and each stacked cache as one view per
-    layer, `<cache>_<layer>`."""
+    layer, `<cache>_<layer>` (a copy only where a layer is not one contiguous block)."""
     feeds = {name: np.ascontiguousarray(array) for name, array in step_inputs.items()}
     for cache, stacked in caches.items():
-        contiguous = np.ascontiguousarray(stacked)
         for i in range(layers):
-            feeds[f"{cache}_{i}"] = contiguous[i]
+            feeds[f"{cache}_{i}"] = np.ascontiguousarray(stacked[i])
     return feeds
 
 
@@ -60,6 +60,11 @@ def run_in_place(
             binding.bind_cpu_input(name, array)
     decoder.run_with_iobinding(binding)
     return binding.get_outputs()[0].numpy()
+
+
+def _layers_contiguous(cache: np.ndarray) -> bool:
+    """Whether each layer cache[i] of [L, B, H, T, hd] is one C-contiguous block."""
+    return cache.shape[0] == 0 or bool(cache[0].flags.c_contiguous)
 
 
 def _grow_columns(cache: np.ndarray, columns: int) -> np.ndarray:
