@@ -29,9 +29,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-logger = logging.getLogger(__name__)
+from export.quantize_static import Feeds
+from export.runtime import make_session
 
-Feeds = dict[str, np.ndarray]
+logger = logging.getLogger(__name__)
 
 INTEGER_MATMUL = "MatMulIntegerToFloat"
 BIAS_INPUT = 6  # MatMulIntegerToFloat's optional bias: A, B, a_scale, b_scale, a_zp, b_zp, bias
@@ -106,13 +107,7 @@ def fold_int8_biases(src: Path, dst: Path, feeds: Sequence[Feeds], work_dir: Pat
 
 
 def _same_outputs(reference: bytes, candidate: bytes, feeds: Sequence[Feeds]) -> bool:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    sessions = [
-        ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-        for graph in (reference, candidate)
-    ]
+    sessions = [make_session(graph, threads=1, spinning=False) for graph in (reference, candidate)]
     for feed in feeds:
         expected, got = (s.run(None, feed) for s in sessions)
         if not all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True)):

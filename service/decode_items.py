@@ -168,3 +168,17 @@ def new_items(
         )
         for i, payload in enumerate(payloads)
     ]
+
+
+def departed(items: Iterable[DecodeItem], now: float) -> tuple[list[DecodeItem], list[DecodeItem]]:
+    """The sequences among `items` whose client went away or whose deadline passed by `now`, and
+    those of them whose deadline passed."""
+    dead: list[DecodeItem] = []
+    expired: list[DecodeItem] = []
+    for item in items:
+        if item.future.done():  # the client left (read across threads: at worst a step late)
+            dead.append(item)
+        elif now >= item.deadline:
+            dead.append(item)
+            expired.append(item)
+    return dead, expired

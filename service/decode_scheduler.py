@@ -40,6 +40,7 @@ from service.decode_items import (
     StepEngine,
     StepStats,
     checked_steps,
+    departed,
     new_items,
 )
 from service.decode_policy import (
@@ -374,15 +375,7 @@ class DecodeScheduler:
         """The sequences among `items` whose client went away or whose deadline passed; the
         expired ones are answered TIMEOUT ("the request timed out `where`"), both are counted
         as dropped. The caller takes them out of its queue."""
-        now = self._clock()
-        dead: list[DecodeItem] = []
-        expired: list[DecodeItem] = []
-        for item in items:
-            if item.future.done():  # the client left (read across threads: at worst a step late)
-                dead.append(item)
-            elif now >= item.deadline:
-                dead.append(item)
-                expired.append(item)
+        dead, expired = departed(items, self._clock())
         if expired:
             error = ServiceError(ErrorKind.TIMEOUT, f"the request timed out {where}")
             self._fail(expired, error, "timeout")

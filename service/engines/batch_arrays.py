@@ -32,31 +32,22 @@ def prefix(state: DecoderState, rows: int) -> DecoderState:
 def grown(state: DecoderState | None, like: DecoderState, slots: int, keep: int) -> DecoderState:
     """Arrays of `slots` slots whose first `keep` are `state`'s (zeros elsewhere), with room for
     `like`'s source columns; `state` None: empty arrays shaped like `like`."""
-    L, _, H, S_like, hd = like.cross_k.shape
-    S = max(S_like, state.cross_k.shape[3]) if state is not None else S_like
-    T = state.self_k.shape[3] if state is not None else 0
-    dtype = like.cross_k.dtype
-
-    def new(shape: tuple[int, ...], old: np.ndarray | None, fill: type | np.dtype) -> np.ndarray:
-        out = np.zeros(shape, fill)
-        if old is not None and keep:
-            if old.ndim == 5:
-                out[:, :keep, :, : old.shape[3]] = old[:, :keep]
-            else:
-                out[:keep, : old.shape[1]] = old[:keep]
-        return out
-
-    old = state
-    position = np.zeros(slots, np.int64)
-    if old is not None:
-        position[:keep] = old.position[:keep]
+    L, _, H, S, hd = like.cross_k.shape
+    if state is None:
+        empty = np.zeros((L, 0, H, 0, hd), like.cross_k.dtype)
+        state = DecoderState(
+            np.zeros((0, S), bool), empty, empty, empty, empty, np.zeros(0, np.int64)
+        )
+        keep = 0
+    S = max(S, state.cross_k.shape[3])
+    T = state.self_k.shape[3]
     return DecoderState(
-        memory_mask=new((slots, S), old.memory_mask if old else None, bool),
-        cross_k=new((L, slots, H, S, hd), old.cross_k if old else None, dtype),
-        cross_v=new((L, slots, H, S, hd), old.cross_v if old else None, dtype),
-        self_k=new((L, slots, H, T, hd), old.self_k if old else None, dtype),
-        self_v=new((L, slots, H, T, hd), old.self_v if old else None, dtype),
-        position=position,
+        memory_mask=_embedded(state.memory_mask[:keep], (slots, S)),
+        cross_k=_embedded(state.cross_k[:, :keep], (L, slots, H, S, hd)),
+        cross_v=_embedded(state.cross_v[:, :keep], (L, slots, H, S, hd)),
+        self_k=_embedded(state.self_k[:, :keep], (L, slots, H, T, hd)),
+        self_v=_embedded(state.self_v[:, :keep], (L, slots, H, T, hd)),
+        position=_embedded(state.position[:keep], (slots,)),
     )
 
 
@@ -92,20 +83,21 @@ def with_columns(state: DecoderState, source: slice, own: slice) -> DecoderState
 
 def pad_source(state: DecoderState, columns: int) -> DecoderState:
     """The state with its source axis right-padded to `columns` (zeros, False for the mask)."""
-    S = state.cross_k.shape[3]
-    if columns <= S:
+    if columns <= state.cross_k.shape[3]:
         return state
-
-    def padded(x: np.ndarray, axis: int) -> np.ndarray:
-        out = np.zeros((*x.shape[:axis], columns, *x.shape[axis + 1 :]), x.dtype)
-        out[(slice(None),) * axis + (slice(0, S),)] = x
-        return out
-
+    L, B, H, _, hd = state.cross_k.shape
     return DecoderState(
-        memory_mask=padded(state.memory_mask, 1),
-        cross_k=padded(state.cross_k, 3),
-        cross_v=padded(state.cross_v, 3),
+        memory_mask=_embedded(state.memory_mask, (B, columns)),
+        cross_k=_embedded(state.cross_k, (L, B, H, columns, hd)),
+        cross_v=_embedded(state.cross_v, (L, B, H, columns, hd)),
         self_k=state.self_k,
         self_v=state.self_v,
         position=state.position,
     )
+
+
+def _embedded(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Zeros of `shape` (at least `x`'s on every axis) with `x` in the leading corner."""
+    out = np.zeros(shape, x.dtype)
+    out[tuple(slice(0, n) for n in x.shape)] = x
+    return out
