@@ -18,11 +18,10 @@ Each version is a `LoadedModel` or an `UnavailableModel` (service/served_model.p
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import gc
 import logging
 import time
 
+from service import heap
 from service.engines import Engine, TranslatorEngine
 from service.errors import ErrorKind, ServiceError, shorten
 from service.metrics import ServiceMetrics
@@ -65,6 +64,7 @@ class ModelRegistry:
         # reported for a model directory that cannot be read while its versions keep serving.
         self._failed: dict[tuple[str, int], str] = {}
         self._sync_lock = asyncio.Lock()  # one change of the served set at a time
+        self._loads_unsettled = 0  # versions loaded since the heap was last settled (heap.settle)
         self.loading_done = False
 
     # ------------------------------------------------------------------ queries
@@ -165,6 +165,11 @@ class ModelRegistry:
                 logger.error("cannot read the model repository: %s", e)
                 return
             await asyncio.gather(*(self._sync_model(d) for d in directories))
+            if self._loads_unsettled:
+                # The loads' garbage goes (a translator served by lanes released its sessions)
+                # and the new versions' long-lived objects leave the collector's walks.
+                self._loads_unsettled = 0
+                await asyncio.to_thread(heap.settle)
             if prune and only is None:
                 for name in set(self._versions) - {d.name for d in directories}:
                     logger.info("model %s left the repository; unloading it", name)
@@ -244,8 +249,6 @@ class ModelRegistry:
             except BaseException:
                 await model.release(drain_timeout_s=0)
                 raise
-            if isinstance(engine, TranslatorEngine) and engine.sessions_released:
-                await asyncio.to_thread(_return_freed_memory)
         except asyncio.CancelledError:  # shutdown while loading
             raise
         except Exception as e:
@@ -267,6 +270,7 @@ class ModelRegistry:
             )
             return
         self._swap_in(model)
+        self._loads_unsettled += 1
         policy = batch_policy(model, version.config, self._settings)
         logger.info(
             "model %s version %d ready on %s in %.2f s (max_batch_size %d, max_batch_tokens %d, "
@@ -315,7 +319,7 @@ class ModelRegistry:
         if task is not None:
             self._retiring.pop(task, None)
         del model
-        await asyncio.to_thread(_return_freed_memory)
+        await asyncio.to_thread(heap.settle)
 
     def _steps_decoding(self, engine: Engine) -> bool:
         """Translators decode step by step unless told otherwise or exported before it."""
@@ -339,15 +343,3 @@ class ModelRegistry:
         await asyncio.gather(*self._retiring, return_exceptions=True)
         loaded = [m for m in self.all_versions() if isinstance(m, LoadedModel)] + retiring
         await asyncio.gather(*(m.release(timeout_s) for m in loaded))
-
-
-def _return_freed_memory() -> None:
-    """Collect, then hand freed heap pages back to the OS. glibc keeps freed memory for reuse, so
-    without `malloc_trim` a retired version's sessions would stay in the RSS (measured: +24% after
-    a MiniLM swap without it). A no-op where the C library has no malloc_trim (musl, macOS)."""
-    gc.collect()
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
