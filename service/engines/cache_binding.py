@@ -23,12 +23,16 @@ def with_room(
     """The caches [L, B, H, T, hd] as given when every row has a column free for this step's
     position (the kernel writes row b's at column position[b]) and each layer is one contiguous
     block (the first B rows of a larger array are: the decode batch's live rows); else
-    contiguous copies with CACHE_GROWTH_COLUMNS more columns than the longest row needs."""
+    contiguous copies with room: at least CACHE_GROWTH_COLUMNS more columns than the longest row
+    needs, and twice the columns they had. Growing copies every cache while a step's cost does
+    not depend on the columns (each row attends over its own: 3.63 ms at 13 rows with 40 or 128
+    columns, recipe translator, reports/translation-benchmark.md, stop 36), so the copies are
+    made few: a batch whose rows decode 30 positions grows 17 -> 34 -> 68 columns."""
     T = self_k.shape[3]
     needed = int(position.max(initial=0)) + 1
     if needed <= T and _layers_contiguous(self_k) and _layers_contiguous(self_v):
         return self_k, self_v
-    columns = needed + CACHE_GROWTH_COLUMNS if needed > T else T
+    columns = max(needed + CACHE_GROWTH_COLUMNS, 2 * T) if needed > T else T
     return _grow_columns(self_k, columns), _grow_columns(self_v, columns)
 
 

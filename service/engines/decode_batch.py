@@ -371,10 +371,15 @@ class DecodeBatch:
 
     def _trim_columns(self) -> None:
         """Cut self-attention columns no live row needs (the cache layout's end opposite the
-        rows' first positions: the generator's `needed_columns`)."""
+        rows' first positions: the generator's `needed_columns`): a masked step attends over
+        every column, so once TRIM_SLACK_COLUMNS are unneeded; a group_query step reads each
+        row's own columns only, so the cut is for memory, once half the columns are unneeded
+        (each cut and the growth after it copy the caches: cache_binding.with_room)."""
         if self.state is None or not self.sequences:
             return
         keep = self.generator.needed_columns(batch_arrays.prefix(self.state, self.live))
-        if self.state.self_k.shape[3] - (keep.stop - keep.start) < TRIM_SLACK_COLUMNS:
+        kept = keep.stop - keep.start
+        slack = max(TRIM_SLACK_COLUMNS, kept) if self.generator.left_aligned else TRIM_SLACK_COLUMNS
+        if self.state.self_k.shape[3] - kept < slack:
             return
         self.state = batch_arrays.with_columns(self.state, slice(None), keep)
