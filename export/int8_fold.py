@@ -13,7 +13,7 @@ The folded kernel adds the same bias to the same fp32 product, so outputs are bi
 the unfolded graph (checked on the caller's feeds before the file is written; a graph that
 differs is kept unfolded). Measured on the recipe's int8 translator (2-vCPU VM, stop 35 of
 reports/translation-benchmark.md): decoder step at 16 rows 1.91 -> 1.75 ms, encoder of 4
-sentences 2.47 -> 2.31 ms, a lane's CPU per sentence 3.78 -> 3.53 ms with the same ids.
+sentences 2.47 -> 2.31 ms, a lane's CPU per sentence 3.34 -> 3.08 ms with the same ids.
 
 int8 graphs are served on CPU only (DESIGN: fp32/fp16 on CUDA), which is what this optimised
 graph assumes.

@@ -1,7 +1,7 @@
 """The server's heap after its models changed: freed memory back to the OS, and what stays
 frozen out of the garbage collector's sight.
 
-A loaded server holds about 95,000 tracked objects that live as long as it does (FastAPI,
+A loaded server holds about 100,000 tracked objects that live as long as it does (FastAPI,
 pydantic's schemas, ONNX Runtime's bindings, the models' tokenizers). Python's full collection
 walks all of them: under a closed loop of 32 translation users each one took about 100 ms of the
 event loop, and the collector 7.0% of the server's CPU; frozen, 3.7%, and a full collection
@@ -9,8 +9,9 @@ about 4 ms (demo translator, 2-vCPU VM, reports/translation-benchmark.md, stop 3
 moves them to a generation that is never scanned, so collections walk only what requests
 allocate.
 
-`settle` runs after every load and release (service/registry.py): it unfreezes, collects what
-the change left as garbage, trims the C heap and freezes again. Cyclic garbage of requests in
+`settle` runs after every repository sync that loaded versions and after every release
+(service/registry.py): it unfreezes, collects what the change left as garbage, trims the C heap
+and freezes again. Cyclic garbage of requests in
 flight at that moment is frozen with the rest and never freed (a few kilobytes per model change).
 """
 

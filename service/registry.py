@@ -64,7 +64,7 @@ class ModelRegistry:
         # reported for a model directory that cannot be read while its versions keep serving.
         self._failed: dict[tuple[str, int], str] = {}
         self._sync_lock = asyncio.Lock()  # one change of the served set at a time
-        self._loads_unsettled = 0  # versions loaded since the heap was last settled (heap.settle)
+        self._heap_unsettled = False  # a version loaded since the last heap.settle
         self.loading_done = False
 
     # ------------------------------------------------------------------ queries
@@ -165,10 +165,10 @@ class ModelRegistry:
                 logger.error("cannot read the model repository: %s", e)
                 return
             await asyncio.gather(*(self._sync_model(d) for d in directories))
-            if self._loads_unsettled:
+            if self._heap_unsettled:
                 # The loads' garbage goes (a translator served by lanes released its sessions)
                 # and the new versions' long-lived objects leave the collector's walks.
-                self._loads_unsettled = 0
+                self._heap_unsettled = False
                 await asyncio.to_thread(heap.settle)
             if prune and only is None:
                 for name in set(self._versions) - {d.name for d in directories}:
@@ -270,7 +270,7 @@ class ModelRegistry:
             )
             return
         self._swap_in(model)
-        self._loads_unsettled += 1
+        self._heap_unsettled = True
         policy = batch_policy(model, version.config, self._settings)
         logger.info(
             "model %s version %d ready on %s in %.2f s (max_batch_size %d, max_batch_tokens %d, "
