@@ -307,17 +307,31 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the users send and to which server: the options this benchmark shares with
+    loadtests.translation_slices."""
     parser.add_argument("--repository", type=Path, required=True)
     parser.add_argument("--sentences", type=Path, required=True, help="one source per line")
     parser.add_argument("--limit", type=int, default=200, help="sentences used (in turn)")
-    parser.add_argument("--users", type=int, nargs="+", default=[1, 8, 32, 64])
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per user count")
-    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=["step", "request"])
     parser.add_argument("--beam-size", type=int, default=1, help="1: greedy (and streams)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads")
+    parser.add_argument("--out", type=Path, help="JSON report")
+    parser.add_argument("--log-dir", type=Path, help="server logs")
+
+
+def write_report(path: Path | None, report: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_workload_arguments(parser)
+    parser.add_argument("--users", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per user count")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=["step", "request"])
     parser.add_argument(
         "--long-every",
         type=int,
@@ -327,8 +341,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--long-join", type=int, default=4, help="sentences in a long text")
     parser.add_argument("--cpus", default="unspecified CPU", help="machine, for the report")
-    parser.add_argument("--out", type=Path, help="JSON report")
-    parser.add_argument("--log-dir", type=Path, help="server logs")
     parser.add_argument(
         "--rates",
         type=float,
@@ -347,9 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     report = run(args)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(markdown(report))
     return 0
 

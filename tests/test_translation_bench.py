@@ -1,5 +1,5 @@
-"""loadtests/translation_bench.py end to end, very briefly, on the tiny translator: both
-batching modes in one run, every figure of the report present."""
+"""loadtests/translation_bench.py and translation_slices.py end to end, very briefly, on the
+tiny translator: both batching modes in one run, every figure of the report present."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from loadtests.translation_bench import Workload, main
+from loadtests.translation_slices import main as slices_main
 
 
 def test_benchmark_compares_step_and_request_batching(
@@ -114,3 +117,34 @@ def test_in_process_benchmark_reports_cpu_per_request(
     assert streamed["first_piece_ms"]["p50"] is not None
     assert step["first_piece_ms"] is None and request["first_piece_ms"] is None
     assert step["cpu_ms_per_request"] > 0 and request["cpu_ms_per_request"] > 0
+
+
+def test_sliced_benchmark_alternates_two_live_servers(
+    copy_repository: Callable[..., Path], tmp_path: Path, capsys
+) -> None:
+    """loadtests.translation_slices: both servers up, the users alternating between them slice
+    by slice; per mode the pooled req/s and latencies over every slice, per round a ratio."""
+    sentences = tmp_path / "val.en"
+    sentences.write_text("A dog runs.\nTwo men play football in a park.\nA woman reads.\n")
+    out = tmp_path / "slices.json"
+    argv = [
+        "--repository", str(copy_repository("translator")), "--sentences", str(sentences),
+        "--users", "3", "--slice", "0.4", "--warmup", "0.2", "--rounds", "3",
+        "--max-new-tokens", "8", "--modes", "step", "request", "--out", str(out),
+    ]  # fmt: skip
+    assert slices_main(argv) == 0
+    report = json.loads(out.read_text())
+    assert list(report["modes"]) == ["step", "request"] and report["ratio"] == "step / request"
+    for mode in report["modes"].values():
+        assert mode["errors"] == {} and len(mode["slices_req_per_s"]) == 3
+        assert all(r > 0 for r in mode["slices_req_per_s"])
+        # pooled: every slice's answers over every slice's seconds
+        assert mode["req_per_s"] == pytest.approx(sum(mode["slices_req_per_s"]) / 3, rel=0.02)
+        assert mode["latency_ms"]["p50"] <= mode["latency_ms"]["p95"]
+    step, request = report["modes"]["step"], report["modes"]["request"]
+    assert report["round_ratios"] == [
+        round(a / b, 3)
+        for a, b in zip(step["slices_req_per_s"], request["slices_req_per_s"], strict=True)
+    ]
+    assert report["median_ratio"] == sorted(report["round_ratios"])[1]
+    assert "step / request per round (3 rounds" in capsys.readouterr().out
