@@ -26,6 +26,7 @@ import logging
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -48,7 +49,7 @@ async def slice_loop(
     started = time.perf_counter()
     window = (started + warmup_s, started + warmup_s + slice_s)
     latencies: list[float] = []
-    errors: dict[str, int] = {}
+    errors: Counter[str] = Counter()
     prefix, suffix = body[:-1] + b', "texts": [', b"]}"
 
     async def user(index: int) -> None:
@@ -61,11 +62,11 @@ async def slice_loop(
                     "/v1/translate", prefix + json.dumps(text).encode() + suffix
                 )
             except (OSError, asyncio.IncompleteReadError) as e:
-                errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                errors[type(e).__name__] += 1
                 continue
             answered = time.perf_counter()
             if status != 200:
-                errors[str(status)] = errors.get(str(status), 0) + 1
+                errors[str(status)] += 1
             elif window[0] <= answered < window[1]:
                 latencies.append(answered - sent_at)
 
@@ -73,13 +74,13 @@ async def slice_loop(
         await asyncio.gather(*(user(u) for u in range(users)))
     finally:
         pool.close()
-    return {"requests": len(latencies), "latencies": latencies, "errors": errors}
+    return {"latencies": latencies, "errors": errors}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sentences = [s for s in Path(args.sentences).read_text().splitlines() if s.strip()]
     workload = Workload(sentences[: args.limit])
-    body = json.dumps({"beam_size": args.beam_size, "max_new_tokens": args.max_new_tokens})
+    body = json.dumps({"beam_size": args.beam_size, "max_new_tokens": args.max_new_tokens}).encode()
     env = {"NLPSERVE_INTRA_OP_THREADS": str(args.threads), "NLPSERVE_ALLOW_SPINNING": "false"}
     first, second = args.modes
     slices: dict[str, list[dict[str, Any]]] = {first: [], second: []}
@@ -98,11 +99,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # Alternate which mode goes first, so neither always follows the other's tail.
             for mode in (first, second) if round_ % 2 == 0 else (second, first):
                 result = asyncio.run(
-                    slice_loop(
-                        hosts[mode], workload, args.users, args.warmup, args.slice, body.encode()
-                    )
+                    slice_loop(hosts[mode], workload, args.users, args.warmup, args.slice, body)
                 )
-                result["req_per_s"] = round(result["requests"] / args.slice, 2)
+                result["req_per_s"] = round(len(result["latencies"]) / args.slice, 2)
                 logger.info("round %d %s: %s req/s", round_, mode, result["req_per_s"])
                 slices[mode].append(result)
     return summary(args, first, second, slices)
@@ -122,15 +121,12 @@ def summary(
     modes = {}
     for mode, results in slices.items():
         latencies = [t for r in results for t in r["latencies"]]
-        errors: dict[str, int] = {}
-        for r in results:
-            for kind, count in r["errors"].items():
-                errors[kind] = errors.get(kind, 0) + count
+        errors = sum((r["errors"] for r in results), Counter[str]())
         modes[mode] = {
             "req_per_s": round(len(latencies) / (args.slice * len(results)), 2),
             "latency_ms": percentiles(latencies),
             "slices_req_per_s": [r["req_per_s"] for r in results],
-            "errors": errors,
+            "errors": dict(errors),
         }
     return {
         "command": " ".join(sys.argv),
