@@ -113,6 +113,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=service.__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry (0.16x) is off: the service traces itself (service/tracing.py,
+        # on its own provider), and the check whether a global provider is configured read the
+        # environment on every request (~3% of the event loop's time at 32 users, py-spy; older
+        # FastAPI versions keep the option as an unused extra)
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.nlpserve = state
     install_error_handlers(app)

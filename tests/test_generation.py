@@ -109,6 +109,37 @@ def test_a_group_query_step_writes_the_caches_in_place_and_grows_them_when_full(
     assert np.array_equal(after.self_k[:, 1:, :, : columns - 1], kept[:, 1:, :, : columns - 1])
 
 
+def test_a_kept_binding_steps_like_a_fresh_one_through_in_place_writes_and_new_arrays(
+    generator: OnnxGenerator,
+) -> None:
+    """A step through a kept binding (the decode batch's) gives the logits and caches of a step
+    that binds afresh: tokens rewritten in place are read anew, the caches it grows and a state
+    of fewer rows (new arrays) are bound again; the logits array is the binding's own."""
+    binding = generator.step_binding()
+    if not generator.left_aligned:
+        assert binding is None
+        return
+    assert binding is not None
+    kept = generator.start(generator.pad(SOURCES))
+    fresh = generator.start(generator.pad(SOURCES))
+    tokens = np.full(len(SOURCES), generator.sos_id, np.int64)  # one array, rewritten in place
+    first = None
+    for step in range(CACHE_GROWTH_COLUMNS + 3):  # past the first growth of the caches
+        if step == 4:  # a row leaves: every array is another one, with fewer rows
+            kept, fresh = kept.select(np.arange(3)), fresh.select(np.arange(3))
+            tokens = tokens[:3].copy()
+        logits, kept = generator.step(kept, tokens, binding)
+        expected, fresh = generator.step(fresh, tokens)
+        assert np.array_equal(logits, expected)
+        assert np.array_equal(kept.self_k, fresh.self_k)
+        if first is None:
+            first = logits
+        tokens[:] = logits.argmax(-1)  # in place: the bound tokens
+    assert logits is not first  # another row count: another logits array
+    again, _ = generator.step(kept, tokens, binding)
+    assert again is logits  # the same row count: the same array, overwritten
+
+
 def test_empty_request_returns_nothing(generator: OnnxGenerator) -> None:
     """No sources, no work and no error."""
     assert generator.generate([], beam_size=4) == []

@@ -66,6 +66,57 @@ def run_in_place(
     return binding.get_outputs()[0].numpy()
 
 
+class StepBinding:
+    """`run_in_place` for a caller that steps one batch again and again (the step scheduler's
+    decode batch): its IOBinding is kept, and a feed is bound again only when it is not the
+    memory bound before (another buffer, shape or dtype: after a join, a leave or a cache's
+    growth); the logits go into one kept array per row count. The caller's arrays are read
+    and written in place at every run, so a feed rewritten in place (tokens, positions) needs
+    no binding. Rebinding every feed and wrapping every output as a new OrtValue at every step
+    was a fifth of a decode lane's Python under 32 users (py-spy, stop 38 in
+    reports/translation-benchmark.md).
+
+    Not thread-safe: one binding per thread that steps. The logits returned are overwritten
+    by the next `run`."""
+
+    def __init__(self, decoder: ort.InferenceSession, written: tuple[str, ...]) -> None:
+        self._decoder = decoder
+        self._written = written
+        self._binding = decoder.io_binding()
+        # name -> (address, shape, dtype) of the bound memory, and the OrtValue bound to it,
+        # which keeps that memory alive (so another array cannot take its address unseen)
+        self._bound: dict[str, tuple[int, tuple[int, ...], np.dtype]] = {}
+        self._values: dict[str, ort.OrtValue] = {}
+        self._logits = np.zeros((0, 0), np.float32)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        """One step over `feeds` (contiguous arrays, as `layer_feeds` gives) -> logits."""
+        for name, array in feeds.items():
+            key = (array.__array_interface__["data"][0], array.shape, array.dtype)
+            if self._bound.get(name) == key:
+                continue
+            value = ort.OrtValue.ortvalue_from_numpy(array)  # shares the array's memory
+            self._binding.bind_ortvalue_input(name, value)
+            if name.startswith(self._written):
+                self._binding.bind_ortvalue_output(f"new_{name}", value)
+            self._bound[name], self._values[name] = key, value
+        rows = len(feeds["tokens"])
+        if self._logits.shape[0] != rows:
+            self._logits = np.empty((rows, _logits_width(self._decoder)), np.float32)
+            self._values["logits"] = ort.OrtValue.ortvalue_from_numpy(self._logits)
+            self._binding.bind_ortvalue_output("logits", self._values["logits"])
+        self._decoder.run_with_iobinding(self._binding)
+        return self._logits
+
+
+def _logits_width(decoder: ort.InferenceSession) -> int:
+    """The vocabulary size: the logits output's last dimension (a number in the graph)."""
+    width = next(o for o in decoder.get_outputs() if o.name == "logits").shape[-1]
+    if not isinstance(width, int):
+        raise ValueError(f"the decoder's logits have no fixed vocabulary dimension ({width!r})")
+    return width
+
+
 def _layers_contiguous(cache: np.ndarray) -> bool:
     """Whether each layer cache[i] of [L, B, H, T, hd] is one C-contiguous block."""
     return cache.shape[0] == 0 or bool(cache[0].flags.c_contiguous)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.engines import batch_arrays
-from service.engines.cache_binding import with_room
+from service.engines.cache_binding import StepBinding, with_room
 from service.engines.decode_io import EncodedRun, Join, Outcome
 from service.engines.generation import (
     MASKED_TAIL_COLUMNS,
@@ -101,6 +101,9 @@ class DecodeBatch:
         self.owner: list[int | None] = []  # seq_id of each slot; None: spare
         self.src_len = np.zeros(0, np.int64)  # source tokens of each slot (0: spare)
         self._layout: _Layout | None = None  # derived from membership; None after any change
+        # the decoder binding kept while the batch runs (it holds the session and the batch's
+        # arrays: dropped when the batch empties, so a released session is not kept alive)
+        self._binding: StepBinding | None = None
 
     # ------------------------------------------------------------------ views
 
@@ -148,9 +151,11 @@ class DecodeBatch:
             self.state.self_k, self.state.self_v = with_room(
                 self.state.self_k, self.state.self_v, self.state.position[:live]
             )
+        if self._binding is None:
+            self._binding = self.generator.step_binding()
         # position: each row's decoded positions = its cached columns
         logits, stepped = self.generator.step(
-            batch_arrays.prefix(self.state, live), self.tokens[:live]
+            batch_arrays.prefix(self.state, live), self.tokens[:live], self._binding
         )
         eos = self.generator.eos_id
         next_tokens = np.full(live, eos, np.int64)

@@ -26,6 +26,7 @@ import onnxruntime as ort
 
 from service.engines.cache_binding import (
     CACHE_GROWTH_COLUMNS,
+    StepBinding,
     layer_feeds,
     run_in_place,
     with_room,
@@ -155,15 +156,18 @@ class OnnxGenerator:
         empty = np.zeros((L, B, H, 0, hd), dtype=cross_k.dtype)  # no position decoded yet
         return DecoderState(memory_mask, cross_k, cross_v, empty, empty, np.zeros(B, np.int64))
 
-    def step(self, state: DecoderState, tokens: np.ndarray) -> tuple[np.ndarray, DecoderState]:
+    def step(
+        self, state: DecoderState, tokens: np.ndarray, binding: StepBinding | None = None
+    ) -> tuple[np.ndarray, DecoderState]:
         """Feed tokens [B] at the state's positions -> next-token logits [B, V], advanced state.
         Rows may be at different positions when `mixed_steps` (caches laid out as the module
         docstring says); in a request-level batch every row is at the same one. A group_query
         step writes into `state`'s caches (growing them first when a row reached their end):
-        the returned state holds the same arrays."""
+        the returned state holds the same arrays. `binding`: a group_query step's kept binding
+        (`step_binding`), whose logits the next step through it overwrites."""
         tokens = tokens.astype(np.int64, copy=False)
         if self.left_aligned:
-            logits, self_k, self_v = self._step_in_place(state, tokens)
+            logits, self_k, self_v = self._step_in_place(state, tokens, binding)
         else:
             feeds: dict[str, Any] = {
                 "tokens": tokens,
@@ -184,8 +188,12 @@ class OnnxGenerator:
         )
         return logits, next_state
 
+    def step_binding(self) -> StepBinding | None:
+        """A binding to keep for one caller's steps (group_query decoders; None otherwise)."""
+        return StepBinding(self.decoder, SELF_CACHES) if self.left_aligned else None
+
     def _step_in_place(
-        self, state: DecoderState, tokens: np.ndarray
+        self, state: DecoderState, tokens: np.ndarray, binding: StepBinding | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A group_query step (service/engines/cache_binding.py): it writes into the state's
         self-attention caches, grown first when a row reached their end."""
@@ -196,7 +204,10 @@ class OnnxGenerator:
             self.layers,
         )
         self._record(feeds)
-        logits = run_in_place(self.decoder, feeds, SELF_CACHES)
+        if binding is not None:
+            logits = binding.run(feeds)
+        else:
+            logits = run_in_place(self.decoder, feeds, SELF_CACHES)
         return logits, state.self_k, state.self_v
 
     def _record(self, feeds: dict[str, np.ndarray]) -> None:
