@@ -69,30 +69,34 @@ def run_in_place(
 class StepBinding:
     """`run_in_place` for a caller that steps one batch again and again (the step scheduler's
     decode batch): its IOBinding is kept, and a feed is bound again only when it is not the
-    memory bound before (another buffer, shape or dtype: after a join, a leave or a cache's
-    growth); the logits go into one kept array per row count. The caller's arrays are read
-    and written in place at every run, so a feed rewritten in place (tokens, positions) needs
-    no binding. Rebinding every feed and wrapping every output as a new OrtValue at every step
-    was a fifth of a decode lane's Python under 32 users (py-spy, stop 38 in
+    memory bound before (after a join, a leave or a cache's growth); the logits go into one kept
+    array per row count. ORT reads and writes the bound memory at every run, so a feed rewritten
+    in place (tokens, positions) needs no binding. Rebinding every feed and wrapping every output
+    as a new OrtValue at every step cost 165 us of a 16-row step (recipe translator; stop 38 in
     reports/translation-benchmark.md).
 
+    A feed is known by the array that owns its memory (a view's `base`), its shape and its name:
+    the feeds are each layer's block of the batch's first rows (`layer_feeds`), so these fix
+    the memory. (Reading a view's address, `__array_interface__`, costs 3 us a feed.) The bound
+    OrtValue keeps its array, so that owner stays alive and no other array takes its id.
+
     Not thread-safe: one binding per thread that steps. The logits returned are overwritten
-    by the next `run`."""
+    by the next `run` of the same row count."""
 
     def __init__(self, decoder: ort.InferenceSession, written: tuple[str, ...]) -> None:
         self._decoder = decoder
         self._written = written
         self._binding = decoder.io_binding()
-        # name -> (address, shape, dtype) of the bound memory, and the OrtValue bound to it,
-        # which keeps that memory alive (so another array cannot take its address unseen)
-        self._bound: dict[str, tuple[int, tuple[int, ...], np.dtype]] = {}
-        self._values: dict[str, ort.OrtValue] = {}
+        self._bound: dict[str, tuple[int, tuple[int, ...]]] = {}  # name -> (owner's id, shape)
+        self._values: dict[str, ort.OrtValue] = {}  # what is bound (keeps the memory alive)
         self._logits = np.zeros((0, 0), np.float32)
+        self._vocabulary = _logits_width(decoder)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         """One step over `feeds` (contiguous arrays, as `layer_feeds` gives) -> logits."""
         for name, array in feeds.items():
-            key = (array.__array_interface__["data"][0], array.shape, array.dtype)
+            owner = array.base if array.base is not None else array
+            key = (id(owner), array.shape)
             if self._bound.get(name) == key:
                 continue
             value = ort.OrtValue.ortvalue_from_numpy(array)  # shares the array's memory
@@ -102,7 +106,7 @@ class StepBinding:
             self._bound[name], self._values[name] = key, value
         rows = len(feeds["tokens"])
         if self._logits.shape[0] != rows:
-            self._logits = np.empty((rows, _logits_width(self._decoder)), np.float32)
+            self._logits = np.empty((rows, self._vocabulary), np.float32)
             self._values["logits"] = ort.OrtValue.ortvalue_from_numpy(self._logits)
             self._binding.bind_ortvalue_output("logits", self._values["logits"])
         self._decoder.run_with_iobinding(self._binding)
