@@ -32,6 +32,7 @@ class LaneSpec:
     log_level: str
     log_format: str
     warmup: bool
+    core: int | None = None  # the CPU the process pins itself to (None: not pinned)
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,18 @@ def take(message: object, scheduler: DecodeScheduler, outbox: Outbox) -> None:
             timer.start()
 
 
+def _pin(core: int, index: int) -> None:
+    """Run on `core` only (translator_scheduling.lane_cores says why), from the first thread on:
+    the threads started later (ONNX Runtime's, timers) inherit it. A core the process may not
+    use leaves it unpinned, with a warning."""
+    try:
+        os.sched_setaffinity(0, {core})
+    except (OSError, AttributeError) as error:
+        logger.warning("lane %d: not pinned to core %d: %s", index, core, error)
+    else:
+        logger.info("lane %d pinned to core %d", index, core)
+
+
 def serve(conn: Connection) -> None:
     """Build the lane the server's `LaneSpec` describes, say `Ready`, then take messages and
     step, one thread, until stopped: a message waits for the step boundary (a lane's step is a
@@ -183,6 +195,8 @@ def serve(conn: Connection) -> None:
     os.nice(LANE_NICENESS)
     spec: LaneSpec = conn.recv()
     configure_logging(spec.log_level, spec.log_format)
+    if spec.core is not None:
+        _pin(spec.core, spec.index)
     engine = TranslatorEngine(spec.version, spec.session)
     if spec.warmup:
         engine.warmup(1)

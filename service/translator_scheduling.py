@@ -1,9 +1,10 @@
 """How a served translator's step scheduler is built from the service's settings: how many
-lanes (service/decode_lanes.py), whether joiners are encoded beside the step, and one lane's
-`DecodeScheduler` over the engine's decode batch."""
+lanes (service/decode_lanes.py), whether they are processes and on which cores, whether joiners
+are encoded beside the step, and one lane's `DecodeScheduler` over the engine's decode batch."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -35,6 +36,23 @@ def lane_processes(settings: Settings) -> bool:
     if settings.decode_lane_processes is not None:
         return settings.decode_lane_processes
     return decode_lanes(settings) > 1
+
+
+def lane_cores(settings: Settings, lanes: int) -> list[int] | None:
+    """The core each lane process pins itself to (`Settings.decode_lane_pinning`), by lane
+    index, or None. Unpinned, the kernel's balancer weighs a lane at nice 10 (decode_worker) at
+    a tenth of the server's loop, and two lanes share a core at times while the loop runs on
+    the other; pinned, each lane keeps a core (and its caches) and the loop runs wherever it
+    finds room. Pinned only where the cores are this server's: a container limited by a CPU
+    quota may run on any of the node's cores, and pinning would tie it to the first ones."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return None
+    pin = settings.decode_lane_pinning
+    if pin is None:
+        pin = lanes == len(allowed) == available_cores()
+    return [allowed[index % len(allowed)] for index in range(lanes)] if pin else None
 
 
 def step_scheduled(engine: Engine, settings: Settings) -> bool:
@@ -99,6 +117,7 @@ def process_lane_maker(
     """What builds one lane of a translator in a process of its own: one-thread sessions (a
     lane's run is alone in its process), the server's logging and warm-up."""
     session = replace(session_settings(settings), providers="cpu", intra_op_threads=1)
+    cores = lane_cores(settings, decode_lanes(settings))
 
     def make(policy: DecodePolicy, observer: DecodeObserver, index: int) -> ProcessLane:
         spec = LaneSpec(
@@ -109,6 +128,7 @@ def process_lane_maker(
             log_level=settings.log_level,
             log_format=settings.log_format,
             warmup=settings.warmup,
+            core=cores[index] if cores is not None else None,
         )
         return ProcessLane(spec, max_steps=engine.generator.max_steps, observer=observer)
 

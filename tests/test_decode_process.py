@@ -12,6 +12,7 @@ no process behind.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 import warnings
@@ -337,6 +338,58 @@ def test_lanes_are_processes_by_default_from_two_lanes(
     assert translator_scheduling.lane_processes(
         service_settings(decode_lanes=1, decode_lane_processes=True)
     )
+
+
+def test_lanes_are_pinned_to_cores_of_their_own_only_where_the_cores_are_the_servers(
+    monkeypatch: pytest.MonkeyPatch, service_settings: Callable[..., Any]
+) -> None:
+    """By default a lane per allowed core, in order, when the lanes are as many as the cores
+    and no CPU quota caps them (a container's limit leaves the node's every core allowed);
+    forced on, lanes wrap around the cores; forced off, none."""
+    from service import translator_scheduling
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 5})
+    monkeypatch.setattr(translator_scheduling, "available_cores", lambda: 2)
+    cores = translator_scheduling.lane_cores
+    assert cores(service_settings(), 2) == [3, 5]
+    assert cores(service_settings(), 1) is None  # fewer lanes than cores: the balancer's
+    assert cores(service_settings(decode_lane_pinning=False), 2) is None
+    assert cores(service_settings(decode_lane_pinning=True), 3) == [3, 5, 3]
+    monkeypatch.setattr(translator_scheduling, "available_cores", lambda: 1)  # a quota of 1
+    assert cores(service_settings(), 2) is None
+
+
+@pytest.mark.parametrize("pinning", [True, False])
+def test_a_lane_process_runs_on_the_core_it_was_given(
+    version: ModelVersion,
+    engine: TranslatorEngine,
+    service_settings: Callable[..., Any],
+    pinning: bool,
+) -> None:
+    """The lane's process pins itself before it loads the model: its affinity is its core (the
+    first this process may use), or left as the server's when pinning is off; it decodes as
+    alone either way."""
+    allowed = os.sched_getaffinity(0)
+    lanes, _ = process_lanes(
+        version, engine, service_settings, lanes=1, decode_lane_pinning=pinning
+    )
+    (lane,) = lanes.lanes
+    assert isinstance(lane, ProcessLane)
+    sources = engine.encoder.encode(SENTENCES[:2])
+
+    async def main() -> tuple[set[int], list[str]]:
+        lanes.start()
+        await lanes.until_ready()
+        assert lane._process is not None
+        affinity = os.sched_getaffinity(lane._process.pid)
+        items = lanes.submit(sources, key=DecodingParams(1, 16), timeout_s=30)
+        answers = [await item.future for item in items]
+        await lanes.stop(10)
+        return affinity, answers
+
+    affinity, answers = asyncio.run(main())
+    assert affinity == ({min(allowed)} if pinning else allowed)
+    assert answers == alone(engine, DecodingParams(1, 16))[:2]
 
 
 def test_a_lane_whose_process_hangs_is_killed_and_replaced(
