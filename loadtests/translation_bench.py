@@ -44,8 +44,8 @@ logger = logging.getLogger(__name__)
 
 # The server's environment per mode: step scheduling (the default: one lane per core, each
 # encoding its joiners, a busy lane in groups), the same with every joiner joining at the first
-# boundary (no group), the same with streams encoded as they arrive, the same with the lane
-# processes left to float over the cores (by default each is pinned to one), one lane with the
+# boundary (no group), the same with streams encoded as they arrive, the same with each lane
+# process pinned to a core, one lane with the
 # encoder beside its steps, one lane encoding inside the step, request-level batching,
 # request-level batching with two engine runs in flight (its best setting on a 2-core CPU with
 # --threads 1: one decode thread per core, like the lanes), and request-level batching as issue
@@ -71,9 +71,9 @@ MODES = {
         "NLPSERVE_TRANSLATION_BATCHING": "step",
         "NLPSERVE_DECODE_LANE_PROCESSES": "true",
     },
-    "step-unpinned": {
+    "step-pinned": {
         "NLPSERVE_TRANSLATION_BATCHING": "step",
-        "NLPSERVE_DECODE_LANE_PINNING": "false",
+        "NLPSERVE_DECODE_LANE_PINNING": "true",
     },
     "step-one-lane": ONE_LANE,
     "step-inline": {**ONE_LANE, "NLPSERVE_DECODE_ENCODE_AHEAD": "0"},

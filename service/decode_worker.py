@@ -171,9 +171,9 @@ def take(message: object, scheduler: DecodeScheduler, outbox: Outbox) -> None:
 
 
 def _pin(core: int, index: int) -> None:
-    """Run on `core` only (translator_scheduling.lane_cores says why), from the first thread on:
-    the threads started later (ONNX Runtime's, timers) inherit it. A core the process may not
-    use leaves it unpinned, with a warning."""
+    """Run on `core` only (`decode_lane_pinning`): this thread, where the lane steps, and the
+    threads started later (timers), which inherit it. A core the process may not use leaves it
+    unpinned, with a warning."""
     try:
         os.sched_setaffinity(0, {core})
     except (OSError, AttributeError) as error:

@@ -243,13 +243,13 @@ class Settings(BaseSettings):
         "its own GIL (service/decode_process.py); false: lanes are threads of the server "
         "(None: processes with two lanes or more)",
     )
-    decode_lane_pinning: bool | None = Field(
-        default=None,
+    decode_lane_pinning: bool = Field(
+        default=False,
         description="step-scheduled translators with lanes in processes: each lane process "
-        "pinned to a core of its own, the server left free to run on any (None: when the lanes "
-        "are as many as the cores this process may run on and no CPU quota caps them below it; "
-        "on 2 vCPUs pinned lanes served 1.00-1.10x, median 1.05x, in ten alternated rounds, "
-        "reports/translation-benchmark.md, stop 38)",
+        "pinned to a core of its own (lane i to the i-th core this process may use, wrapping), "
+        "the server left free to run on any. Off by default: on the 2-vCPU VM pinned lanes "
+        "served 1.05x in one test and 0.90x and 1.01x in two others "
+        "(reports/translation-benchmark.md, stop 38)",
     )
     decode_max_cache_tokens: int = Field(
         default=16384,

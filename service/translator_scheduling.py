@@ -39,20 +39,16 @@ def lane_processes(settings: Settings) -> bool:
 
 
 def lane_cores(settings: Settings, lanes: int) -> list[int] | None:
-    """The core each lane process pins itself to (`Settings.decode_lane_pinning`), by lane
-    index, or None. Unpinned, the kernel's balancer weighs a lane at nice 10 (decode_worker) at
-    a tenth of the server's loop, and two lanes share a core at times while the loop runs on
-    the other; pinned, each lane keeps a core (and its caches) and the loop runs wherever it
-    finds room. Pinned only where the cores are this server's: a container limited by a CPU
-    quota may run on any of the node's cores, and pinning would tie it to the first ones."""
+    """The core each lane process pins itself to, by lane index, with `decode_lane_pinning`
+    (else None: the kernel places them). Pinned, a lane keeps its core and caches, and cannot
+    leave a vCPU its hypervisor slows; measured both ways on a shared VM, hence opt-in."""
+    if not settings.decode_lane_pinning:
+        return None
     try:
         allowed = sorted(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return None
-    pin = settings.decode_lane_pinning
-    if pin is None:
-        pin = lanes == len(allowed) == available_cores()
-    return [allowed[index % len(allowed)] for index in range(lanes)] if pin else None
+    return [allowed[index % len(allowed)] for index in range(lanes)]
 
 
 def step_scheduled(engine: Engine, settings: Settings) -> bool:

@@ -340,23 +340,17 @@ def test_lanes_are_processes_by_default_from_two_lanes(
     )
 
 
-def test_lanes_are_pinned_to_cores_of_their_own_only_where_the_cores_are_the_servers(
+def test_lanes_are_pinned_in_turn_to_the_allowed_cores_only_when_asked(
     monkeypatch: pytest.MonkeyPatch, service_settings: Callable[..., Any]
 ) -> None:
-    """By default a lane per allowed core, in order, when the lanes are as many as the cores
-    and no CPU quota caps them (a container's limit leaves the node's every core allowed);
-    forced on, lanes wrap around the cores; forced off, none."""
+    """Off by default; on, lane i gets the i-th core this process may use, wrapping around."""
     from service import translator_scheduling
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 5})
-    monkeypatch.setattr(translator_scheduling, "available_cores", lambda: 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5, 3})
     cores = translator_scheduling.lane_cores
-    assert cores(service_settings(), 2) == [3, 5]
-    assert cores(service_settings(), 1) is None  # fewer lanes than cores: the balancer's
-    assert cores(service_settings(decode_lane_pinning=False), 2) is None
-    assert cores(service_settings(decode_lane_pinning=True), 3) == [3, 5, 3]
-    monkeypatch.setattr(translator_scheduling, "available_cores", lambda: 1)  # a quota of 1
     assert cores(service_settings(), 2) is None
+    assert cores(service_settings(decode_lane_pinning=True), 2) == [3, 5]
+    assert cores(service_settings(decode_lane_pinning=True), 3) == [3, 5, 3]
 
 
 @pytest.mark.parametrize("pinning", [True, False])
