@@ -45,8 +45,8 @@ logger = logging.getLogger(__name__)
 # The server's environment per mode: step scheduling (the default: one lane per core, each
 # encoding its joiners, a busy lane in groups), the same with every joiner joining at the first
 # boundary (no group), the same with streams encoded as they arrive, the same with each lane
-# process pinned to a core, one lane with the
-# encoder beside its steps, one lane encoding inside the step, request-level batching,
+# process pinned to a core, one lane with the encoder beside its steps, one lane encoding
+# inside the step, request-level batching,
 # request-level batching with two engine runs in flight (its best setting on a 2-core CPU with
 # --threads 1: one decode thread per core, like the lanes), and request-level batching as issue
 # 13 found it (one engine run at a time on two intra-op threads, whatever --threads says: the
