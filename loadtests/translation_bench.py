@@ -39,6 +39,7 @@ from loadtests.raw_http import RawHttpPool
 from loadtests.servers import nlpserve_command, running_server
 from loadtests.translation_inprocess import compare, percentiles
 from service.engines.translator import DecodingParams
+from service.settings import available_cores
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +47,19 @@ logger = logging.getLogger(__name__)
 # encoding its joiners, a busy lane in groups), the same with every joiner joining at the first
 # boundary (no group), the same with streams encoded as they arrive, the same with each lane
 # process pinned to a core, one lane with the encoder beside its steps, one lane encoding
-# inside the step, request-level batching,
-# request-level batching with two engine runs in flight (its best setting on a 2-core CPU with
-# --threads 1: one decode thread per core, like the lanes), and request-level batching as issue
-# 13 found it (one engine run at a time on two intra-op threads, whatever --threads says: the
-# baseline of the issue's target).
+# inside the step; then request-level batching: on --threads threads, with two engine runs in
+# flight, with this service's defaults (the baseline users get when they select it: a thread
+# per core, runs side by side under load, ORT spinning only during runs), and as issue 13 found
+# it (one engine run at a time on two intra-op threads whatever --threads says, ORT's threads
+# always spinning), the same never spinning (the baseline stops 28-38 measured) and spinning
+# only during runs (today's spin policy). A mode that names no spin setting gets the service's.
 ONE_LANE = {"NLPSERVE_TRANSLATION_BATCHING": "step", "NLPSERVE_DECODE_LANES": "1"}
 REQUEST_LEVEL = {"NLPSERVE_TRANSLATION_BATCHING": "request"}
+AS_FILED = {
+    **REQUEST_LEVEL,
+    "NLPSERVE_INTRA_OP_THREADS": "2",
+    "NLPSERVE_SIDE_BY_SIDE_UNDER_LOAD": "false",
+}
 MODES = {
     "step": {"NLPSERVE_TRANSLATION_BATCHING": "step"},
     "step-streams-early": {
@@ -79,12 +86,25 @@ MODES = {
     "step-inline": {**ONE_LANE, "NLPSERVE_DECODE_ENCODE_AHEAD": "0"},
     "request": REQUEST_LEVEL,
     "request-2w": {**REQUEST_LEVEL, "NLPSERVE_WORKERS_PER_MODEL": "2"},
+    "request-defaults": {**REQUEST_LEVEL, "NLPSERVE_INTRA_OP_THREADS": str(available_cores())},
     "request-as-filed": {
-        **REQUEST_LEVEL,
-        "NLPSERVE_INTRA_OP_THREADS": "2",
-        "NLPSERVE_SIDE_BY_SIDE_UNDER_LOAD": "false",
+        **AS_FILED,
+        "NLPSERVE_ALLOW_SPINNING": "true",
+        "NLPSERVE_SPIN_ONLY_DURING_RUNS": "false",
+    },
+    "request-as-filed-nospin": {**AS_FILED, "NLPSERVE_ALLOW_SPINNING": "false"},
+    "request-as-filed-spin-runs": {
+        **AS_FILED,
+        "NLPSERVE_ALLOW_SPINNING": "true",
+        "NLPSERVE_SPIN_ONLY_DURING_RUNS": "true",
     },
 }
+
+
+def server_env(mode: str, threads: int) -> dict[str, str]:
+    """A benchmarked server's environment: --threads intra-op threads unless the mode says
+    otherwise, and the mode's settings."""
+    return {"NLPSERVE_INTRA_OP_THREADS": str(threads), **MODES[mode]}
 
 
 def step_scheduled(mode: str) -> bool:
@@ -231,12 +251,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         str(max((args.repository / "translator").glob("*/tokenizer.json")))
     )
     body: dict[str, Any] = {"beam_size": args.beam_size, "max_new_tokens": args.max_new_tokens}
-    env = {"NLPSERVE_INTRA_OP_THREADS": str(args.threads), "NLPSERVE_ALLOW_SPINNING": "false"}
     results: list[dict[str, Any]] = []
     for mode in args.modes:
         with running_server(
             nlpserve_command(args.repository),
-            env={**env, **MODES[mode]},
+            env=server_env(mode, args.threads),
             log_path=args.log_dir / f"server-{mode}.log" if args.log_dir else None,
         ) as (host, _):
             phases = [False, True] if step_scheduled(mode) and args.beam_size == 1 else [False]
@@ -336,7 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_workload_arguments(parser)
     parser.add_argument("--users", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per user count")
-    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=["step", "request"])
+    parser.add_argument(
+        "--modes", nargs="+", choices=list(MODES), default=["step", "request-defaults"]
+    )
     parser.add_argument(
         "--long-every",
         type=int,

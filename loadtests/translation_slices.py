@@ -34,7 +34,13 @@ from typing import Any
 
 from loadtests.raw_http import RawHttpPool
 from loadtests.servers import nlpserve_command, running_server
-from loadtests.translation_bench import MODES, Workload, add_workload_arguments, write_report
+from loadtests.translation_bench import (
+    MODES,
+    Workload,
+    add_workload_arguments,
+    server_env,
+    write_report,
+)
 from loadtests.translation_inprocess import percentiles
 
 logger = logging.getLogger(__name__)
@@ -81,7 +87,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sentences = [s for s in Path(args.sentences).read_text().splitlines() if s.strip()]
     workload = Workload(sentences[: args.limit])
     body = json.dumps({"beam_size": args.beam_size, "max_new_tokens": args.max_new_tokens}).encode()
-    env = {"NLPSERVE_INTRA_OP_THREADS": str(args.threads), "NLPSERVE_ALLOW_SPINNING": "false"}
     first, second = args.modes
     slices: dict[str, list[dict[str, Any]]] = {first: [], second: []}
     with ExitStack() as servers:
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             mode: servers.enter_context(
                 running_server(
                     nlpserve_command(args.repository),
-                    env={**env, **MODES[mode]},
+                    env=server_env(mode, args.threads),
                     log_path=args.log_dir / f"server-{mode}.log" if args.log_dir else None,
                 )
             )[0]
@@ -171,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_workload_arguments(parser)
     parser.add_argument("--users", type=int, default=32)
     parser.add_argument(
-        "--modes", nargs=2, choices=list(MODES), default=["step", "request-as-filed"]
+        "--modes", nargs=2, choices=list(MODES), default=["step", "request-defaults"]
     )
     parser.add_argument("--slice", type=float, default=5.0, help="measured seconds per slice")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")

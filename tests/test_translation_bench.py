@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.translation_bench import Workload, main
+from loadtests.translation_bench import Workload, main, server_env
 from loadtests.translation_slices import main as slices_main
+from service.settings import available_cores
 
 
 def test_benchmark_compares_step_and_request_batching(
@@ -30,7 +31,7 @@ def test_benchmark_compares_step_and_request_batching(
     rows = json.loads(out.read_text())["results"]
     assert [(r["mode"], r["stream"], r["users"]) for r in rows] == [
         ("step", False, 1), ("step", False, 4), ("step", True, 1), ("step", True, 4),
-        ("request", False, 1), ("request", False, 4),
+        ("request-defaults", False, 1), ("request-defaults", False, 4),
     ]  # fmt: skip
     for r in rows:
         assert r["requests"] > 0 and r["errors"] == {} and r["req_per_s"] > 0
@@ -71,6 +72,24 @@ def test_benchmark_mixes_long_texts_and_reports_them_apart(
         assert r["errors"] == {} and 0 < r["long_requests"] < r["requests"]
         assert r["short_latency_ms"]["p50"] is not None and r["long_latency_ms"]["p50"] > 0
     assert "short p50 / p95 ms" in capsys.readouterr().out
+
+
+def test_servers_keep_their_modes_spin_policy() -> None:
+    """--threads sets the intra-op threads of a mode that names none; no spin setting is forced
+    on a mode (a two-thread baseline that never spins runs slower than its users would see it):
+    the default modes get the service's, the issue's baseline spins as it did when filed."""
+    assert server_env("step", 1) == {
+        "NLPSERVE_INTRA_OP_THREADS": "1",
+        "NLPSERVE_TRANSLATION_BATCHING": "step",
+    }
+    defaults = server_env("request-defaults", 1)
+    assert defaults["NLPSERVE_INTRA_OP_THREADS"] == str(available_cores())
+    assert "NLPSERVE_ALLOW_SPINNING" not in defaults
+    as_filed = server_env("request-as-filed", 1)
+    assert as_filed["NLPSERVE_INTRA_OP_THREADS"] == "2"
+    assert as_filed["NLPSERVE_ALLOW_SPINNING"] == "true"
+    assert as_filed["NLPSERVE_SPIN_ONLY_DURING_RUNS"] == "false"
+    assert server_env("request-as-filed-nospin", 4)["NLPSERVE_ALLOW_SPINNING"] == "false"
 
 
 def test_workload_sends_every_nth_request_long() -> None:
