@@ -82,6 +82,10 @@ MODES = {
         "NLPSERVE_TRANSLATION_BATCHING": "step",
         "NLPSERVE_DECODE_LANE_PINNING": "true",
     },
+    "step-no-tail-lane": {
+        "NLPSERVE_TRANSLATION_BATCHING": "step",
+        "NLPSERVE_DECODE_TAIL_LANE": "false",
+    },
     "step-one-lane": ONE_LANE,
     "step-inline": {**ONE_LANE, "NLPSERVE_DECODE_ENCODE_AHEAD": "0"},
     "request": REQUEST_LEVEL,
@@ -342,6 +346,14 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads")
     parser.add_argument("--out", type=Path, help="JSON report")
     parser.add_argument("--log-dir", type=Path, help="server logs")
+    parser.add_argument(
+        "--long-every",
+        type=int,
+        default=0,
+        help="every Nth request of a user sends --long-join sentences as one text (0: none); "
+        "latencies of short and long requests are reported apart",
+    )
+    parser.add_argument("--long-join", type=int, default=4, help="sentences in a long text")
 
 
 def write_report(path: Path | None, report: dict[str, Any]) -> None:
@@ -358,14 +370,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--modes", nargs="+", choices=list(MODES), default=["step", "request-defaults"]
     )
-    parser.add_argument(
-        "--long-every",
-        type=int,
-        default=0,
-        help="every Nth request of a user sends --long-join sentences as one text (0: none); "
-        "latencies of short and long requests are reported apart",
-    )
-    parser.add_argument("--long-join", type=int, default=4, help="sentences in a long text")
     parser.add_argument("--cpus", default="unspecified CPU", help="machine, for the report")
     parser.add_argument(
         "--rates",

@@ -55,13 +55,14 @@ async def slice_loop(
     started = time.perf_counter()
     window = (started + warmup_s, started + warmup_s + slice_s)
     latencies: list[float] = []
+    long: list[bool] = []  # per latency: a long text (Workload.long_every)
     errors: Counter[str] = Counter()
     prefix, suffix = body[:-1] + b', "texts": [', b"]}"
 
     async def user(index: int) -> None:
         sent = 0
         while (sent_at := time.perf_counter()) < window[1]:
-            text, _ = workload.text(index, sent, users)
+            text, is_long = workload.text(index, sent, users)
             sent += 1
             try:
                 status, _, _ = await pool.request(
@@ -75,17 +76,18 @@ async def slice_loop(
                 errors[str(status)] += 1
             elif window[0] <= answered < window[1]:
                 latencies.append(answered - sent_at)
+                long.append(is_long)
 
     try:
         await asyncio.gather(*(user(u) for u in range(users)))
     finally:
         pool.close()
-    return {"latencies": latencies, "errors": errors}
+    return {"latencies": latencies, "long": long, "errors": errors}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sentences = [s for s in Path(args.sentences).read_text().splitlines() if s.strip()]
-    workload = Workload(sentences[: args.limit])
+    workload = Workload(sentences[: args.limit], args.long_every, args.long_join)
     body = json.dumps({"beam_size": args.beam_size, "max_new_tokens": args.max_new_tokens}).encode()
     first, second = args.modes
     slices: dict[str, list[dict[str, Any]]] = {first: [], second: []}
@@ -126,10 +128,15 @@ def summary(
     modes = {}
     for mode, results in slices.items():
         latencies = [t for r in results for t in r["latencies"]]
+        kinds = [k for r in results for k in r["long"]]
         errors = sum((r["errors"] for r in results), Counter[str]())
         modes[mode] = {
             "req_per_s": round(len(latencies) / (args.slice * len(results)), 2),
             "latency_ms": percentiles(latencies),
+            "short_latency_ms": percentiles(
+                [t for t, k in zip(latencies, kinds, strict=True) if not k]
+            ),
+            "long_latency_ms": percentiles([t for t, k in zip(latencies, kinds, strict=True) if k]),
             "slices_req_per_s": [r["req_per_s"] for r in results],
             "errors": dict(errors),
         }
@@ -139,6 +146,8 @@ def summary(
         "users": args.users,
         "slice_s": args.slice,
         "warmup_s": args.warmup,
+        "long_every": args.long_every,
+        "long_join": args.long_join,
         "rounds": args.rounds,
         "modes": modes,
         "ratio": f"{first} / {second}",
@@ -152,14 +161,18 @@ def summary(
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["| mode | req/s (pooled) | slices' req/s | p50 ms | p95 ms | p99 ms | errors |"]
-    lines.append("|---|---|---|---|---|---|---|")
+    lines = [
+        "| mode | req/s (pooled) | slices' req/s | p50 ms | p95 ms | p99 ms | errors "
+        "| short p50 / p95 ms | long p50 / p95 ms |"
+    ]
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     for mode, m in report["modes"].items():
-        lat = m["latency_ms"]
+        lat, short, long = m["latency_ms"], m["short_latency_ms"], m["long_latency_ms"]
         lines.append(
             f"| {mode} | {m['req_per_s']} | {min(m['slices_req_per_s'])}-"
             f"{max(m['slices_req_per_s'])} | {lat['p50']} | {lat['p95']} | {lat['p99']} "
-            f"| {m['errors'] or '-'} |"
+            f"| {m['errors'] or '-'} | {short['p50']} / {short['p95']} "
+            f"| {long['p50']} / {long['p95']} |"
         )
     ratios = [r for r in report["round_ratios"] if r is not None]
     lines.append(

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         env = f"{ENV_PREFIX}{name.upper()}"
         help_text = f"{field.description or ''} ({_default_and_choices(field)}env {env})".strip()
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %: a "10%" is text
         if field.annotation is bool:
             parser.add_argument(
                 flag,

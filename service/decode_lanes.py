@@ -8,9 +8,9 @@ them (2-vCPU dev VM, real translator, cache 24 and source 16 positions, median o
 32-row run 6.7-7.4 ms, two 16-row runs side by side 4.8-4.9 ms).
 
 Each lane is a whole `DecodeScheduler` (its own waiting queue, running batch and step loop
-thread) with a 1/N share of the model's budgets. A request for a whole answer goes to the lane
-with the fewest rows running and waiting; a streamed one to the first lane that holds at most
-SPILL_ROWS rows with it, else to the least loaded.
+thread) with a 1/N share of the model's budgets. Which lane takes a request is
+service/lane_routing.py's: the least loaded, a stream first filling one lane at low load, and
+with a tail lane the long texts kept in a lighter lane of their own.
 The lanes do not wait for each other: a first version stepped them in lockstep (one step =
 every lane's step, the slowest deciding), and at 32 users in process it served 220 / 230 req/s
 against 244 / 256 for independent loops (two alternated rounds), its threads idling at the
@@ -32,17 +32,7 @@ from service.decode_process import ProcessLane
 from service.decode_scheduler import DecodeScheduler
 from service.engines.tokenization import Encoded
 from service.engines.translator import DecodingParams
-
-# A lane takes new streamed sequences until it holds this many rows before the next lane gets
-# any: at low load one lane leaves a core to the HTTP side, and a streamed sequence's first piece
-# comes sooner (8 streaming users over HTTP, real translator, two alternated rounds: first piece
-# p50 12.4 / 12.1 ms with one lane, 15.2 / 15.4 ms with the sequences spread over two); above it
-# the lanes share the load (32 users: 228-252 req/s in two lanes, 175-207 in one). Whole answers
-# spread from the first request: the answer is the whole decode, which the second core shortens
-# (8 users, four alternated rounds, runs/s27: 117-143 req/s spread, against request-level
-# batching with two engine runs in flight 105-127; filling one lane first had served 126-156
-# against that baseline's 138-192).
-SPILL_ROWS = 8
+from service.lane_routing import LaneRouter
 
 
 def lane_policy(policy: DecodePolicy, lanes: int) -> DecodePolicy:
@@ -98,10 +88,11 @@ class Lane(Protocol):
 class DecodeLanes:
     """`DecodeScheduler`'s interface over several lanes of one model."""
 
-    def __init__(self, lanes: Sequence[Lane]) -> None:
+    def __init__(self, lanes: Sequence[Lane], tail_lane: bool = False) -> None:
         if not lanes:
             raise ValueError("no lanes")
         self.lanes = list(lanes)
+        self.router = LaneRouter(tail_lane)  # the first lane is the tail lane
 
     @property
     def queue_depth(self) -> int:
@@ -143,17 +134,18 @@ class DecodeLanes:
         timeout_s: float,
         on_token: Callable[[int], None] | None = None,
     ) -> list[DecodeItem]:
-        """A streamed request's sequences go to the first lane they fit in up to SPILL_ROWS
-        rows, else (and a whole answer's always) to the lane with the fewest rows running and
-        waiting; only lanes that take work (a lane whose process is restarting does not)."""
+        """Into the lane the router chooses (service/lane_routing.py) among the lanes that take
+        work (a lane whose process is restarting does not)."""
         if not isinstance(key, DecodingParams):
             raise TypeError(f"the decoding parameters are the key, not {key!r}")
-        rows = key.beam_size * len(payloads)
         lanes = [lane for lane in self.lanes if lane.available] or self.lanes[:1]  # it refuses
-        loads = [lane.rows + lane.waiting_rows for lane in lanes]
-        fill = SPILL_ROWS if on_token is not None else 0
-        spill = [i for i, load in enumerate(loads) if load + rows <= fill]
-        index = spill[0] if spill else min(range(len(loads)), key=loads.__getitem__)
+        index = self.router.choose(
+            [lane.rows + lane.waiting_rows for lane in lanes],
+            rows=key.beam_size * len(payloads),
+            source_tokens=max((p.tokens for p in payloads), default=0),
+            streamed=on_token is not None,
+            tail=0 if lanes[0] is self.lanes[0] else None,
+        )
         return lanes[index].submit(
             payloads, tokens, key=key, timeout_s=timeout_s, on_token=on_token
         )
@@ -205,12 +197,13 @@ def scheduler_for(
     make: Callable[[DecodePolicy, DecodeObserver, int], Lane],
     policy: DecodePolicy,
     observer: DecodeObserver,
+    tail_lane: bool = False,
 ) -> DecodeScheduler | DecodeLanes:
-    """One scheduler, or `lanes` of them behind DecodeLanes; `make(policy, observer, index)`
-    builds one."""
+    """One scheduler, or `lanes` of them behind DecodeLanes (the first a tail lane with
+    `tail_lane`, service/lane_routing.py); `make(policy, observer, index)` builds one."""
     if lanes < 2:
         lane = make(policy, observer, 0)
         return lane if isinstance(lane, DecodeScheduler) else DecodeLanes([lane])
     observers = LaneObservers(observer, lanes)
     share = lane_policy(policy, lanes)
-    return DecodeLanes([make(share, observers.lane(i), i) for i in range(lanes)])
+    return DecodeLanes([make(share, observers.lane(i), i) for i in range(lanes)], tail_lane)

@@ -237,6 +237,15 @@ class Settings(BaseSettings):
         "(lanes) side by side, one-thread decoder runs each, the budgets shared out among them "
         "(None: one per core with side_by_side_under_load, else 1)",
     )
+    decode_tail_lane: bool = Field(
+        default=True,
+        description="step-scheduled translators with two lanes or more: the first lane takes "
+        "the long texts and is kept lighter than the others, so that the tail of the latency "
+        "distribution, the long texts, steps faster (service/lane_routing.py; 32 users, the "
+        "recipe's translator, every 8th text four sentences: long texts' p95 10-11% and the "
+        "overall p99 9-10% shorter at the same req/s, reports/translation-benchmark.md, stop "
+        "40); false: every request to the least loaded lane",
+    )
     decode_lane_processes: bool | None = Field(
         default=None,
         description="step-scheduled translators on CPU: each lane in a process of its own, with "

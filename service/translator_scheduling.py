@@ -104,7 +104,9 @@ def decode_scheduler(
             encode_ahead=encodes_ahead(settings),
             encode_streams_early=settings.decode_encode_streams_early,
         )
-    return scheduler_for(lanes, make, policy, metrics.decode_observer(name))
+    return scheduler_for(
+        lanes, make, policy, metrics.decode_observer(name), tail_lane=settings.decode_tail_lane
+    )
 
 
 def process_lane_maker(

@@ -17,7 +17,6 @@ import pytest
 
 from service.decode_items import StepStats
 from service.decode_lanes import (
-    SPILL_ROWS,
     DecodeLanes,
     LaneObservers,
     lane_policy,
@@ -27,10 +26,13 @@ from service.decode_policy import DecodePolicy
 from service.decode_scheduler import DecodeScheduler
 from service.engines.decode_batch import DecodeBatch
 from service.engines.translator import DecodingParams
+from service.lane_routing import SPILL_ROWS
 from tests.test_decode_scheduler import GREEDY, FakeRunner, Recorder, src, unleash
 
 
-def fake_lanes(count: int, **policy: int) -> tuple[DecodeLanes, list[FakeRunner], Recorder]:
+def fake_lanes(
+    count: int, tail_lane: bool = False, **policy: int
+) -> tuple[DecodeLanes, list[FakeRunner], Recorder]:
     runners = [FakeRunner() for _ in range(count)]
     recorder = Recorder()
 
@@ -44,7 +46,7 @@ def fake_lanes(count: int, **policy: int) -> tuple[DecodeLanes, list[FakeRunner]
             observer=observer,
         )
 
-    lanes = scheduler_for(count, make, DecodePolicy(**policy), recorder)
+    lanes = scheduler_for(count, make, DecodePolicy(**policy), recorder, tail_lane)
     assert isinstance(lanes, DecodeLanes)
     return lanes, runners, recorder
 

@@ -77,6 +77,8 @@ def test_serve_help_shows_model_options_and_the_service_env_vars(
     assert "--model DIR" in text and "{classifier,nli}" in text and "NLPSERVE_CACHE_DIR" in text
     assert "one of cpu|cuda|auto; default: auto; env NLPSERVE_PROVIDERS" in " ".join(text.split())
     assert "default: 8000; env NLPSERVE_PORT" in " ".join(text.split())
+    # a setting's description may hold a "%", which argparse would take for a format
+    assert "p95 10-11% and" in " ".join(text.split()) and "%%" not in text
 
 
 def test_dispatcher_imports_no_torch() -> None:
