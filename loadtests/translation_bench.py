@@ -211,7 +211,6 @@ async def closed_loop(
     finally:
         pool.close()
     elapsed = time.monotonic() - started
-    pairs = list(zip(latencies, kinds, strict=True))
     return {
         "requests": len(latencies),
         "seconds": round(elapsed, 2),
@@ -220,8 +219,7 @@ async def closed_loop(
         "first_piece_ms": percentiles(first_pieces) if stream else None,
         **(
             {
-                "short_latency_ms": percentiles([t for t, k in pairs if not k]),
-                "long_latency_ms": percentiles([t for t, k in pairs if k]),
+                **latency_by_kind(latencies, kinds),
                 "long_requests": sum(kinds),
             }
             if workload.long_every
@@ -333,6 +331,15 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['errors'] or '-'} |{apart}"
         )
     return "\n".join(lines)
+
+
+def latency_by_kind(latencies: Sequence[float], long: Sequence[bool]) -> dict[str, Any]:
+    """Percentiles of the short and of the long texts' latencies (`long`: per latency)."""
+    pairs = list(zip(latencies, long, strict=True))
+    return {
+        "short_latency_ms": percentiles([t for t, k in pairs if not k]),
+        "long_latency_ms": percentiles([t for t, k in pairs if k]),
+    }
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> None:

@@ -38,6 +38,7 @@ from loadtests.translation_bench import (
     MODES,
     Workload,
     add_workload_arguments,
+    latency_by_kind,
     server_env,
     write_report,
 )
@@ -133,10 +134,7 @@ def summary(
         modes[mode] = {
             "req_per_s": round(len(latencies) / (args.slice * len(results)), 2),
             "latency_ms": percentiles(latencies),
-            "short_latency_ms": percentiles(
-                [t for t, k in zip(latencies, kinds, strict=True) if not k]
-            ),
-            "long_latency_ms": percentiles([t for t, k in zip(latencies, kinds, strict=True) if k]),
+            **latency_by_kind(latencies, kinds),
             "slices_req_per_s": [r["req_per_s"] for r in results],
             "errors": dict(errors),
         }
